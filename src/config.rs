@@ -1,0 +1,212 @@
+//! Typed settings: every field is a documented CLI flag with a `QUANTD_*` environment variable.
+//!
+//! Tests build a `Settings` value directly (port 0, a temporary data dir) instead of touching the
+//! process environment, so tests never race each other through env vars.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::quant::kernels::KernelChoice;
+
+/// Command line of the `quantd` binary. A bare `quantd` is `quantd serve`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "quantd",
+    version,
+    about = "Quantize neural-network weights as a service"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API and the quantization workers in one process (the default).
+    Serve(Settings),
+    /// Apply the database migrations and exit.
+    Migrate(Settings),
+    /// Print the OpenAPI document generated from the code and exit.
+    Openapi,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Every setting of a running service.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address to listen on. Port 0 picks a free port (tests use it).
+    #[arg(long, env = "QUANTD_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Folder for blobs (uploads and artifacts), staging files and the default SQLite database.
+    #[arg(long, env = "QUANTD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Metadata database URL. Default: `sqlite://<data dir>/quantd.db`.
+    #[arg(long, env = "QUANTD_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Blocking worker threads for quantization. Default: the number of cores.
+    #[arg(long, env = "QUANTD_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Largest accepted upload in bytes (suffixes KiB, MiB, GiB, KB, MB, GB allowed).
+    #[arg(long, env = "QUANTD_MAX_UPLOAD_BYTES", default_value = "64GiB", value_parser = parse_byte_size)]
+    pub max_upload_bytes: u64,
+
+    /// Largest accepted safetensors JSON header in bytes.
+    #[arg(long, env = "QUANTD_MAX_HEADER_BYTES", default_value = "100MiB", value_parser = parse_byte_size)]
+    pub max_header_bytes: u64,
+
+    /// Jobs that may wait in the queue; beyond it job creation answers 503 with Retry-After.
+    #[arg(long, env = "QUANTD_MAX_QUEUED_JOBS", default_value_t = 1000)]
+    pub max_queued_jobs: u64,
+
+    /// Kernel instruction set: auto (detect at run time), scalar, avx2, avx512 or neon.
+    #[arg(long, env = "QUANTD_KERNELS", default_value = "auto")]
+    pub kernels: KernelChoice,
+
+    /// Attempts a job gets before it is marked failed (crashes and transient errors count).
+    #[arg(long, env = "QUANTD_JOB_MAX_ATTEMPTS", default_value_t = 3)]
+    pub job_max_attempts: u32,
+
+    /// Seconds a worker's claim on a job lasts without a heartbeat before another worker may take it.
+    #[arg(long, env = "QUANTD_LEASE_SECONDS", default_value_t = 30)]
+    pub lease_seconds: u64,
+
+    /// Seconds SIGTERM waits for running jobs before handing them back to the queue.
+    #[arg(long, env = "QUANTD_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Log line format.
+    #[arg(long, env = "QUANTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Testing aid: sleep this many milliseconds before each tensor of a job, so that crash,
+    /// cancellation and shutdown behaviour can be exercised on small models. Keep 0 in production.
+    #[arg(
+        long,
+        env = "QUANTD_DEBUG_TENSOR_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub debug_tensor_delay_ms: u64,
+}
+
+impl Settings {
+    /// Settings as a bare `quantd` would use them: defaults overridden by `QUANTD_*` env vars.
+    pub fn from_env() -> Result<Self, clap::Error> {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        Wrapper::try_parse_from(["quantd"]).map(|w| w.settings)
+    }
+
+    /// Defaults for tests and embedding: loopback port 0 and the given data folder.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut settings = Self::from_env_free_defaults();
+        settings.data_dir = data_dir.into();
+        settings.bind = "127.0.0.1:0".parse().expect("literal address");
+        settings
+    }
+
+    fn from_env_free_defaults() -> Self {
+        Settings {
+            bind: "127.0.0.1:8080".parse().expect("literal address"),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            workers: None,
+            max_upload_bytes: 64 << 30,
+            max_header_bytes: 100 << 20,
+            max_queued_jobs: 1000,
+            kernels: KernelChoice::Auto,
+            job_max_attempts: 3,
+            lease_seconds: 30,
+            shutdown_grace_seconds: 20,
+            log_format: LogFormat::Text,
+            debug_tensor_delay_ms: 0,
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("quantd.db").display()
+            ),
+        }
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_seconds.max(1))
+    }
+}
+
+/// Parses `1024`, `64KiB`, `100MiB`, `2GiB`, `5MB`, … into bytes.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a byte size like 1048576 or 100MiB"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => return Err(format!("unknown byte-size unit '{other}' in '{text}'")),
+    };
+    value
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("byte size '{text}' overflows"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_parse_with_and_without_units() {
+        assert_eq!(parse_byte_size("1024"), Ok(1024));
+        assert_eq!(parse_byte_size("100MiB"), Ok(100 << 20));
+        assert_eq!(parse_byte_size("2 GB"), Ok(2_000_000_000));
+        assert!(parse_byte_size("12 parsecs").is_err());
+        assert!(parse_byte_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let settings = Settings::from_env_free_defaults();
+        assert_eq!(settings.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.max_header_bytes, 100 << 20);
+        assert!(settings.database_url().starts_with("sqlite://"));
+    }
+}

@@ -1,0 +1,258 @@
+//! `/api/v1/jobs`: create (202 + Location + Retry-After), inspect, list, cancel.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::{
+    page_request, parse_id, ApiError, ApiJson, ApiQuery, AppState, ErrorKind, PageResponse, Problem,
+};
+use crate::jobs::spec::{parse_format, QuantSpec};
+use crate::store::{CancelOutcome, EnqueueOutcome, JobFilter, JobRecord, JobState, NewJob};
+
+/// Body of `POST /api/v1/jobs`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJobRequest {
+    pub model_id: Uuid,
+    /// Quantization scheme: `int8`.
+    #[schema(example = "int8")]
+    pub scheme: String,
+    /// Scheme options. int8: `{"granularity": "channel" | "tensor", "symmetric": true | false}`
+    /// (defaults: channel, true).
+    #[schema(value_type = Option<Object>, example = json!({"granularity": "channel", "symmetric": true}))]
+    pub options: Option<serde_json::Value>,
+    /// Output format: `safetensors` (compressed-tensors layout, the default).
+    pub format: Option<String>,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: JobRecord,
+    /// For queued jobs: how many queued jobs are ahead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
+}
+
+async fn view(state: &AppState, job: JobRecord) -> Result<JobView, ApiError> {
+    let queue_position = if job.state == JobState::Queued {
+        state.store.queue_position(job.id).await?
+    } else {
+        None
+    };
+    Ok(JobView {
+        job,
+        queue_position,
+    })
+}
+
+/// Seconds a client should wait before polling a job again.
+const POLL_AFTER_SECS: u64 = 1;
+
+/// Queue a quantization job
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    request_body = CreateJobRequest,
+    responses(
+        (status = 202, description = "Queued", body = JobView, headers(("Location" = String), ("Retry-After" = u64))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown scheme or format, or an invalid option", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The queue is full; retry after Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_job(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CreateJobRequest>,
+) -> Result<Response, ApiError> {
+    let spec = QuantSpec::parse(&request.scheme, request.options.as_ref())?;
+    parse_format(request.format.as_deref())?;
+    let new_job = NewJob {
+        id: Uuid::now_v7(),
+        model_id: request.model_id,
+        scheme: spec.scheme().to_owned(),
+        options: spec.canonical_options(),
+        max_attempts: state.settings.job_max_attempts.max(1),
+    };
+    match state
+        .store
+        .enqueue_job(&new_job, state.settings.max_queued_jobs)
+        .await?
+    {
+        EnqueueOutcome::Enqueued(job) => {
+            state.job_wake.notify_one();
+            let location =
+                HeaderValue::from_str(&format!("/api/v1/jobs/{}", job.id)).expect("ascii");
+            let body = view(&state, job).await?;
+            Ok((
+                StatusCode::ACCEPTED,
+                [
+                    (header::LOCATION, location),
+                    (header::RETRY_AFTER, HeaderValue::from(POLL_AFTER_SECS)),
+                ],
+                Json(body),
+            )
+                .into_response())
+        }
+        EnqueueOutcome::ModelNotFound => {
+            Err(ApiError::not_found("model", &request.model_id.to_string()).with_field("model_id"))
+        }
+        EnqueueOutcome::QueueFull { queued } => Err(ApiError::new(
+            ErrorKind::Unavailable,
+            "queue-full",
+            "Job queue full",
+            format!(
+                "{queued} jobs are waiting, the limit is {}; retry later",
+                state.settings.max_queued_jobs
+            ),
+        )
+        .with_retry_after(10)),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct JobListQuery {
+    /// Only jobs in this state: queued, running, succeeded, failed, cancelled.
+    pub state: Option<String>,
+    /// Only jobs of this model.
+    pub model_id: Option<String>,
+    /// Page size, 1–200 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// List jobs, newest first
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    params(JobListQuery),
+    responses(
+        (status = 200, description = "A page of jobs", body = PageResponse<JobView>),
+        (status = 400, description = "Bad filter, limit or cursor", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<JobListQuery>,
+) -> Result<Json<PageResponse<JobView>>, ApiError> {
+    let filter = JobFilter {
+        state: query
+            .state
+            .as_deref()
+            .map(|s| {
+                JobState::parse(s).ok_or_else(|| {
+                    ApiError::bad_request("invalid-query", format!("state '{s}' is not one of queued, running, succeeded, failed, cancelled")).with_field("state")
+                })
+            })
+            .transpose()?,
+        model_id: query
+            .model_id
+            .as_deref()
+            .map(|m| Uuid::parse_str(m).map_err(|_| ApiError::bad_request("invalid-query", format!("model_id '{m}' is not an id")).with_field("model_id")))
+            .transpose()?,
+    };
+    let page = state
+        .store
+        .list_jobs(&filter, page_request(query.limit, query.cursor.as_deref())?)
+        .await?;
+    let mut items = Vec::with_capacity(page.items.len());
+    for job in page.items {
+        items.push(view(&state, job).await?);
+    }
+    Ok(Json(PageResponse {
+        items,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Get a job
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job; while not finished, Retry-After says when to poll again", body = JobView),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job_id = parse_id("job", &id)?;
+    let job = state
+        .store
+        .get_job(job_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job", &id))?;
+    let finished = job.state.is_terminal();
+    let body = Json(view(&state, job).await?);
+    if finished {
+        Ok(body.into_response())
+    } else {
+        Ok((
+            [(header::RETRY_AFTER, HeaderValue::from(POLL_AFTER_SECS))],
+            body,
+        )
+            .into_response())
+    }
+}
+
+/// Cancel a job
+///
+/// A queued job is cancelled at once (200). A running job stops at the next tensor boundary
+/// (202; poll the job). Cancelling a cancelled job is a no-op (200); a job that already
+/// succeeded or failed cannot be cancelled (409).
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/cancel",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Cancelled", body = JobView),
+        (status = 202, description = "Cancellation requested; the worker stops at the next tensor", body = JobView),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job already finished", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job_id = parse_id("job", &id)?;
+    match state.store.cancel_job(job_id).await? {
+        CancelOutcome::NotFound => Err(ApiError::not_found("job", &id)),
+        CancelOutcome::Accepted(job) => {
+            let status = if job.state == JobState::Cancelled {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            Ok((status, Json(view(&state, job).await?)).into_response())
+        }
+        CancelOutcome::AlreadyFinished(job) if job.state == JobState::Cancelled => {
+            Ok(Json(view(&state, job).await?).into_response())
+        }
+        CancelOutcome::AlreadyFinished(job) => Err(ApiError::new(
+            ErrorKind::Conflict,
+            "job-already-finished",
+            "Job already finished",
+            format!(
+                "job {} is {}; only queued or running jobs can be cancelled",
+                job.id,
+                job.state.as_str()
+            ),
+        )),
+    }
+}

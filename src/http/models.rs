@@ -1,0 +1,523 @@
+//! `/api/v1/models`: streamed uploads validated before any tensor byte is trusted, listing,
+//! deletion, and companion files.
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::download::serve_blob;
+use super::{
+    page_request, parse_id, ApiError, ApiQuery, AppState, ErrorKind, PageResponse, Problem,
+};
+use crate::formats::safetensors::{Header, StreamValidator};
+use crate::store::blobs::StagedBlob;
+use crate::store::sqlite::count_map;
+use crate::store::{now, DeleteModelOutcome, ModelRecord, StoredFile};
+
+/// Largest companion file that is JSON-validated in memory (config.json, tokenizer.json).
+const MAX_JSON_COMPANION_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct UploadQuery {
+    /// Human-readable model name: 1–128 characters of `A-Z a-z 0-9 . _ -`. For multipart
+    /// uploads a `name` field or the file's name may give it instead.
+    pub name: Option<String>,
+}
+
+/// A validated model name.
+fn validate_name(name: &str) -> Result<String, ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(ApiError::new(
+            ErrorKind::Unprocessable,
+            "invalid-name",
+            "Invalid name",
+            format!("'{name}' is not a valid name: use 1-128 characters of A-Z a-z 0-9 . _ - not starting with '.'"),
+        )
+        .with_field("name"))
+    }
+}
+
+/// A validated companion file name: one path segment, no tricks.
+fn validate_filename(name: &str) -> Result<String, ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(ApiError::new(
+            ErrorKind::Unprocessable,
+            "invalid-filename",
+            "Invalid file name",
+            format!("'{name}' is not a valid file name: use 1-128 characters of A-Z a-z 0-9 . _ - not starting with '.'"),
+        )
+        .with_field("filename"))
+    }
+}
+
+fn check_content_length(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit => Err(ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            "upload-too-large",
+            "Upload too large",
+            format!("the body has {length} bytes; the limit is {limit}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Streams a safetensors body into a temporary blob while hashing and validating it. On any
+/// failure the temporary blob is removed.
+async fn ingest_safetensors<S, E>(
+    state: &AppState,
+    mut body: S,
+) -> Result<(StagedBlob, Header), ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut validator = StreamValidator::new(state.limits());
+    let mut upload = state.blobs.begin_upload().await?;
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                upload.abort().await;
+                return Err(ApiError::bad_request(
+                    "upload-interrupted",
+                    format!("reading the body failed: {e}"),
+                ));
+            }
+        };
+        if let Err(e) = validator.feed(&chunk) {
+            upload.abort().await;
+            return Err(e.into());
+        }
+        if let Err(e) = upload.write(chunk).await {
+            upload.abort().await;
+            return Err(e.into());
+        }
+    }
+    if validator.bytes_seen() == 0 {
+        upload.abort().await;
+        return Err(ApiError::bad_request("empty-body", "the body is empty; send the safetensors file as the body (curl -T) or as the multipart field 'file'"));
+    }
+    let header = match validator.finish() {
+        Ok(header) => header,
+        Err(e) => {
+            upload.abort().await;
+            return Err(e.into());
+        }
+    };
+    let staged = upload.finish().await?;
+    Ok((staged, header))
+}
+
+/// Commits the staged blob and records the model.
+async fn record_model(
+    state: &AppState,
+    name: String,
+    staged: StagedBlob,
+    header: Header,
+) -> Result<Response, ApiError> {
+    let size_bytes = staged.size_bytes;
+    let sha256 = staged.commit().await?;
+    let model = ModelRecord {
+        id: Uuid::now_v7(),
+        name,
+        sha256,
+        size_bytes,
+        n_tensors: header.tensors.len() as u64,
+        n_parameters: header.n_parameters(),
+        dtypes: count_map(header.tensors.iter().map(|t| t.dtype.as_str().to_owned())),
+        metadata: header.metadata.clone(),
+        files: Vec::new(),
+        created_at: now(),
+    };
+    state.store.insert_model(&model).await?;
+    // A concurrent delete of another model with the same bytes may have removed the blob
+    // between our commit and our insert: say so rather than keep a model without weights.
+    if !state.blobs.exists(&model.sha256).await? {
+        let _ = state.store.delete_model(model.id).await;
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            "upload-raced-delete",
+            "Upload raced a delete",
+            "the same bytes were deleted while this upload committed; upload again",
+        )
+        .with_retry_after(1));
+    }
+    tracing::info!(model_id = %model.id, sha256 = %model.sha256, size_bytes, "model uploaded");
+    let location = HeaderValue::from_str(&format!("/api/v1/models/{}", model.id)).expect("ascii");
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(model),
+    )
+        .into_response())
+}
+
+/// Upload a model
+///
+/// The raw safetensors file as the body (`curl -T model.safetensors`), or `multipart/form-data`
+/// with a `file` field (and optionally `name`). The body is streamed to storage while being
+/// hashed and validated; nothing is kept if validation fails.
+#[utoipa::path(
+    post,
+    path = "/api/v1/models",
+    tag = "models",
+    params(UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A safetensors file"),
+    responses(
+        (status = 201, description = "Stored", body = ModelRecord, headers(("Location" = String, description = "URL of the new model"))),
+        (status = 400, description = "Empty or interrupted body", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body or header over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid safetensors file, or a bad name", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn upload_model(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    check_content_length(request.headers(), state.settings.max_upload_bytes)?;
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    if !is_multipart {
+        let name = validate_name(query.name.as_deref().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Unprocessable,
+                "invalid-name",
+                "Missing name",
+                "give the model a name: ?name=...",
+            )
+            .with_field("name")
+        })?)?;
+        let (staged, header) =
+            ingest_safetensors(&state, request.into_body().into_data_stream()).await?;
+        return record_model(&state, name, staged, header).await;
+    }
+
+    let mut multipart = Multipart::from_request(request, &state)
+        .await
+        .map_err(|e| ApiError::bad_request("malformed-multipart", e.body_text()))?;
+    let mut name = query.name.clone();
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request("malformed-multipart", e.body_text()))?
+    {
+        match field.name() {
+            Some("name") => {
+                let text = field
+                    .text()
+                    .await
+                    .map_err(|e| ApiError::bad_request("malformed-multipart", e.body_text()))?;
+                name = Some(text);
+            }
+            Some("file") => {
+                let name = name
+                    .clone()
+                    .or_else(|| {
+                        field
+                            .file_name()
+                            .map(|f| f.trim_end_matches(".safetensors").to_owned())
+                    })
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            ErrorKind::Unprocessable,
+                            "invalid-name",
+                            "Missing name",
+                            "give the model a name: ?name=... or a 'name' field before 'file'",
+                        )
+                        .with_field("name")
+                    })?;
+                let name = validate_name(&name)?;
+                let (staged, header) = ingest_safetensors(&state, field).await?;
+                return record_model(&state, name, staged, header).await;
+            }
+            _ => {} // other fields are ignored
+        }
+    }
+    Err(ApiError::bad_request(
+        "empty-body",
+        "the multipart body has no 'file' field",
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Page size, 1–200 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// List models, newest first
+#[utoipa::path(
+    get,
+    path = "/api/v1/models",
+    tag = "models",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of models", body = PageResponse<ModelRecord>),
+        (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_models(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<PageResponse<ModelRecord>>, ApiError> {
+    let page = state
+        .store
+        .list_models(page_request(query.limit, query.cursor.as_deref())?)
+        .await?;
+    Ok(Json(PageResponse {
+        items: page.items,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Get a model
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{id}",
+    tag = "models",
+    params(("id" = String, Path, description = "Model id")),
+    responses(
+        (status = 200, description = "The model", body = ModelRecord),
+        (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelRecord>, ApiError> {
+    let model_id = parse_id("model", &id)?;
+    let model = state
+        .store
+        .get_model(model_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("model", &id))?;
+    Ok(Json(model))
+}
+
+/// Delete a model
+///
+/// Refused with 409 while a queued or running job uses it. Artifacts made from it stay.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/models/{id}",
+    tag = "models",
+    params(("id" = String, Path, description = "Model id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A job uses the model", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let model_id = parse_id("model", &id)?;
+    match state.store.delete_model(model_id).await? {
+        DeleteModelOutcome::Deleted { orphaned_blobs } => {
+            for sha in orphaned_blobs {
+                state.blobs.delete(&sha).await?;
+            }
+            Ok(StatusCode::NO_CONTENT)
+        }
+        DeleteModelOutcome::NotFound => Err(ApiError::not_found("model", &id)),
+        DeleteModelOutcome::Busy { job_id } => Err(ApiError::new(
+            ErrorKind::Conflict,
+            "model-in-use",
+            "Model in use",
+            format!("job {job_id} is queued or running on this model; cancel it or wait"),
+        )),
+    }
+}
+
+/// Attach a companion file
+///
+/// `config.json`, `tokenizer.json`, … stored beside the model (replacing a file of the same
+/// name). JSON files must parse. Artifacts carry them over; `config.json` gets the
+/// `quantization_config` merged in.
+#[utoipa::path(
+    put,
+    path = "/api/v1/models/{id}/files/{filename}",
+    tag = "models",
+    params(("id" = String, Path, description = "Model id"), ("filename" = String, Path, description = "File name, e.g. config.json")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "Stored", body = StoredFile),
+        (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad file name or invalid JSON", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn put_model_file(
+    State(state): State<AppState>,
+    Path((id, filename)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let model_id = parse_id("model", &id)?;
+    let filename = validate_filename(&filename)?;
+    check_content_length(request.headers(), state.settings.max_upload_bytes)?;
+    if state.store.get_model(model_id).await?.is_none() {
+        return Err(ApiError::not_found("model", &id));
+    }
+    let is_json = filename.ends_with(".json");
+    let mut json_buffer = Vec::new();
+    let mut upload = state.blobs.begin_upload().await?;
+    let mut body = request.into_body().into_data_stream();
+    while let Some(chunk) = body.next().await {
+        let failure = match chunk {
+            Err(e) => Some(ApiError::bad_request(
+                "upload-interrupted",
+                format!("reading the body failed: {e}"),
+            )),
+            Ok(_) if upload.size_bytes() > state.settings.max_upload_bytes => Some(ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                "upload-too-large",
+                "Upload too large",
+                format!("the limit is {} bytes", state.settings.max_upload_bytes),
+            )),
+            Ok(chunk) => {
+                if is_json && json_buffer.len() + chunk.len() > MAX_JSON_COMPANION_BYTES {
+                    Some(ApiError::new(
+                        ErrorKind::PayloadTooLarge,
+                        "upload-too-large",
+                        "Upload too large",
+                        format!(
+                            "JSON companion files are limited to {MAX_JSON_COMPANION_BYTES} bytes"
+                        ),
+                    ))
+                } else {
+                    if is_json {
+                        json_buffer.extend_from_slice(&chunk);
+                    }
+                    upload.write(chunk).await.err().map(ApiError::from)
+                }
+            }
+        };
+        if let Some(error) = failure {
+            upload.abort().await;
+            return Err(error);
+        }
+    }
+    if is_json {
+        let parsed = serde_json::from_slice::<serde_json::Value>(&json_buffer);
+        let problem = match parsed {
+            Err(e) => Some(format!("{filename} is not valid JSON: {e}")),
+            Ok(value) if filename == "config.json" && !value.is_object() => {
+                Some("config.json must be a JSON object".to_owned())
+            }
+            Ok(_) => None,
+        };
+        if let Some(detail) = problem {
+            upload.abort().await;
+            return Err(ApiError::new(
+                ErrorKind::Unprocessable,
+                "invalid-json",
+                "Invalid JSON file",
+                detail,
+            ));
+        }
+    }
+    let staged = upload.finish().await?;
+    let size_bytes = staged.size_bytes;
+    let sha256 = staged.commit().await?;
+    let file = StoredFile {
+        filename,
+        sha256,
+        size_bytes,
+    };
+    match state.store.put_model_file(model_id, &file).await? {
+        None => {
+            if !state.store.blob_is_referenced(&file.sha256).await? {
+                state.blobs.delete(&file.sha256).await?;
+            }
+            Err(ApiError::not_found("model", &id))
+        }
+        Some(replaced) => {
+            if let Some(old_sha) = replaced {
+                state.blobs.delete(&old_sha).await?;
+            }
+            let location = HeaderValue::from_str(&format!(
+                "/api/v1/models/{model_id}/files/{}",
+                file.filename
+            ))
+            .expect("validated ascii");
+            Ok((
+                StatusCode::CREATED,
+                [(header::LOCATION, location)],
+                Json(file),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// Download a companion file
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{id}/files/{filename}",
+    tag = "models",
+    params(("id" = String, Path, description = "Model id"), ("filename" = String, Path, description = "File name")),
+    responses(
+        (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "No such model or file", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_model_file(
+    State(state): State<AppState>,
+    Path((id, filename)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response<Body>, ApiError> {
+    let model_id = parse_id("model", &id)?;
+    let model = state
+        .store
+        .get_model(model_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("model", &id))?;
+    let file = model
+        .files
+        .iter()
+        .find(|f| f.filename == filename)
+        .ok_or_else(|| ApiError::not_found("file", &filename))?;
+    serve_blob(
+        &state,
+        &headers,
+        &file.sha256,
+        file.size_bytes,
+        &file.filename,
+    )
+    .await
+}

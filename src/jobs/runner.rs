@@ -1,0 +1,470 @@
+//! The job runner: claims jobs from the durable queue whenever a worker thread is free, runs
+//! them on the [`WorkerPool`], heartbeats their lease, and records success, failure, retry or
+//! cancellation.
+//!
+//! A job is only ever finished by the holder of its current lease (job id, owner, attempt), so a
+//! worker that lost its lease (e.g. it stalled and another replica took over) cannot overwrite the
+//! newer attempt's outcome.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, info_span, warn, Instrument};
+use uuid::Uuid;
+
+use super::job_problem;
+use super::pipeline::{
+    quantize_file, PipelineContext, PipelineError, PipelineOutput, ProgressCounters,
+};
+use super::spec::QuantSpec;
+use crate::formats::compressed_tensors::merge_into_config;
+use crate::formats::safetensors::Limits;
+use crate::pool::{PoolError, WorkerPool, WorkerSlot};
+use crate::quant::kernels::Kernels;
+use crate::store::{
+    now, ArtifactRecord, BlobStore, HeartbeatOutcome, JobRecord, Lease, SharedMetadataStore,
+    StoredFile,
+};
+
+/// Settings of the runner, taken from [`crate::config::Settings`].
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    pub lease: Duration,
+    pub limits: Limits,
+    pub shutdown_grace: Duration,
+    pub tensor_delay: Duration,
+    /// How often an idle runner looks for jobs queued by other processes.
+    pub poll_interval: Duration,
+}
+
+/// Why a running job was asked to stop.
+const STOP_NONE: u8 = 0;
+const STOP_USER: u8 = 1;
+const STOP_LEASE_LOST: u8 = 2;
+const STOP_SHUTDOWN: u8 = 3;
+
+pub struct JobRunner {
+    store: SharedMetadataStore,
+    blobs: BlobStore,
+    pool: Arc<WorkerPool>,
+    kernels: &'static Kernels,
+    settings: RunnerSettings,
+    /// Identifies this process's leases in the jobs table.
+    owner: String,
+    /// Poked by the API after queueing a job so an idle runner starts it at once.
+    wake: Arc<Notify>,
+}
+
+impl JobRunner {
+    pub fn new(
+        store: SharedMetadataStore,
+        blobs: BlobStore,
+        pool: Arc<WorkerPool>,
+        kernels: &'static Kernels,
+        settings: RunnerSettings,
+        wake: Arc<Notify>,
+    ) -> Arc<Self> {
+        Arc::new(JobRunner {
+            store,
+            blobs,
+            pool,
+            kernels,
+            settings,
+            owner: format!("quantd-{}-{}", std::process::id(), Uuid::new_v4().simple()),
+            wake,
+        })
+    }
+
+    /// Claims and runs jobs until `shutdown` fires, then gives running jobs the grace period to
+    /// finish (they are handed back to the queue after it) and returns.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        info!(owner = %self.owner, workers = self.pool.size(), "job runner started");
+        let mut running = JoinSet::new();
+        let mut last_reap = tokio::time::Instant::now();
+        loop {
+            while running.try_join_next().is_some() {}
+            if last_reap.elapsed() >= self.settings.lease {
+                last_reap = tokio::time::Instant::now();
+                match self.store.fail_exhausted_jobs().await {
+                    Ok(0) => {}
+                    Ok(n) => warn!(
+                        jobs = n,
+                        "jobs whose worker vanished on their last attempt were closed"
+                    ),
+                    Err(e) => error!(error = %e, "reaping expired jobs failed"),
+                }
+            }
+            let slot = tokio::select! {
+                slot = self.pool.acquire() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            match self.store.claim_job(&self.owner, self.settings.lease).await {
+                Ok(Some(job)) => {
+                    let span = info_span!("job", job_id = %job.id, attempt = job.attempt);
+                    let runner = self.clone();
+                    let shutdown = shutdown.clone();
+                    running.spawn(
+                        async move { runner.run_job(job, slot, shutdown).await }.instrument(span),
+                    );
+                }
+                Ok(None) => {
+                    drop(slot);
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+                Err(e) => {
+                    drop(slot);
+                    error!(error = %e, "claiming a job failed; retrying shortly");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        if !running.is_empty() {
+            info!(
+                jobs = running.len(),
+                "waiting for running jobs before shutting down"
+            );
+        }
+        while running.join_next().await.is_some() {}
+        info!("job runner stopped");
+    }
+
+    async fn run_job(
+        self: Arc<Self>,
+        job: JobRecord,
+        slot: WorkerSlot,
+        shutdown: CancellationToken,
+    ) {
+        let lease = Lease {
+            job_id: job.id,
+            owner: self.owner.clone(),
+            attempt: job.attempt,
+        };
+        info!(scheme = %job.scheme, model_id = %job.model_id, "job started");
+        let prepared = self.prepare(&job).await;
+        let (spec, model_sha, model_files) = match prepared {
+            Ok(prepared) => prepared,
+            Err(problem) => {
+                drop(slot);
+                self.record_failure(&lease, problem, false).await;
+                return;
+            }
+        };
+
+        let cancel = Arc::new(AtomicBool::new(false));
+        let stop_reason = Arc::new(AtomicU8::new(STOP_NONE));
+        let progress = Arc::new(ProgressCounters::default());
+        let heartbeat = tokio::spawn(
+            self.clone()
+                .heartbeat_loop(
+                    lease.clone(),
+                    cancel.clone(),
+                    stop_reason.clone(),
+                    progress.clone(),
+                    shutdown,
+                )
+                .in_current_span(),
+        );
+
+        let input = self.blobs.local_path(&model_sha);
+        let staged = self.blobs.staging_path();
+        let outcome = {
+            let (cancel, progress, staged) = (cancel.clone(), progress.clone(), staged.clone());
+            let kernels = self.kernels;
+            let limits = self.settings.limits;
+            let tensor_delay = self.settings.tensor_delay;
+            self.pool
+                .run(slot, move || {
+                    let ctx = PipelineContext {
+                        kernels,
+                        limits,
+                        cancel: &cancel,
+                        progress: &progress,
+                        tensor_delay,
+                    };
+                    quantize_file(&input, &staged, &spec, &ctx)
+                })
+                .await
+        };
+        heartbeat.abort();
+
+        match outcome {
+            Ok(Ok(output)) => {
+                let artifact = self
+                    .store_artifact(&job, &spec, output, &staged, model_files)
+                    .await;
+                match artifact {
+                    Ok(artifact) => match self
+                        .store
+                        .complete_job(&lease, progress.snapshot(), &artifact)
+                        .await
+                    {
+                        Ok(true) => info!(artifact_id = %artifact.id, "job succeeded"),
+                        Ok(false) => {
+                            warn!("lease lost before completion; the newer attempt owns the job");
+                            self.delete_unreferenced(
+                                artifact.files.iter().map(|f| f.sha256.clone()),
+                            )
+                            .await;
+                        }
+                        Err(e) => error!(error = %e, "recording the artifact failed"),
+                    },
+                    Err(problem) => self.record_failure(&lease, problem, true).await,
+                }
+            }
+            Ok(Err(PipelineError::Cancelled)) => {
+                let _ = tokio::fs::remove_file(&staged).await;
+                let result = match stop_reason.load(Ordering::SeqCst) {
+                    STOP_SHUTDOWN => {
+                        info!("job handed back to the queue for shutdown");
+                        self.store.release_job(&lease).await
+                    }
+                    STOP_LEASE_LOST => Ok(false),
+                    _ => {
+                        info!("job cancelled");
+                        self.store.mark_cancelled(&lease).await
+                    }
+                };
+                if let Err(e) = result {
+                    error!(error = %e, "recording the cancellation failed");
+                }
+            }
+            Ok(Err(PipelineError::InvalidInput { slug, detail })) => {
+                let _ = tokio::fs::remove_file(&staged).await;
+                let problem = job_problem(
+                    slug,
+                    "The model cannot be quantized as requested",
+                    422,
+                    &detail,
+                );
+                self.record_failure(&lease, problem, false).await;
+            }
+            Ok(Err(PipelineError::Io(e))) => {
+                let _ = tokio::fs::remove_file(&staged).await;
+                let problem = job_problem(
+                    "job-io-error",
+                    "Storage error while quantizing",
+                    500,
+                    &e.to_string(),
+                );
+                self.record_failure(&lease, problem, true).await;
+            }
+            Err(PoolError::Panicked(message)) => {
+                let _ = tokio::fs::remove_file(&staged).await;
+                error!(panic = %message, "quantization panicked");
+                let problem = job_problem(
+                    "job-internal-error",
+                    "Internal error while quantizing",
+                    500,
+                    "the worker hit an internal error",
+                );
+                self.record_failure(&lease, problem, true).await;
+            }
+            Err(PoolError::ShutDown) => {
+                let _ = tokio::fs::remove_file(&staged).await;
+                let _ = self.store.release_job(&lease).await;
+            }
+        }
+    }
+
+    /// Loads what the job needs before it takes a CPU: its spec, the model's blob and files.
+    async fn prepare(
+        &self,
+        job: &JobRecord,
+    ) -> Result<(QuantSpec, String, Vec<StoredFile>), serde_json::Value> {
+        let spec = QuantSpec::parse(&job.scheme, Some(&job.options)).map_err(|e| {
+            job_problem(
+                "invalid-options",
+                "Invalid job options",
+                422,
+                &e.to_string(),
+            )
+        })?;
+        let model = match self.store.get_model(job.model_id).await {
+            Ok(Some(model)) => model,
+            Ok(None) => {
+                return Err(job_problem(
+                    "model-not-found",
+                    "Model not found",
+                    404,
+                    "the model was deleted before the job ran",
+                ))
+            }
+            Err(e) => {
+                return Err(job_problem(
+                    "job-store-error",
+                    "Metadata store error",
+                    500,
+                    &e.to_string(),
+                ))
+            }
+        };
+        Ok((spec, model.sha256, model.files))
+    }
+
+    async fn heartbeat_loop(
+        self: Arc<Self>,
+        lease: Lease,
+        cancel: Arc<AtomicBool>,
+        stop_reason: Arc<AtomicU8>,
+        progress: Arc<ProgressCounters>,
+        shutdown: CancellationToken,
+    ) {
+        let interval = (self.settings.lease / 3).max(Duration::from_millis(200));
+        let grace_end = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.settings.shutdown_grace).await;
+        };
+        tokio::pin!(grace_end);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = &mut grace_end => {
+                    stop_reason.store(STOP_SHUTDOWN, Ordering::SeqCst);
+                    cancel.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+            match self
+                .store
+                .heartbeat(&lease, self.settings.lease, progress.snapshot())
+                .await
+            {
+                Ok(HeartbeatOutcome::Held {
+                    cancel_requested: true,
+                }) => {
+                    stop_reason.store(STOP_USER, Ordering::SeqCst);
+                    cancel.store(true, Ordering::SeqCst);
+                }
+                Ok(HeartbeatOutcome::Held {
+                    cancel_requested: false,
+                }) => {}
+                Ok(HeartbeatOutcome::Lost) => {
+                    warn!("job lease lost; stopping this attempt");
+                    stop_reason.store(STOP_LEASE_LOST, Ordering::SeqCst);
+                    cancel.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(e) => warn!(error = %e, "heartbeat failed; will retry"),
+            }
+        }
+    }
+
+    /// Commits the output blob and config.json and builds the artifact row.
+    async fn store_artifact(
+        &self,
+        job: &JobRecord,
+        spec: &QuantSpec,
+        output: PipelineOutput,
+        staged: &std::path::Path,
+        model_files: Vec<StoredFile>,
+    ) -> Result<ArtifactRecord, serde_json::Value> {
+        let storage_problem = |e: &dyn std::fmt::Display| {
+            job_problem(
+                "job-io-error",
+                "Storage error while saving the artifact",
+                500,
+                &e.to_string(),
+            )
+        };
+        self.blobs
+            .commit_staged_file(staged, &output.sha256)
+            .await
+            .map_err(|e| storage_problem(&e))?;
+
+        let model_config = match model_files.iter().find(|f| f.filename == "config.json") {
+            Some(file) => Some(
+                self.blobs
+                    .read_small(&file.sha256)
+                    .await
+                    .map_err(|e| storage_problem(&e))?,
+            ),
+            None => None,
+        };
+        let config_bytes = merge_into_config(model_config.as_deref(), output.quantization_config)
+            .map_err(|detail| {
+            job_problem(
+                "invalid-model-config",
+                "The model's config.json is unusable",
+                422,
+                &detail,
+            )
+        })?;
+        let mut upload = self
+            .blobs
+            .begin_upload()
+            .await
+            .map_err(|e| storage_problem(&e))?;
+        upload
+            .write(bytes::Bytes::from(config_bytes))
+            .await
+            .map_err(|e| storage_problem(&e))?;
+        let staged_config = upload.finish().await.map_err(|e| storage_problem(&e))?;
+        let config_size = staged_config.size_bytes;
+        let config_sha = staged_config
+            .commit()
+            .await
+            .map_err(|e| storage_problem(&e))?;
+
+        let mut files = vec![
+            StoredFile {
+                filename: "model.safetensors".into(),
+                sha256: output.sha256.clone(),
+                size_bytes: output.size_bytes,
+            },
+            StoredFile {
+                filename: "config.json".into(),
+                sha256: config_sha,
+                size_bytes: config_size,
+            },
+        ];
+        // Companion files (tokenizer etc.) are carried over by reference: same blobs, no copy.
+        files.extend(
+            model_files
+                .into_iter()
+                .filter(|f| f.filename != "config.json"),
+        );
+
+        Ok(ArtifactRecord {
+            id: Uuid::now_v7(),
+            job_id: job.id,
+            model_id: job.model_id,
+            scheme: spec.scheme().to_owned(),
+            options: spec.canonical_options(),
+            format: "safetensors".into(),
+            sha256: output.sha256,
+            size_bytes: output.size_bytes,
+            files,
+            report: serde_json::to_value(&output.report).expect("reports serialize"),
+            created_at: now(),
+        })
+    }
+
+    async fn record_failure(&self, lease: &Lease, problem: serde_json::Value, retry: bool) {
+        warn!(problem = %problem, retry, "job attempt failed");
+        if let Err(e) = self.store.fail_job(lease, &problem, retry).await {
+            error!(error = %e, "recording the job failure failed");
+        }
+    }
+
+    async fn delete_unreferenced(&self, shas: impl Iterator<Item = String>) {
+        for sha in shas {
+            if let Ok(false) = self.store.blob_is_referenced(&sha).await {
+                let _ = self.blobs.delete(&sha).await;
+            }
+        }
+    }
+}

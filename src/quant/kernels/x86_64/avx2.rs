@@ -1,0 +1,307 @@
+//! AVX2 + FMA kernels: 8 f32 lanes, 32 elements per main-loop iteration, scalar tails.
+//!
+//! Every result is defined by `kernels::scalar`; the tails call the very same scalar element
+//! function, so they cannot disagree with it. AVX2 has no masked byte stores, and a tail is at
+//! most 31 elements per call, so a scalar tail costs nothing measurable.
+
+use std::arch::x86_64::*;
+
+use super::{prefetch_block, prefetch_lines};
+use crate::quant::kernels::scalar::{self, MAGNITUDE_MASK};
+use crate::quant::kernels::{ErrorStats, I8Params, Totals, STATS_BLOCK};
+
+/// f32 lanes per vector.
+const LANES: usize = 8;
+/// Elements per main-loop iteration: four vectors, narrowed together into one 32-byte store.
+const STEP: usize = 4 * LANES;
+
+/// The lanes of a vector as an array, for horizontal reductions outside the hot loops.
+#[target_feature(enable = "avx2")]
+fn u32_lanes(vector: __m256i) -> [u32; 8] {
+    // SAFETY: `__m256i` and `[u32; 8]` have the same size and every bit pattern is valid for
+    // both.
+    unsafe { std::mem::transmute::<__m256i, [u32; 8]>(vector) }
+}
+
+#[target_feature(enable = "avx2")]
+fn f32_lanes(vector: __m256) -> [f32; 8] {
+    // SAFETY: `__m256` and `[f32; 8]` have the same size and every bit pattern is valid.
+    unsafe { std::mem::transmute::<__m256, [f32; 8]>(vector) }
+}
+
+#[target_feature(enable = "avx2")]
+fn f64_lanes(vector: __m256d) -> [f64; 4] {
+    // SAFETY: `__m256d` and `[f64; 4]` have the same size and every bit pattern is valid.
+    unsafe { std::mem::transmute::<__m256d, [f64; 4]>(vector) }
+}
+
+/// See `scalar::absmax`.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn absmax(src: &[f32]) -> f32 {
+    let magnitude_mask = _mm256_set1_epi32(MAGNITUDE_MASK as i32);
+    let mut maxima = [_mm256_setzero_si256(); 4];
+    let chunks = src.chunks_exact(STEP);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (vector_idx, maximum) in maxima.iter_mut().enumerate() {
+            // SAFETY: `chunk` holds STEP = 4 * LANES floats, so this full-vector read at offset
+            // vector_idx * LANES is in bounds; loadu has no alignment requirement.
+            let bits = unsafe { _mm256_loadu_si256(chunk.as_ptr().add(vector_idx * LANES).cast()) };
+            // Integer max over magnitude bit patterns, exactly as the scalar version.
+            *maximum = _mm256_max_epu32(*maximum, _mm256_and_si256(bits, magnitude_mask));
+        }
+    }
+    let combined = _mm256_max_epu32(
+        _mm256_max_epu32(maxima[0], maxima[1]),
+        _mm256_max_epu32(maxima[2], maxima[3]),
+    );
+    let vector_max = u32_lanes(combined).into_iter().max().unwrap_or(0);
+    let tail_max = scalar::absmax(tail).to_bits();
+    f32::from_bits(vector_max.max(tail_max))
+}
+
+/// See `scalar::min_max`.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn min_max(src: &[f32]) -> (f32, f32) {
+    let Some(&first) = src.first() else {
+        return (0.0, 0.0);
+    };
+    let fill = _mm256_set1_ps(first);
+    let mut lows = [fill; 4];
+    let mut highs = [fill; 4];
+    let chunks = src.chunks_exact(STEP);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for vector_idx in 0..4 {
+            // SAFETY: `chunk` holds 4 * LANES floats, so this read is in bounds.
+            let values = unsafe { _mm256_loadu_ps(chunk.as_ptr().add(vector_idx * LANES)) };
+            lows[vector_idx] = _mm256_min_ps(lows[vector_idx], values);
+            highs[vector_idx] = _mm256_max_ps(highs[vector_idx], values);
+        }
+    }
+    let low = _mm256_min_ps(
+        _mm256_min_ps(lows[0], lows[1]),
+        _mm256_min_ps(lows[2], lows[3]),
+    );
+    let high = _mm256_max_ps(
+        _mm256_max_ps(highs[0], highs[1]),
+        _mm256_max_ps(highs[2], highs[3]),
+    );
+    // The tail and the lanes fold through the scalar definition; `first` is in the slice, so
+    // seeding with it changes nothing.
+    let (tail_low, tail_high) = if tail.is_empty() {
+        (first, first)
+    } else {
+        scalar::min_max(tail)
+    };
+    let low = f32_lanes(low).into_iter().fold(tail_low, f32::min);
+    let high = f32_lanes(high).into_iter().fold(tail_high, f32::max);
+    (low, high)
+}
+
+/// [`I8Params`] broadcast to every lane, with the bounds of the in-range steps.
+struct Broadcast {
+    scale: __m256,
+    inv_scale: __m256,
+    /// `127 - zero_point`, the highest step that still fits an i8.
+    highest_step: __m256,
+    /// `-128 - zero_point`, the lowest one.
+    lowest_step: __m256i,
+    zero_point_words: __m256i,
+    magnitude_mask: __m256i,
+}
+
+/// Per-lane error sums of one block (see `STATS_BLOCK`); the maximum is kept as magnitude bit
+/// patterns, which order like the values.
+#[derive(Clone, Copy)]
+struct LaneSums {
+    sq_err: __m256,
+    sq_ref: __m256,
+    dot: __m256,
+    max_abs_err_bits: __m256i,
+}
+
+impl LaneSums {
+    #[target_feature(enable = "avx2")]
+    fn zero() -> Self {
+        let zero = _mm256_setzero_ps();
+        LaneSums {
+            sq_err: zero,
+            sq_ref: zero,
+            dot: zero,
+            max_abs_err_bits: _mm256_setzero_si256(),
+        }
+    }
+}
+
+/// Quantizes 8 values to steps (`q - zero_point`, as i32 lanes) and adds their error terms to
+/// `sums`.
+///
+/// Step for step `scalar::quantize_element`: multiply by `inv_scale`, clamp (the upper bound in
+/// f32, which also tames +Inf and huge values; the lower bound after the conversion, where -Inf
+/// and huge negative values have become `i32::MIN`), round half to even. `cvtps_epi32` rounds
+/// by MXCSR, which Rust code always runs with its default, round-to-nearest-even. Clamping to
+/// integer bounds commutes with rounding, so this equals the scalar clamp-then-round. `deq` and
+/// `err` use no fused multiply-add, so they are bit-identical to the scalar ones; only the sums
+/// use FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn quantize_steps(x: __m256, params: &Broadcast, sums: &mut LaneSums) -> __m256i {
+    let scaled = _mm256_min_ps(_mm256_mul_ps(x, params.inv_scale), params.highest_step);
+    let steps = _mm256_max_epi32(_mm256_cvtps_epi32(scaled), params.lowest_step);
+    let deq = _mm256_mul_ps(_mm256_cvtepi32_ps(steps), params.scale);
+    let err = _mm256_sub_ps(deq, x);
+    sums.sq_err = _mm256_fmadd_ps(err, err, sums.sq_err);
+    sums.sq_ref = _mm256_fmadd_ps(x, x, sums.sq_ref);
+    sums.dot = _mm256_fmadd_ps(x, deq, sums.dot);
+    let abs_err_bits = _mm256_and_si256(_mm256_castps_si256(err), params.magnitude_mask);
+    sums.max_abs_err_bits = _mm256_max_epu32(sums.max_abs_err_bits, abs_err_bits);
+    steps
+}
+
+/// Narrows two vectors of steps to 16-bit lanes (exact: |steps| <= 255) and adds their squares
+/// to `sq_steps`. The lane order is the packs' interleaved one; sums do not care.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn pack_steps(steps_a: __m256i, steps_b: __m256i, sq_steps: &mut __m256i) -> __m256i {
+    let words = _mm256_packs_epi32(steps_a, steps_b);
+    *sq_steps = _mm256_add_epi32(*sq_steps, _mm256_madd_epi16(words, words));
+    words
+}
+
+/// Turns four vectors' worth of 16-bit steps into 32 bytes of `q` in element order.
+///
+/// Adding the zero point gives `q` in -128..=127, so the byte pack never saturates. The packs
+/// work within 128-bit lanes, leaving 32-bit group `4 * lane + vector` holding elements
+/// `4 * lane .. 4 * lane + 4` of `vector`; the permutation puts group `2 * vector + lane` there
+/// instead.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn pack_bytes(steps_01: __m256i, steps_23: __m256i, zero_point_words: __m256i) -> __m256i {
+    let q_01 = _mm256_add_epi16(steps_01, zero_point_words);
+    let q_23 = _mm256_add_epi16(steps_23, zero_point_words);
+    let bytes = _mm256_packs_epi16(q_01, q_23);
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    _mm256_permutevar8x32_epi32(bytes, order)
+}
+
+/// Widens 8 f32 lanes to f64 and adds them to two f64 accumulators (low and high half).
+#[target_feature(enable = "avx2")]
+#[inline]
+fn add_widened(total: &mut [__m256d; 2], lanes: __m256) {
+    let low = _mm256_castps256_ps128(lanes);
+    let high = _mm256_extractf128_ps::<1>(lanes);
+    total[0] = _mm256_add_pd(total[0], _mm256_cvtps_pd(low));
+    total[1] = _mm256_add_pd(total[1], _mm256_cvtps_pd(high));
+}
+
+/// Sum of both f64 accumulators' lanes.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn reduce_widened(total: [__m256d; 2]) -> f64 {
+    f64_lanes(_mm256_add_pd(total[0], total[1])).iter().sum()
+}
+
+/// See `scalar::quantize_i8`; `prefetch` is only hinted into cache, one line per line of `src`
+/// (see `Kernels::quantize_i8_prefetch`).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, and `dst.len() == src.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn quantize_i8(
+    src: &[f32],
+    params: I8Params,
+    dst: &mut [i8],
+    prefetch: &[f32],
+) -> ErrorStats {
+    debug_assert_eq!(src.len(), dst.len());
+    let broadcast = Broadcast {
+        scale: _mm256_set1_ps(params.scale),
+        inv_scale: _mm256_set1_ps(params.inv_scale),
+        highest_step: _mm256_set1_ps((127 - params.zero_point) as f32),
+        lowest_step: _mm256_set1_epi32(-128 - params.zero_point),
+        zero_point_words: _mm256_set1_epi16(params.zero_point as i16),
+        magnitude_mask: _mm256_set1_epi32(MAGNITUDE_MASK as i32),
+    };
+    let zero_pd = _mm256_setzero_pd();
+    // f64 totals of the three float sums, each as two 4-lane halves; reduced once at the end.
+    let mut sq_err_total = [zero_pd; 2];
+    let mut sq_ref_total = [zero_pd; 2];
+    let mut dot_total = [zero_pd; 2];
+    let mut max_abs_err_bits = _mm256_setzero_si256();
+    // The scalar tail's sums and the exact integer sum of squared steps.
+    let mut totals = Totals::default();
+
+    let blocks = src.chunks(STATS_BLOCK).zip(dst.chunks_mut(STATS_BLOCK));
+    for (block_idx, (src_block, dst_block)) in blocks.enumerate() {
+        // Two sets of lane sums so consecutive vectors do not wait on each other's FMAs. The
+        // squared steps of one block stay far below i32::MAX per lane (64 pairs of <= 255²).
+        let mut sums = [LaneSums::zero(), LaneSums::zero()];
+        let mut sq_steps = _mm256_setzero_si256();
+        let src_chunks = src_block.chunks_exact(STEP);
+        let src_tail = src_chunks.remainder();
+        let mut dst_chunks = dst_block.chunks_exact_mut(STEP);
+        let mut prefetch_chunks = prefetch_block(prefetch, block_idx).chunks(STEP);
+        for (src_chunk, dst_chunk) in src_chunks.zip(&mut dst_chunks) {
+            if let Some(ahead) = prefetch_chunks.next() {
+                prefetch_lines(ahead);
+            }
+            let base = src_chunk.as_ptr();
+            // SAFETY: `src_chunk` holds STEP = 4 * LANES floats; each read is one full vector
+            // inside it.
+            let x = unsafe {
+                [
+                    _mm256_loadu_ps(base),
+                    _mm256_loadu_ps(base.add(LANES)),
+                    _mm256_loadu_ps(base.add(2 * LANES)),
+                    _mm256_loadu_ps(base.add(3 * LANES)),
+                ]
+            };
+            let steps_0 = quantize_steps(x[0], &broadcast, &mut sums[0]);
+            let steps_1 = quantize_steps(x[1], &broadcast, &mut sums[1]);
+            let steps_2 = quantize_steps(x[2], &broadcast, &mut sums[0]);
+            let steps_3 = quantize_steps(x[3], &broadcast, &mut sums[1]);
+            let steps_01 = pack_steps(steps_0, steps_1, &mut sq_steps);
+            let steps_23 = pack_steps(steps_2, steps_3, &mut sq_steps);
+            let bytes = pack_bytes(steps_01, steps_23, broadcast.zero_point_words);
+            // SAFETY: `dst_chunk` holds exactly STEP = 32 bytes, the size of one store.
+            unsafe { _mm256_storeu_si256(dst_chunk.as_mut_ptr().cast(), bytes) };
+        }
+        // Fewer than STEP elements remain only in the last block; the scalar element function
+        // handles them and its sums fold into the totals like any other block's.
+        let dst_tail = dst_chunks.into_remainder();
+        if !src_tail.is_empty() {
+            totals.add_block(&scalar::quantize_run(src_tail, &params, dst_tail));
+        }
+        let [first, second] = sums;
+        add_widened(
+            &mut sq_err_total,
+            _mm256_add_ps(first.sq_err, second.sq_err),
+        );
+        add_widened(
+            &mut sq_ref_total,
+            _mm256_add_ps(first.sq_ref, second.sq_ref),
+        );
+        add_widened(&mut dot_total, _mm256_add_ps(first.dot, second.dot));
+        // Non-negative and below 2^27 for one block, so the sum is exact.
+        totals.sum_sq_steps += u32_lanes(sq_steps)
+            .iter()
+            .map(|&lane| u64::from(lane))
+            .sum::<u64>();
+        let block_max = _mm256_max_epu32(first.max_abs_err_bits, second.max_abs_err_bits);
+        max_abs_err_bits = _mm256_max_epu32(max_abs_err_bits, block_max);
+    }
+
+    totals.sum_sq_err += reduce_widened(sq_err_total);
+    totals.sum_sq_ref += reduce_widened(sq_ref_total);
+    totals.dot += reduce_widened(dot_total);
+    let lanes_max = u32_lanes(max_abs_err_bits).into_iter().max().unwrap_or(0);
+    totals.max_abs_err = totals.max_abs_err.max(f32::from_bits(lanes_max));
+    totals.finish(src.len(), params.scale)
+}

@@ -1,0 +1,156 @@
+//! Builds the application from [`Settings`] and runs it until a shutdown signal: the seam that
+//! `main` and the integration tests share (tests build it on port 0 with a temporary data dir).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Settings;
+use crate::formats::safetensors::Limits;
+use crate::http::{self, AppInner, AppState};
+use crate::jobs::runner::{JobRunner, RunnerSettings};
+use crate::pool::WorkerPool;
+use crate::quant::kernels;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{BlobStore, SharedMetadataStore};
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    runner: Arc<JobRunner>,
+    shutdown: CancellationToken,
+}
+
+/// Opens the metadata store named by the settings and applies migrations.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<SharedMetadataStore> {
+    let url = settings.database_url();
+    if url.starts_with("sqlite:") {
+        let store = SqliteStore::connect(&url)
+            .await
+            .with_context(|| format!("opening the SQLite database {url}"))?;
+        Ok(Arc::new(store))
+    } else {
+        anyhow::bail!("unsupported database URL '{url}': this build supports sqlite:// URLs")
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
+        let kernels = kernels::select(settings.kernels).context("selecting kernels")?;
+        info!(
+            isa = %kernels.isa,
+            available = ?kernels::available().iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+            requested = ?settings.kernels,
+            "kernels selected"
+        );
+        let store = open_store(&settings).await?;
+        let blobs =
+            BlobStore::local(settings.data_dir.join("blobs")).context("opening the blob store")?;
+        let pool = WorkerPool::new(settings.worker_count());
+        let job_wake = Arc::new(Notify::new());
+        let runner = JobRunner::new(
+            store.clone(),
+            blobs.clone(),
+            pool.clone(),
+            kernels,
+            RunnerSettings {
+                lease: settings.lease(),
+                limits: Limits {
+                    max_header_bytes: settings.max_header_bytes,
+                    max_file_bytes: settings.max_upload_bytes,
+                },
+                shutdown_grace: Duration::from_secs(settings.shutdown_grace_seconds),
+                tensor_delay: Duration::from_millis(settings.debug_tensor_delay_ms),
+                poll_interval: Duration::from_millis(500),
+            },
+            job_wake.clone(),
+        );
+        let listener = TcpListener::bind(settings.bind)
+            .await
+            .with_context(|| format!("binding {}", settings.bind))?;
+        let state = AppState {
+            inner: Arc::new(AppInner {
+                settings,
+                store,
+                blobs,
+                kernels,
+                pool,
+                job_wake,
+                started_at: Instant::now(),
+            }),
+        };
+        Ok(Application {
+            listener,
+            state,
+            runner,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Cancel this token to stop the application gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled: stops accepting connections, lets running
+    /// jobs finish within the grace period (handing the rest back to the queue), joins workers.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            state,
+            runner,
+            shutdown,
+        } = self;
+        info!(address = %listener.local_addr()?, workers = state.pool.size(), "quantd listening");
+        let runner_task = tokio::spawn(runner.run(shutdown.clone()));
+        let pool = state.pool.clone();
+        let app = http::router(state);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await
+            .context("serving HTTP")?;
+        runner_task.await.context("joining the job runner")?;
+        tokio::task::spawn_blocking(move || pool.shutdown())
+            .await
+            .context("joining the worker pool")?;
+        info!("quantd stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    info!("shutdown signal received");
+}

@@ -1,0 +1,12 @@
+//! One integration-test binary: the real service over real HTTP, a fresh data dir and SQLite
+//! database per test.
+
+mod helpers;
+
+mod downloads;
+mod jobs;
+mod openapi;
+mod process;
+mod quantize;
+mod tidy;
+mod uploads;
