@@ -91,7 +91,7 @@ pub async fn create_job(
             state.job_wake.notify_one();
             let location =
                 HeaderValue::from_str(&format!("/api/v1/jobs/{}", job.id)).expect("ascii");
-            let body = view(&state, job).await?;
+            let body = view(&state, *job).await?;
             Ok((
                 StatusCode::ACCEPTED,
                 [

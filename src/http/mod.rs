@@ -140,6 +140,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     let uploads = OpenApiRouter::new()
         .routes(utoipa_axum::routes!(
             models::upload_model,
+            models::upload_model_put,
             models::list_models
         ))
         .routes(utoipa_axum::routes!(

@@ -271,6 +271,30 @@ pub async fn upload_model(
     ))
 }
 
+/// Upload a model with PUT (what `curl -T` sends)
+///
+/// Same as `POST /api/v1/models`: `curl -T model.safetensors '.../api/v1/models?name=NAME'`.
+#[utoipa::path(
+    put,
+    path = "/api/v1/models",
+    tag = "models",
+    params(UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A safetensors file"),
+    responses(
+        (status = 201, description = "Stored", body = ModelRecord, headers(("Location" = String, description = "URL of the new model"))),
+        (status = 400, description = "Empty or interrupted body", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body or header over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid safetensors file, or a bad name", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn upload_model_put(
+    state: State<AppState>,
+    query: ApiQuery<UploadQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    upload_model(state, query, request).await
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListQuery {
     /// Page size, 1–200 (default 50).

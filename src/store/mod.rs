@@ -206,7 +206,7 @@ pub struct NewJob {
 
 #[derive(Debug)]
 pub enum EnqueueOutcome {
-    Enqueued(JobRecord),
+    Enqueued(Box<JobRecord>),
     ModelNotFound,
     QueueFull { queued: u64 },
 }

@@ -334,7 +334,7 @@ impl MetadataStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = row {
-            return Ok(EnqueueOutcome::Enqueued(job_from_row(&row)?));
+            return Ok(EnqueueOutcome::Enqueued(Box::new(job_from_row(&row)?)));
         }
         let model_exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM models WHERE id = ?1")
             .bind(job.model_id.to_string())

@@ -8,5 +8,6 @@ mod jobs;
 mod openapi;
 mod process;
 mod quantize;
+mod readme;
 mod tidy;
 mod uploads;

@@ -1,8 +1,8 @@
-//! AVX2 + FMA kernels: 8 f32 lanes, 32 elements per main-loop iteration, scalar tails.
+//! AVX2 + FMA kernels: 8 f32 lanes, 32 elements per main-loop iteration, streaming stores.
 //!
-//! Every result is defined by `kernels::scalar`; the tails call the very same scalar element
-//! function, so they cannot disagree with it. AVX2 has no masked byte stores, and a tail is at
-//! most 31 elements per call, so a scalar tail costs nothing measurable.
+//! Every result is defined by `kernels::scalar`. AVX2 has no masked byte stores, so the last
+//! few (fewer than 8) elements of a block's head or tail go through the scalar element function
+//! itself, which cannot disagree with the scalar kernel.
 
 use std::arch::x86_64::*;
 
@@ -14,6 +14,9 @@ use crate::quant::kernels::{ErrorStats, I8Params, Totals, STATS_BLOCK};
 const LANES: usize = 8;
 /// Elements per main-loop iteration: four vectors, narrowed together into one 32-byte store.
 const STEP: usize = 4 * LANES;
+
+/// Alignment, in bytes, that `_mm256_stream_si256` requires; one main-loop store.
+const STREAM_ALIGN: usize = 32;
 
 /// The lanes of a vector as an array, for horizontal reductions outside the hot loops.
 #[target_feature(enable = "avx2")]
@@ -113,6 +116,7 @@ struct Broadcast {
     highest_step: __m256,
     /// `-128 - zero_point`, the lowest one.
     lowest_step: __m256i,
+    zero_point: __m256i,
     zero_point_words: __m256i,
     magnitude_mask: __m256i,
 }
@@ -208,8 +212,48 @@ fn reduce_widened(total: [__m256d; 2]) -> f64 {
     f64_lanes(_mm256_add_pd(total[0], total[1])).iter().sum()
 }
 
+/// Quantizes a run shorter than STEP (a block's unaligned head or its tail): 8 lanes at a time
+/// with 8-byte stores, the last few elements with the scalar element function.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn quantize_short(
+    src: &[f32],
+    dst: &mut [i8],
+    params: &I8Params,
+    broadcast: &Broadcast,
+    sums: &mut LaneSums,
+    sq_steps: &mut __m256i,
+    totals: &mut Totals,
+) {
+    let src_vectors = src.chunks_exact(LANES);
+    let src_rest = src_vectors.remainder();
+    let mut dst_vectors = dst.chunks_exact_mut(LANES);
+    // After the two packs, bytes 0..4 of each 128-bit lane hold elements 4 * lane .. + 4.
+    let low_groups = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
+    for (src_part, dst_part) in src_vectors.zip(&mut dst_vectors) {
+        // SAFETY: `src_part` holds exactly LANES floats, one vector.
+        let x = unsafe { _mm256_loadu_ps(src_part.as_ptr()) };
+        let steps = quantize_steps(x, broadcast, sums);
+        *sq_steps = _mm256_add_epi32(*sq_steps, _mm256_mullo_epi32(steps, steps));
+        let q = _mm256_add_epi32(steps, broadcast.zero_point);
+        let words = _mm256_packs_epi32(q, q);
+        let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(words, words), low_groups);
+        // SAFETY: `dst_part` holds exactly LANES = 8 bytes, the size of this store.
+        unsafe { _mm_storel_epi64(dst_part.as_mut_ptr().cast(), _mm256_castsi256_si128(bytes)) };
+    }
+    let dst_rest = dst_vectors.into_remainder();
+    if !src_rest.is_empty() {
+        totals.add_block(&scalar::quantize_run(src_rest, params, dst_rest));
+    }
+}
+
 /// See `scalar::quantize_i8`; `prefetch` is only hinted into cache, one line per line of `src`
 /// (see `Kernels::quantize_i8_prefetch`).
+///
+/// The quantized bytes are written with non-temporal (streaming) stores: they are not read
+/// again soon, and a normal store would first read every destination line from memory, a sixth
+/// of this loop's memory traffic. Streaming stores need 32-byte alignment, so each block starts
+/// with a short head up to the next aligned byte.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA, and `dst.len() == src.len()`.
@@ -226,6 +270,7 @@ pub(super) unsafe fn quantize_i8(
         inv_scale: _mm256_set1_ps(params.inv_scale),
         highest_step: _mm256_set1_ps((127 - params.zero_point) as f32),
         lowest_step: _mm256_set1_epi32(-128 - params.zero_point),
+        zero_point: _mm256_set1_epi32(params.zero_point),
         zero_point_words: _mm256_set1_epi16(params.zero_point as i16),
         magnitude_mask: _mm256_set1_epi32(MAGNITUDE_MASK as i32),
     };
@@ -235,7 +280,7 @@ pub(super) unsafe fn quantize_i8(
     let mut sq_ref_total = [zero_pd; 2];
     let mut dot_total = [zero_pd; 2];
     let mut max_abs_err_bits = _mm256_setzero_si256();
-    // The scalar tail's sums and the exact integer sum of squared steps.
+    // The scalar remainders' sums and the exact integer sum of squared steps.
     let mut totals = Totals::default();
 
     let blocks = src.chunks(STATS_BLOCK).zip(dst.chunks_mut(STATS_BLOCK));
@@ -244,9 +289,25 @@ pub(super) unsafe fn quantize_i8(
         // squared steps of one block stay far below i32::MAX per lane (64 pairs of <= 255²).
         let mut sums = [LaneSums::zero(), LaneSums::zero()];
         let mut sq_steps = _mm256_setzero_si256();
-        let src_chunks = src_block.chunks_exact(STEP);
+        let head_len = dst_block
+            .as_ptr()
+            .align_offset(STREAM_ALIGN)
+            .min(dst_block.len());
+        let (src_head, src_body) = src_block.split_at(head_len);
+        let (dst_head, dst_body) = dst_block.split_at_mut(head_len);
+        quantize_short(
+            src_head,
+            dst_head,
+            &params,
+            &broadcast,
+            &mut sums[0],
+            &mut sq_steps,
+            &mut totals,
+        );
+
+        let src_chunks = src_body.chunks_exact(STEP);
         let src_tail = src_chunks.remainder();
-        let mut dst_chunks = dst_block.chunks_exact_mut(STEP);
+        let mut dst_chunks = dst_body.chunks_exact_mut(STEP);
         let mut prefetch_chunks = prefetch_block(prefetch, block_idx).chunks(STEP);
         for (src_chunk, dst_chunk) in src_chunks.zip(&mut dst_chunks) {
             if let Some(ahead) = prefetch_chunks.next() {
@@ -270,15 +331,21 @@ pub(super) unsafe fn quantize_i8(
             let steps_01 = pack_steps(steps_0, steps_1, &mut sq_steps);
             let steps_23 = pack_steps(steps_2, steps_3, &mut sq_steps);
             let bytes = pack_bytes(steps_01, steps_23, broadcast.zero_point_words);
-            // SAFETY: `dst_chunk` holds exactly STEP = 32 bytes, the size of one store.
-            unsafe { _mm256_storeu_si256(dst_chunk.as_mut_ptr().cast(), bytes) };
+            // SAFETY: `dst_chunk` holds exactly STEP = 32 bytes, the size of one store, and
+            // starts 32-byte aligned: the head above ended on an aligned byte.
+            unsafe { _mm256_stream_si256(dst_chunk.as_mut_ptr().cast(), bytes) };
         }
-        // Fewer than STEP elements remain only in the last block; the scalar element function
-        // handles them and its sums fold into the totals like any other block's.
         let dst_tail = dst_chunks.into_remainder();
-        if !src_tail.is_empty() {
-            totals.add_block(&scalar::quantize_run(src_tail, &params, dst_tail));
-        }
+        quantize_short(
+            src_tail,
+            dst_tail,
+            &params,
+            &broadcast,
+            &mut sums[0],
+            &mut sq_steps,
+            &mut totals,
+        );
+
         let [first, second] = sums;
         add_widened(
             &mut sq_err_total,
@@ -290,13 +357,16 @@ pub(super) unsafe fn quantize_i8(
         );
         add_widened(&mut dot_total, _mm256_add_ps(first.dot, second.dot));
         // Non-negative and below 2^27 for one block, so the sum is exact.
-        totals.sum_sq_steps += u32_lanes(sq_steps)
+        let block_sq_steps: u64 = u32_lanes(sq_steps)
             .iter()
             .map(|&lane| u64::from(lane))
-            .sum::<u64>();
+            .sum();
+        totals.sum_sq_steps += block_sq_steps;
         let block_max = _mm256_max_epu32(first.max_abs_err_bits, second.max_abs_err_bits);
         max_abs_err_bits = _mm256_max_epu32(max_abs_err_bits, block_max);
     }
+    // Streaming stores are weakly ordered; fence them before the caller hands `dst` on.
+    _mm_sfence();
 
     totals.sum_sq_err += reduce_widened(sq_err_total);
     totals.sum_sq_ref += reduce_widened(sq_ref_total);

@@ -1,5 +1,5 @@
 //! AVX-512 (F + BW + DQ) kernels: 16 f32 lanes, 64 elements per main-loop iteration, masked
-//! tails.
+//! heads and tails, streaming stores.
 //!
 //! Every result is defined by `kernels::scalar`; the comments say which scalar step each
 //! vector instruction reproduces. Masked loads of the tail read zeros (or a fill value) into
@@ -17,6 +17,9 @@ const LANES: usize = 16;
 /// Elements per main-loop iteration: four vectors, enough independent work to hide latencies
 /// and exactly one 64-byte store of quantized bytes.
 const STEP: usize = 4 * LANES;
+
+/// Alignment, in bytes, that `_mm512_stream_si512` requires; one main-loop store.
+const STREAM_ALIGN: usize = 64;
 
 /// `range_ps` control: the operand of larger magnitude, with its sign bit cleared, i.e.
 /// `max(|a|, |b|)` in one instruction.
@@ -115,6 +118,7 @@ struct Broadcast {
     highest_step: __m512,
     /// `-128 - zero_point`, the lowest one.
     lowest_step: __m512i,
+    zero_point: __m512i,
     zero_point_words: __m512i,
 }
 
@@ -208,8 +212,39 @@ fn reduce_widened(total: [__m512d; 2]) -> f64 {
     _mm512_reduce_add_pd(_mm512_add_pd(total[0], total[1]))
 }
 
+/// Quantizes a run shorter than STEP (a block's unaligned head or its tail) 16 lanes at a time
+/// with masked loads and stores.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq")]
+#[inline]
+fn quantize_short(
+    src: &[f32],
+    dst: &mut [i8],
+    params: &Broadcast,
+    sums: &mut LaneSums,
+    sq_steps: &mut __m512i,
+) {
+    for (src_part, dst_part) in src.chunks(LANES).zip(dst.chunks_mut(LANES)) {
+        let enabled = first_lanes(src_part.len());
+        // SAFETY: only the first src_part.len() lanes are read and they are in bounds.
+        // Disabled lanes read as 0.0, which is 0 steps and dequantizes to exactly 0.0, so they
+        // add nothing to any sum or maximum.
+        let x = unsafe { _mm512_maskz_loadu_ps(enabled, src_part.as_ptr()) };
+        let steps = quantize_steps(x, params, sums);
+        *sq_steps = _mm512_add_epi32(*sq_steps, _mm512_mullo_epi32(steps, steps));
+        let q = _mm512_add_epi32(steps, params.zero_point);
+        // SAFETY: the store writes only the first dst_part.len() (== src_part.len()) bytes, all
+        // inside `dst_part`; `q` is in -128..=127 so truncation to i8 is exact.
+        unsafe { _mm512_mask_cvtepi32_storeu_epi8(dst_part.as_mut_ptr(), enabled, q) };
+    }
+}
+
 /// See `scalar::quantize_i8`; `prefetch` is only hinted into cache, one line per line of `src`
 /// (see `Kernels::quantize_i8_prefetch`).
+///
+/// The quantized bytes are written with non-temporal (streaming) stores: they are not read
+/// again soon, and a normal store would first read every destination line from memory, a sixth
+/// of this loop's memory traffic. Streaming stores need 64-byte alignment, so each block starts
+/// with a masked head up to the next aligned byte.
 ///
 /// # Safety
 /// The CPU must support AVX-512F, AVX-512BW and AVX-512DQ, and `dst.len() == src.len()`.
@@ -226,6 +261,7 @@ pub(super) unsafe fn quantize_i8(
         inv_scale: _mm512_set1_ps(params.inv_scale),
         highest_step: _mm512_set1_ps((127 - params.zero_point) as f32),
         lowest_step: _mm512_set1_epi32(-128 - params.zero_point),
+        zero_point: _mm512_set1_epi32(params.zero_point),
         zero_point_words: _mm512_set1_epi16(params.zero_point as i16),
     };
     let zero_pd = _mm512_setzero_pd();
@@ -242,9 +278,17 @@ pub(super) unsafe fn quantize_i8(
         // squared steps of one block stay far below i32::MAX per lane (32 pairs of <= 255²).
         let mut sums = [LaneSums::zero(), LaneSums::zero()];
         let mut sq_steps = _mm512_setzero_si512();
-        let src_chunks = src_block.chunks_exact(STEP);
+        let head_len = dst_block
+            .as_ptr()
+            .align_offset(STREAM_ALIGN)
+            .min(dst_block.len());
+        let (src_head, src_body) = src_block.split_at(head_len);
+        let (dst_head, dst_body) = dst_block.split_at_mut(head_len);
+        quantize_short(src_head, dst_head, &broadcast, &mut sums[0], &mut sq_steps);
+
+        let src_chunks = src_body.chunks_exact(STEP);
         let src_tail = src_chunks.remainder();
-        let mut dst_chunks = dst_block.chunks_exact_mut(STEP);
+        let mut dst_chunks = dst_body.chunks_exact_mut(STEP);
         let mut prefetch_chunks = prefetch_block(prefetch, block_idx).chunks(STEP);
         for (src_chunk, dst_chunk) in src_chunks.zip(&mut dst_chunks) {
             if let Some(ahead) = prefetch_chunks.next() {
@@ -268,24 +312,13 @@ pub(super) unsafe fn quantize_i8(
             let steps_01 = pack_steps(steps_0, steps_1, &mut sq_steps);
             let steps_23 = pack_steps(steps_2, steps_3, &mut sq_steps);
             let bytes = pack_bytes(steps_01, steps_23, broadcast.zero_point_words);
-            // SAFETY: `dst_chunk` holds exactly STEP = 64 bytes, the size of one store.
-            unsafe { _mm512_storeu_si512(dst_chunk.as_mut_ptr().cast(), bytes) };
+            // SAFETY: `dst_chunk` holds exactly STEP = 64 bytes, the size of one store, and
+            // starts 64-byte aligned: the head above ended on an aligned byte.
+            unsafe { _mm512_stream_si512(dst_chunk.as_mut_ptr().cast(), bytes) };
         }
         let dst_tail = dst_chunks.into_remainder();
-        let zero_point = _mm512_set1_epi32(params.zero_point);
-        for (src_part, dst_part) in src_tail.chunks(LANES).zip(dst_tail.chunks_mut(LANES)) {
-            let enabled = first_lanes(src_part.len());
-            // SAFETY: only the first src_part.len() lanes are read and they are in bounds.
-            // Disabled lanes read as 0.0, which is 0 steps and dequantizes to exactly 0.0, so
-            // they add nothing to any sum or maximum.
-            let x = unsafe { _mm512_maskz_loadu_ps(enabled, src_part.as_ptr()) };
-            let steps = quantize_steps(x, &broadcast, &mut sums[0]);
-            sq_steps = _mm512_add_epi32(sq_steps, _mm512_mullo_epi32(steps, steps));
-            let q = _mm512_add_epi32(steps, zero_point);
-            // SAFETY: the store writes only the first dst_part.len() (== src_part.len()) bytes,
-            // all inside `dst_part`; `q` is in -128..=127 so truncation to i8 is exact.
-            unsafe { _mm512_mask_cvtepi32_storeu_epi8(dst_part.as_mut_ptr(), enabled, q) };
-        }
+        quantize_short(src_tail, dst_tail, &broadcast, &mut sums[0], &mut sq_steps);
+
         // Fold the block's f32 lanes into the f64 totals (see `STATS_BLOCK`).
         let [first, second] = sums;
         add_widened(
@@ -302,6 +335,8 @@ pub(super) unsafe fn quantize_i8(
         let block_max = _mm512_max_ps(first.max_abs_err, second.max_abs_err);
         max_abs_err = _mm512_max_ps(max_abs_err, block_max);
     }
+    // Streaming stores are weakly ordered; fence them before the caller hands `dst` on.
+    _mm_sfence();
 
     let totals = Totals {
         sum_sq_err: reduce_widened(sq_err_total),
