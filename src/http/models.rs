@@ -89,6 +89,58 @@ fn check_content_length(headers: &HeaderMap, limit: u64) -> Result<(), ApiError>
     }
 }
 
+/// The sha256 the client says the body has, from `Content-Digest` / `Repr-Digest`
+/// (RFC 9530: `sha-256=:<base64>:`). `Ok(None)` when neither header names sha-256.
+fn declared_sha256(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    use base64::Engine;
+    for name in ["content-digest", "repr-digest"] {
+        let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        for member in value.split(',') {
+            let Some((algorithm, digest)) = member.trim().split_once('=') else {
+                continue;
+            };
+            if !algorithm.trim().eq_ignore_ascii_case("sha-256") {
+                continue;
+            }
+            let encoded = digest.trim().trim_matches(':');
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid-digest",
+                        format!("{name} does not hold a base64 sha-256 digest"),
+                    )
+                })?;
+            return Ok(Some(hex::encode(bytes)));
+        }
+    }
+    Ok(None)
+}
+
+/// Refuses a staged blob whose digest differs from the one the client declared.
+async fn verify_declared_digest(
+    staged: StagedBlob,
+    declared: Option<String>,
+) -> Result<StagedBlob, ApiError> {
+    match declared {
+        Some(expected) if expected != staged.sha256 => {
+            let actual = staged.sha256.clone();
+            staged.discard().await;
+            Err(ApiError::new(
+                ErrorKind::Unprocessable,
+                "digest-mismatch",
+                "Digest mismatch",
+                format!("the body's sha-256 is {actual}, the request declared {expected}"),
+            ))
+        }
+        _ => Ok(staged),
+    }
+}
+
 /// Streams a safetensors body into a temporary blob while hashing and validating it. On any
 /// failure the temporary blob is removed.
 async fn ingest_safetensors<S, E>(
@@ -219,8 +271,10 @@ pub async fn upload_model(
             )
             .with_field("name")
         })?)?;
+        let declared = declared_sha256(request.headers())?;
         let (staged, header) =
             ingest_safetensors(&state, request.into_body().into_data_stream()).await?;
+        let staged = verify_declared_digest(staged, declared).await?;
         return record_model(&state, name, staged, header).await;
     }
 
@@ -417,6 +471,7 @@ pub async fn put_model_file(
     if state.store.get_model(model_id).await?.is_none() {
         return Err(ApiError::not_found("model", &id));
     }
+    let declared = declared_sha256(request.headers())?;
     let is_json = filename.ends_with(".json");
     let mut json_buffer = Vec::new();
     let mut upload = state.blobs.begin_upload().await?;
@@ -475,7 +530,7 @@ pub async fn put_model_file(
             ));
         }
     }
-    let staged = upload.finish().await?;
+    let staged = verify_declared_digest(upload.finish().await?, declared).await?;
     let size_bytes = staged.size_bytes;
     let sha256 = staged.commit().await?;
     let file = StoredFile {

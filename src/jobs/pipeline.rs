@@ -368,6 +368,7 @@ pub fn quantize_file(
             }
         };
         reports.push(report);
+        release_mapped_range(&mapping, start, end);
         ctx.progress.tensors_done.fetch_add(1, Ordering::Relaxed);
         ctx.progress
             .bytes_done
@@ -419,6 +420,30 @@ pub fn quantize_file(
         report,
         quantization_config,
     })
+}
+
+/// Drops the finished tensor's pages from this process's resident set, so that RSS stays near one
+/// tensor even for models larger than RAM (the page cache keeps them if memory allows).
+fn release_mapped_range(mapping: &memmap2::Mmap, start: usize, end: usize) {
+    #[cfg(unix)]
+    {
+        const PAGE: usize = 4096;
+        let aligned_start = start - start % PAGE;
+        if end > aligned_start {
+            // SAFETY: the mapping is read-only and private and never written, so MADV_DONTNEED
+            // only makes later reads of these pages fault them in again from the file with the
+            // same content; no reference into the mapping can observe a change.
+            let _ = unsafe {
+                mapping.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    aligned_start,
+                    end - aligned_start,
+                )
+            };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (mapping, start, end);
 }
 
 fn finite(value: f64) -> Option<f64> {

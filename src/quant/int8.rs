@@ -82,8 +82,14 @@ pub enum QuantError {
 /// Elements per kernel call, and roughly how often cancellation is checked (4 MiB of f32).
 ///
 /// A multiple of [`STATS_BLOCK`], so splitting a long row into calls starts every call on a
-/// block boundary and leaves the statistics exactly as one call would compute them.
+/// block boundary: the statistics keep the blocks one call would use and differ from its only
+/// by summation order.
 const CHUNK_ELEMENTS: usize = 1024 * STATS_BLOCK;
+
+/// Tensors from this many elements on (4 MiB of f32, 1 MiB of output) are quantized with
+/// `Kernels::quantize_i8_streaming`: their output will not stay in cache, so writing it around
+/// the cache and prefetching the next row pays. Smaller ones use the plain kernel.
+const STREAMING_MIN_ELEMENTS: usize = 1 << 20;
 
 /// Scale used for a channel with nothing to represent (all zeros): any positive value
 /// dequantizes `q = 0` to exactly 0.0, and 1.0 keeps `1 / scale` exact.
@@ -179,19 +185,22 @@ fn channel_layout(
 
 /// Chooses the parameters of one channel, or returns the offset (within `row`) of its first
 /// non-finite value.
+///
+/// One pass over the row: `absmax` for the symmetric variant, `min_max` for the asymmetric one;
+/// both kernels let NaN and ±Inf through to their result, which is then the finiteness check.
 fn channel_params(kernels: &Kernels, row: &[f32], symmetric: bool) -> Result<I8Params, usize> {
-    // absmax is exact about NaN and Inf (min_max is not), so it is the finiteness check for
-    // both variants; on a row that has just been read it costs little.
-    let absmax = (kernels.absmax)(row);
-    if !absmax.is_finite() {
-        return Err(row.iter().position(|value| !value.is_finite()).unwrap_or(0));
-    }
+    let first_non_finite = || row.iter().position(|value| !value.is_finite()).unwrap_or(0);
     if symmetric {
+        let absmax = (kernels.absmax)(row);
+        if !absmax.is_finite() {
+            return Err(first_non_finite());
+        }
         Ok(symmetric_params(absmax))
-    } else if absmax == 0.0 {
-        Ok(zero_channel_params())
     } else {
         let (min, max) = (kernels.min_max)(row);
+        if !(min.is_finite() && max.is_finite()) {
+            return Err(first_non_finite());
+        }
         Ok(asymmetric_params(min, max))
     }
 }
@@ -218,8 +227,8 @@ pub fn quantize_int8(
     quantize_int8_cancellable(kernels, src, shape, options, &|| true)
 }
 
-/// [`quantize_int8`] that calls `should_continue` before starting and then about every
-/// [`CHUNK_ELEMENTS`] elements (between channels, and between chunks of one long channel), and
+/// [`quantize_int8`] that calls `should_continue` before starting and then about every 2^20
+/// elements (4 MiB of f32; between channels, and between chunks of one long channel), and
 /// stops with [`QuantError::Cancelled`] once it returns false.
 pub fn quantize_int8_cancellable(
     kernels: &Kernels,
@@ -282,6 +291,7 @@ pub fn quantize_int8_into(
         result.zero_points.reserve_exact(n_channels);
     }
 
+    let streaming = src.len() >= STREAMING_MIN_ELEMENTS;
     let mut elements_since_check = 0usize;
     let rows = src.chunks_exact(row_len).zip(q.chunks_exact_mut(row_len));
     for (channel_idx, (src_row, dst_row)) in rows.enumerate() {
@@ -308,8 +318,11 @@ pub fn quantize_int8_into(
                 }
                 elements_since_check = 0;
             }
-            let chunk_stats =
-                (kernels.quantize_i8_prefetch)(src_chunk, params, dst_chunk, next_row);
+            let chunk_stats = if streaming {
+                (kernels.quantize_i8_streaming)(src_chunk, params, dst_chunk, next_row)
+            } else {
+                (kernels.quantize_i8)(src_chunk, params, dst_chunk)
+            };
             result.stats.merge(&chunk_stats);
             elements_since_check += src_chunk.len();
         }

@@ -11,7 +11,9 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 pub fn fixture(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(relative)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures")
+        .join(relative)
 }
 
 pub fn digits_model_bytes() -> Vec<u8> {
@@ -55,12 +57,20 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).send().await.expect("request sent")
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
         let response = self.get(path).await;
-        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
         response.json().await.expect("JSON body")
     }
 
@@ -80,7 +90,12 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
-    pub async fn create_job(&self, model_id: &str, scheme: &str, options: Value) -> reqwest::Response {
+    pub async fn create_job(
+        &self,
+        model_id: &str,
+        scheme: &str,
+        options: Value,
+    ) -> reqwest::Response {
         self.client
             .post(self.url("/api/v1/jobs"))
             .json(&json!({"model_id": model_id, "scheme": scheme, "options": options}))
@@ -98,14 +113,22 @@ impl TestApp {
     }
 
     /// Polls the job until `done(job)` holds, panicking after `timeout`.
-    pub async fn wait_for_job_until(&self, job_id: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for_job_until(
+        &self,
+        job_id: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = Instant::now();
         loop {
             let job = self.get_json(&format!("/api/v1/jobs/{job_id}")).await;
             if done(&job) {
                 return job;
             }
-            assert!(start.elapsed() < timeout, "job {job_id} did not reach the expected state: {job}");
+            assert!(
+                start.elapsed() < timeout,
+                "job {job_id} did not reach the expected state: {job}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -113,7 +136,10 @@ impl TestApp {
     /// Waits until the job is finished (succeeded, failed or cancelled).
     pub async fn wait_for_job(&self, job_id: &str) -> Value {
         self.wait_for_job_until(job_id, Duration::from_secs(60), |job| {
-            matches!(job["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+            matches!(
+                job["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
         })
         .await
     }
@@ -152,7 +178,13 @@ impl TestApp {
 /// Asserts a problem+json response with the given status and type slug; returns the body.
 pub async fn assert_problem(response: reqwest::Response, status: u16, slug: &str) -> Value {
     assert_eq!(response.status().as_u16(), status, "unexpected status");
-    let content_type = response.headers().get("content-type").unwrap().to_str().unwrap().to_owned();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(content_type, "application/problem+json");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["type"], format!("/problems/{slug}"), "body: {body}");

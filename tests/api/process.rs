@@ -16,7 +16,11 @@ struct Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn start_server(data_dir: &Path, tensor_delay_ms: u64) -> Server {
@@ -41,19 +45,34 @@ async fn start_server(data_dir: &Path, tensor_delay_ms: u64) -> Server {
     };
     let start = Instant::now();
     loop {
-        if let Ok(response) = server.client.get(format!("{}/readyz", server.base)).send().await {
+        if let Ok(response) = server
+            .client
+            .get(format!("{}/readyz", server.base))
+            .send()
+            .await
+        {
             if response.status() == 200 {
                 return server;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "server did not become ready");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "server did not become ready"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 impl Server {
     async fn job(&self, id: &str) -> Value {
-        self.client.get(format!("{}/api/v1/jobs/{id}", self.base)).send().await.unwrap().json().await.unwrap()
+        self.client
+            .get(format!("{}/api/v1/jobs/{id}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     async fn wait(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
@@ -63,7 +82,10 @@ impl Server {
             if done(&job) {
                 return job;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "job stuck: {job}");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "job stuck: {job}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -105,22 +127,44 @@ async fn a_job_survives_a_killed_server() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut server = start_server(data_dir.path(), 300).await;
     let job_id = server.upload_and_queue().await;
-    server.wait(&job_id, |j| j["state"] == "running" && j["progress"]["tensors_done"].as_u64() >= Some(1)).await;
+    server
+        .wait(&job_id, |j| {
+            j["state"] == "running" && j["progress"]["tensors_done"].as_u64() >= Some(1)
+        })
+        .await;
     // SIGKILL: no chance to clean up.
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     drop(server);
 
     let server = start_server(data_dir.path(), 0).await;
-    let job = server.wait(&job_id, |j| j["state"] == "succeeded" || j["state"] == "failed").await;
+    let job = server
+        .wait(&job_id, |j| {
+            j["state"] == "succeeded" || j["state"] == "failed"
+        })
+        .await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    assert_eq!(job["attempt"], 2, "the crashed attempt counts, the job ran again");
+    assert_eq!(
+        job["attempt"], 2,
+        "the crashed attempt counts, the job ran again"
+    );
     let artifact_id = job["artifact_id"].as_str().unwrap();
-    let response = server.client.get(format!("{}/api/v1/artifacts/{artifact_id}/download", server.base)).send().await.unwrap();
+    let response = server
+        .client
+        .get(format!(
+            "{}/api/v1/artifacts/{artifact_id}/download",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let bytes = response.bytes().await.unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    assert_eq!(file.tensor("fc1.weight").unwrap().dtype(), safetensors::Dtype::I8);
+    assert_eq!(
+        file.tensor("fc1.weight").unwrap().dtype(),
+        safetensors::Dtype::I8
+    );
 }
 
 #[cfg(unix)]
@@ -130,21 +174,35 @@ async fn sigterm_hands_running_jobs_back_and_exits_cleanly() {
     let mut server = start_server(data_dir.path(), 400).await;
     let job_id = server.upload_and_queue().await;
     server.wait(&job_id, |j| j["state"] == "running").await;
-    let status = Command::new("kill").arg("-TERM").arg(server.child.id().to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.child.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
     let start = Instant::now();
     let exit = loop {
         if let Some(exit) = server.child.try_wait().unwrap() {
             break exit;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "server did not stop after SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "server did not stop after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "exit status {exit:?}");
     drop(server);
 
     let server = start_server(data_dir.path(), 0).await;
-    let job = server.wait(&job_id, |j| j["state"] == "succeeded" || j["state"] == "failed").await;
+    let job = server
+        .wait(&job_id, |j| {
+            j["state"] == "succeeded" || j["state"] == "failed"
+        })
+        .await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    assert_eq!(job["attempt"], 1, "a job handed back at shutdown does not use up an attempt");
+    assert_eq!(
+        job["attempt"], 1,
+        "a job handed back at shutdown does not use up an attempt"
+    );
 }

@@ -7,7 +7,10 @@ use serde_json::{json, Value};
 use crate::helpers::{digits_model_bytes, fixture, spawn_app};
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 /// Dequantized weights of `name` from a compressed-tensors int8 file, with the per-element
@@ -52,7 +55,12 @@ fn digits_accuracy(weights: &dyn Fn(&str) -> Vec<f32>) -> f64 {
     let layers = [("fc1", 64, 128), ("fc2", 128, 64), ("fc3", 64, 10)];
     let params: Vec<(Vec<f32>, Vec<f32>)> = layers
         .iter()
-        .map(|(name, _, _)| (weights(&format!("{name}.weight")), weights(&format!("{name}.bias"))))
+        .map(|(name, _, _)| {
+            (
+                weights(&format!("{name}.weight")),
+                weights(&format!("{name}.bias")),
+            )
+        })
         .collect();
     let mut correct = 0;
     for (sample, &label) in y.iter().enumerate() {
@@ -85,15 +93,24 @@ fn digits_accuracy(weights: &dyn Fn(&str) -> Vec<f32>) -> f64 {
 async fn quantize_digits(options: Value) -> (Vec<u8>, Value, Value) {
     let app = spawn_app().await;
     let model = app.upload_digits().await;
-    let job_id = app.create_job_ok(model["id"].as_str().unwrap(), options).await;
+    let job_id = app
+        .create_job_ok(model["id"].as_str().unwrap(), options)
+        .await;
     let job = app.wait_for_job(&job_id).await;
     assert_eq!(job["state"], "succeeded", "job: {job}");
     assert_eq!(job["progress"]["tensors_done"], 6);
     let artifact_id = job["artifact_id"].as_str().unwrap().to_owned();
-    let artifact = app.get_json(&format!("/api/v1/artifacts/{artifact_id}")).await;
-    let bytes = app.download(&format!("/api/v1/artifacts/{artifact_id}/download")).await;
+    let artifact = app
+        .get_json(&format!("/api/v1/artifacts/{artifact_id}"))
+        .await;
+    let bytes = app
+        .download(&format!("/api/v1/artifacts/{artifact_id}/download"))
+        .await;
     let config: Value = serde_json::from_slice(
-        &app.download(&format!("/api/v1/artifacts/{artifact_id}/files/config.json")).await,
+        &app.download(&format!(
+            "/api/v1/artifacts/{artifact_id}/files/config.json"
+        ))
+        .await,
     )
     .unwrap();
     app.stop().await;
@@ -113,12 +130,20 @@ async fn check_scheme(options: Value) {
         let reference = f32s(original.tensor(name).unwrap().data());
         let (values, bounds) = dequantize(&quantized, name);
         assert_eq!(values.len(), reference.len());
-        for (i, ((value, bound), expected)) in values.iter().zip(&bounds).zip(&reference).enumerate() {
-            assert!((value - expected).abs() <= *bound, "{name}[{i}]: {value} vs {expected} (bound {bound})");
+        for (i, ((value, bound), expected)) in
+            values.iter().zip(&bounds).zip(&reference).enumerate()
+        {
+            assert!(
+                (value - expected).abs() <= *bound,
+                "{name}[{i}]: {value} vs {expected} (bound {bound})"
+            );
         }
     }
     for name in ["fc1.bias", "fc2.bias", "fc3.bias"] {
-        assert_eq!(quantized.tensor(name).unwrap().data(), original.tensor(name).unwrap().data());
+        assert_eq!(
+            quantized.tensor(name).unwrap().data(),
+            original.tensor(name).unwrap().data()
+        );
     }
 
     // The report covers every tensor, with plausible figures.
@@ -129,13 +154,19 @@ async fn check_scheme(options: Value) {
             assert_eq!(tensor["action"], "quantized");
             assert!(tensor["sqnr_db"].as_f64().unwrap() > 30.0, "{tensor}");
             assert!(tensor["cosine"].as_f64().unwrap() > 0.999);
-            assert!(tensor["bytes_after"].as_u64().unwrap() * 3 < tensor["bytes_before"].as_u64().unwrap());
+            assert!(
+                tensor["bytes_after"].as_u64().unwrap() * 3
+                    < tensor["bytes_before"].as_u64().unwrap()
+            );
         } else {
             assert_eq!(tensor["action"], "kept");
         }
     }
     assert_eq!(artifact["options"], options);
-    assert_eq!(config["quantization_config"]["quant_method"], "compressed-tensors");
+    assert_eq!(
+        config["quantization_config"]["quant_method"],
+        "compressed-tensors"
+    );
     assert_eq!(config["quantization_config"]["format"], "int-quantized");
     assert_eq!(
         config["quantization_config"]["config_groups"]["group_0"]["weights"]["symmetric"],
@@ -149,7 +180,10 @@ async fn check_scheme(options: Value) {
             f32s(quantized.tensor(name).unwrap().data())
         }
     });
-    assert!((accuracy - FP32_ACCURACY).abs() <= 0.005, "accuracy {accuracy} after {options}");
+    assert!(
+        (accuracy - FP32_ACCURACY).abs() <= 0.005,
+        "accuracy {accuracy} after {options}"
+    );
 }
 
 #[test]
@@ -200,19 +234,33 @@ async fn non_float_and_half_precision_tensors_are_handled() {
     assert_eq!(response.status(), 201);
     let model: Value = response.json().await.unwrap();
     assert_eq!(model["dtypes"], json!({"BF16": 1, "F16": 1, "I64": 1}));
-    let job_id = app.create_job_ok(model["id"].as_str().unwrap(), json!({})).await;
+    let job_id = app
+        .create_job_ok(model["id"].as_str().unwrap(), json!({}))
+        .await;
     let job = app.wait_for_job(&job_id).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     let bytes = app
-        .download(&format!("/api/v1/artifacts/{}/download", job["artifact_id"].as_str().unwrap()))
+        .download(&format!(
+            "/api/v1/artifacts/{}/download",
+            job["artifact_id"].as_str().unwrap()
+        ))
         .await;
     let output = SafeTensors::deserialize(&bytes).unwrap();
-    assert_eq!(output.tensor("position_ids").unwrap().data(), &positions[..]);
-    assert_eq!(output.tensor("a.weight").unwrap().dtype(), safetensors::Dtype::I8);
+    assert_eq!(
+        output.tensor("position_ids").unwrap().data(),
+        &positions[..]
+    );
+    assert_eq!(
+        output.tensor("a.weight").unwrap().dtype(),
+        safetensors::Dtype::I8
+    );
     let (values, _) = dequantize(&output, "a.weight");
     for (i, value) in values.iter().enumerate() {
         let expected = (i as f32 - 16.0) / 8.0;
-        assert!((value - expected).abs() <= 2.0 / 127.0 / 2.0 + 1e-6, "{i}: {value}");
+        assert!(
+            (value - expected).abs() <= 2.0 / 127.0 / 2.0 + 1e-6,
+            "{i}: {value}"
+        );
     }
     app.stop().await;
 }

@@ -4,7 +4,8 @@
 use crate::helpers::spawn_app;
 
 fn walkthrough_script() -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let mut script = String::from("set -euo pipefail\n");
     let mut in_block = false;
     for line in readme.lines() {
@@ -23,7 +24,10 @@ fn walkthrough_script() -> String {
 #[tokio::test]
 async fn the_readme_walkthrough_works_as_written() {
     let script = walkthrough_script();
-    assert!(script.contains("api/v1/jobs"), "README has no walkthrough blocks");
+    assert!(
+        script.contains("api/v1/jobs"),
+        "README has no walkthrough blocks"
+    );
     let app = spawn_app().await;
     let output = tokio::process::Command::new("bash")
         .arg("-c")
@@ -35,11 +39,17 @@ async fn the_readme_walkthrough_works_as_written() {
         .expect("bash runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "walkthrough failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        output.status.success(),
+        "walkthrough failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     // Spot-check what the walkthrough printed.
     assert!(stdout.contains("\"succeeded\""), "{stdout}");
     assert!(stdout.contains("\"int-quantized\""), "{stdout}");
     assert!(stdout.contains("/problems/unknown-scheme"), "{stdout}");
-    assert!(stdout.contains("\n204\n"), "the delete should answer 204: {stdout}");
+    assert!(
+        stdout.contains("\n204\n"),
+        "the delete should answer 204: {stdout}"
+    );
     app.stop().await;
 }

@@ -18,12 +18,24 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 #[test]
 fn pure_modules_stay_free_of_io_frameworks() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let forbidden = ["tokio", "axum", "sqlx", "object_store", "hyper", "tower", "reqwest", "utoipa"];
+    let forbidden = [
+        "tokio",
+        "axum",
+        "sqlx",
+        "object_store",
+        "hyper",
+        "tower",
+        "reqwest",
+        "utoipa",
+    ];
     let mut files = Vec::new();
     for pure in ["quant", "formats"] {
         rust_files(&root.join(pure), &mut files);
     }
-    assert!(files.len() >= 4, "expected the pure modules at src/quant and src/formats");
+    assert!(
+        files.len() >= 4,
+        "expected the pure modules at src/quant and src/formats"
+    );
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         for (number, line) in text.lines().enumerate() {
@@ -44,15 +56,27 @@ fn pure_modules_stay_free_of_io_frameworks() {
 #[test]
 fn every_unsafe_block_is_justified() {
     let mut files = Vec::new();
-    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         for (index, line) in lines.iter().enumerate() {
             let code = line.split("//").next().unwrap();
             if code.contains("unsafe {") {
-                let justified = lines[..index].iter().rev().take(6).any(|l| l.contains("SAFETY:"));
-                assert!(justified, "{}:{}: unsafe block without a SAFETY comment", file.display(), index + 1);
+                let justified = lines[..index]
+                    .iter()
+                    .rev()
+                    .take(6)
+                    .any(|l| l.contains("SAFETY:"));
+                assert!(
+                    justified,
+                    "{}:{}: unsafe block without a SAFETY comment",
+                    file.display(),
+                    index + 1
+                );
             }
         }
     }

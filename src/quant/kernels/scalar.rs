@@ -1,6 +1,6 @@
 //! Portable reference kernels. These define the results every SIMD variant must reproduce.
 //!
-//! They are written for clarity first; the element function [`quantize_element`] is also used by
+//! They are written for clarity first; the element function `quantize_element` is also used by
 //! the AVX2 and NEON kernels for their tails, so a tail can never disagree with the body.
 
 use super::{BlockSums, ErrorStats, I8Params, Totals, STATS_BLOCK};
@@ -19,14 +19,40 @@ pub fn absmax(src: &[f32]) -> f32 {
     f32::from_bits(max_bits)
 }
 
-/// `(min, max)` of a finite slice; `(0.0, 0.0)` when empty.
+/// Maps an f32 bit pattern to an i32 whose integer order is IEEE 754 `totalOrder`:
+/// -NaN < -Inf < ... < -0.0 < +0.0 < ... < +Inf < +NaN.
+///
+/// Negative floats order backwards by magnitude, so their magnitude bits are flipped. The map
+/// keeps the sign bit and is its own inverse ([`from_total_order_key`]).
+#[inline(always)]
+pub(crate) fn total_order_key(bits: u32) -> i32 {
+    let signed = bits as i32;
+    signed ^ (((signed >> 31) as u32) >> 1) as i32
+}
+
+/// The float whose [`total_order_key`] is `key`.
+#[inline(always)]
+pub(crate) fn from_total_order_key(key: i32) -> f32 {
+    f32::from_bits(total_order_key(key as u32) as u32)
+}
+
+/// `(min, max)` in IEEE total order; `(0.0, 0.0)` when empty; see [`super::Kernels`].
+///
+/// Comparing integer keys instead of floats makes the result exact, order-independent and
+/// identical across ISAs, and lets NaN and ±Inf show: any NaN makes `min` or `max` a NaN
+/// (a negative NaN sorts below -Inf, a positive one above +Inf).
 pub fn min_max(src: &[f32]) -> (f32, f32) {
     let Some(&first) = src.first() else {
         return (0.0, 0.0);
     };
-    src.iter().fold((first, first), |(low, high), &value| {
-        (low.min(value), high.max(value))
-    })
+    let first_key = total_order_key(first.to_bits());
+    let (low, high) = src
+        .iter()
+        .fold((first_key, first_key), |(low, high), value| {
+            let key = total_order_key(value.to_bits());
+            (low.min(key), high.max(key))
+        });
+    (from_total_order_key(low), from_total_order_key(high))
 }
 
 /// One quantized element.
@@ -112,8 +138,9 @@ pub(crate) fn quantize_run(src: &[f32], params: &I8Params, dst: &mut [i8]) -> Bl
 
 /// Quantizes `src` into `dst` (same length, panics otherwise) and returns the error statistics.
 ///
-/// See [`quantize_element`] for the per-element definition and [`STATS_BLOCK`] for how the sums
-/// are accumulated.
+/// Per element: `q = clamp(round_ties_even(x * inv_scale) + zero_point, -128, 127)` and
+/// `deq = (q - zero_point) as f32 * scale` (see `quantize_element` for how it is computed
+/// without float-to-int overflow). [`STATS_BLOCK`] says how the sums are accumulated.
 pub fn quantize_i8(src: &[f32], params: I8Params, dst: &mut [i8]) -> ErrorStats {
     assert_eq!(src.len(), dst.len(), "quantize_i8: dst.len() != src.len()");
     params.debug_assert_valid();
@@ -124,8 +151,8 @@ pub fn quantize_i8(src: &[f32], params: I8Params, dst: &mut [i8]) -> ErrorStats 
     totals.finish(src.len(), params.scale)
 }
 
-/// [`quantize_i8`]; the prefetch hint is ignored (the scalar loop is far from memory-bound).
-pub fn quantize_i8_prefetch(
+/// [`quantize_i8`]; the streaming hints are ignored (the scalar loop is far from memory-bound).
+pub fn quantize_i8_streaming(
     src: &[f32],
     params: I8Params,
     dst: &mut [i8],

@@ -111,14 +111,14 @@ fn check_quantize(src: &[f32], params: I8Params) {
             "{isa}: wrote past dst"
         );
         assert_stats_agree(&stats, &reference, &format!("{isa}, len {}", src.len()));
-        // The prefetching entry point gives the same result whatever it is given (and a
-        // differently aligned destination, which changes only the order of the sums).
+        // The streaming entry point gives the same result whatever prefetch hint it is given;
+        // its aligned head changes only the order of the sums.
         let hint_len = [0, 1, src.len() / 2, src.len(), src.len() + 100][src.len() % 5];
         let hint = vec![1.0f32; hint_len];
-        let mut prefetched = vec![0i8; src.len()];
-        let prefetched_stats = (kernels.quantize_i8_prefetch)(src, params, &mut prefetched, &hint);
-        assert_eq!(prefetched, expected, "{isa}: prefetching variant bytes");
-        assert_stats_agree(&prefetched_stats, &reference, &format!("{isa} prefetching"));
+        let mut streamed = vec![0i8; src.len()];
+        let streamed_stats = (kernels.quantize_i8_streaming)(src, params, &mut streamed, &hint);
+        assert_eq!(streamed, expected, "{isa}: streaming variant bytes");
+        assert_stats_agree(&streamed_stats, &reference, &format!("{isa} streaming"));
     }
 }
 
@@ -137,12 +137,13 @@ fn check_absmax(src: &[f32]) {
 }
 
 fn check_min_max(src: &[f32]) {
-    let expected = scalar::min_max(src);
+    let (expected_low, expected_high) = scalar::min_max(src);
     for kernels in all_kernels() {
+        let (low, high) = (kernels.min_max)(src);
         assert_eq!(
-            (kernels.min_max)(src),
-            expected,
-            "{}: min_max (len {})",
+            (low.to_bits(), high.to_bits()),
+            (expected_low.to_bits(), expected_high.to_bits()),
+            "{}: min_max ({low}, {high}) vs ({expected_low}, {expected_high}), len {}",
             kernels.isa,
             src.len()
         );
@@ -295,6 +296,60 @@ fn min_max_reference() {
     assert_eq!(scalar::min_max(&[]), (0.0, 0.0));
     assert_eq!(scalar::min_max(&[2.0]), (2.0, 2.0));
     assert_eq!(scalar::min_max(&[1.0, -4.0, 3.5, 0.0]), (-4.0, 3.5));
+    assert_eq!(scalar::min_max(&[-1e-45, 1e-45]), (-1e-45, 1e-45));
+    assert_eq!(
+        scalar::min_max(&[-f32::MAX, f32::MAX]),
+        (-f32::MAX, f32::MAX)
+    );
+    // Total order puts -0.0 below +0.0; either compares equal to 0.0.
+    let (low, high) = scalar::min_max(&[0.0, -0.0]);
+    assert_eq!(
+        (low.to_bits(), high.to_bits()),
+        ((-0.0f32).to_bits(), 0.0f32.to_bits())
+    );
+    // Keys round-trip for every kind of value.
+    for value in [
+        0.0,
+        -0.0,
+        1.5,
+        -1.5,
+        f32::MAX,
+        -f32::INFINITY,
+        f32::NAN,
+        -f32::NAN,
+    ] {
+        let key = scalar::total_order_key(f32::to_bits(value));
+        assert_eq!(scalar::from_total_order_key(key).to_bits(), value.to_bits());
+    }
+}
+
+#[test]
+fn min_max_nan_and_infinity_policy() {
+    for len in [1, 5, 16, 17, 33, 63, 64, 65, 100, 1025] {
+        let base = lcg_values(len, 21);
+        for position in [0, len / 2, len - 1] {
+            let cases = [
+                (f32::INFINITY, "+inf"),
+                (f32::NEG_INFINITY, "-inf"),
+                (f32::NAN, "+nan"),
+                (-f32::NAN, "-nan"),
+                (f32::from_bits(0x7f80_0001), "signalling nan"),
+            ];
+            for (special, name) in cases {
+                let mut data = base.clone();
+                data[position] = special;
+                let (low, high) = scalar::min_max(&data);
+                assert!(
+                    !(low.is_finite() && high.is_finite()),
+                    "{name} not reported"
+                );
+                if special.is_nan() {
+                    assert!(low.is_nan() || high.is_nan(), "{name} not reported as NaN");
+                }
+                check_min_max(&data);
+            }
+        }
+    }
 }
 
 #[test]
@@ -438,8 +493,9 @@ proptest! {
     }
 
     #[test]
-    fn random_bit_patterns_absmax(bits in prop::collection::vec(any::<u32>(), 0..300)) {
+    fn random_bit_patterns_absmax_and_min_max(bits in prop::collection::vec(any::<u32>(), 0..300)) {
         let values: Vec<f32> = bits.into_iter().map(f32::from_bits).collect();
         check_absmax(&values);
+        check_min_max(&values);
     }
 }

@@ -22,7 +22,7 @@ pub(super) static NEON: Kernels = Kernels {
     absmax: neon_absmax,
     min_max: neon_min_max,
     quantize_i8: neon_quantize_i8,
-    quantize_i8_prefetch: neon_quantize_i8_prefetch,
+    quantize_i8_streaming: neon_quantize_i8_streaming,
 };
 
 fn neon_absmax(src: &[f32]) -> f32 {
@@ -37,8 +37,8 @@ fn neon_min_max(src: &[f32]) -> (f32, f32) {
     unsafe { neon::min_max(src) }
 }
 
-/// The prefetch hint is ignored: kept minimal, see the module docs.
-fn neon_quantize_i8_prefetch(
+/// The streaming hints are ignored: kept minimal, see the module docs.
+fn neon_quantize_i8_streaming(
     src: &[f32],
     params: I8Params,
     dst: &mut [i8],

@@ -1,8 +1,10 @@
 //! NEON kernels: 4 f32 lanes, 8 elements per main-loop iteration, scalar tails.
 //!
-//! A line-for-line port of `x86_64/avx2.rs` at half the width. Every result is defined by
-//! `kernels::scalar`; tails use the scalar element function itself. Not compiled on the x86_64
-//! development machines (no aarch64 standard library there): keep it minimal.
+//! The same algorithm as `x86_64/avx2.rs` at half the width, without its streaming stores and
+//! prefetch. FCVTNS rounds half to even and saturates, so both clamps happen on integers here.
+//! Every result is defined by `kernels::scalar`; tails use the scalar element function itself.
+//! Not compiled on the x86_64 development machines (no aarch64 standard library there): keep
+//! it minimal and check it on an aarch64 host before relying on it.
 
 use std::arch::aarch64::*;
 
@@ -34,6 +36,14 @@ pub(super) unsafe fn absmax(src: &[f32]) -> f32 {
     f32::from_bits(vmaxvq_u32(maximum).max(tail_max))
 }
 
+/// `scalar::total_order_key` on 4 lanes of float bits.
+#[target_feature(enable = "neon")]
+#[inline]
+fn total_order_keys(bits: int32x4_t) -> int32x4_t {
+    let magnitude_flip = vshrq_n_u32::<1>(vreinterpretq_u32_s32(vshrq_n_s32::<31>(bits)));
+    veorq_s32(bits, vreinterpretq_s32_u32(magnitude_flip))
+}
+
 /// See `scalar::min_max`.
 ///
 /// # Safety
@@ -43,24 +53,27 @@ pub(super) unsafe fn min_max(src: &[f32]) -> (f32, f32) {
     let Some(&first) = src.first() else {
         return (0.0, 0.0);
     };
-    let mut low = vdupq_n_f32(first);
+    let first_key = scalar::total_order_key(first.to_bits());
+    let mut low = vdupq_n_s32(first_key);
     let mut high = low;
     let chunks = src.chunks_exact(LANES);
     let tail = chunks.remainder();
     for chunk in chunks {
-        // SAFETY: `chunk` holds exactly LANES floats, the size of one load.
-        let values = unsafe { vld1q_f32(chunk.as_ptr()) };
-        low = vminq_f32(low, values);
-        high = vmaxq_f32(high, values);
+        // SAFETY: `chunk` holds exactly LANES floats, the size of one load; f32 and i32 have the
+        // same size and alignment.
+        let bits = unsafe { vld1q_s32(chunk.as_ptr().cast::<i32>()) };
+        let keys = total_order_keys(bits);
+        low = vminq_s32(low, keys);
+        high = vmaxq_s32(high, keys);
     }
-    let (tail_low, tail_high) = if tail.is_empty() {
-        (first, first)
-    } else {
-        scalar::min_max(tail)
-    };
+    let tail_keys = tail
+        .iter()
+        .map(|value| scalar::total_order_key(value.to_bits()));
+    let low_key = tail_keys.clone().fold(vminvq_s32(low), i32::min);
+    let high_key = tail_keys.fold(vmaxvq_s32(high), i32::max);
     (
-        vminvq_f32(low).min(tail_low),
-        vmaxvq_f32(high).max(tail_high),
+        scalar::from_total_order_key(low_key),
+        scalar::from_total_order_key(high_key),
     )
 }
 

@@ -27,12 +27,6 @@ fn u32_lanes(vector: __m256i) -> [u32; 8] {
 }
 
 #[target_feature(enable = "avx2")]
-fn f32_lanes(vector: __m256) -> [f32; 8] {
-    // SAFETY: `__m256` and `[f32; 8]` have the same size and every bit pattern is valid.
-    unsafe { std::mem::transmute::<__m256, [f32; 8]>(vector) }
-}
-
-#[target_feature(enable = "avx2")]
 fn f64_lanes(vector: __m256d) -> [f64; 4] {
     // SAFETY: `__m256d` and `[f64; 4]` have the same size and every bit pattern is valid.
     unsafe { std::mem::transmute::<__m256d, [f64; 4]>(vector) }
@@ -66,6 +60,19 @@ pub(super) unsafe fn absmax(src: &[f32]) -> f32 {
     f32::from_bits(vector_max.max(tail_max))
 }
 
+/// `scalar::total_order_key` on 8 lanes of float bits.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn total_order_keys(bits: __m256i) -> __m256i {
+    _mm256_xor_si256(bits, _mm256_srli_epi32::<1>(_mm256_srai_epi32::<31>(bits)))
+}
+
+#[target_feature(enable = "avx2")]
+fn i32_lanes(vector: __m256i) -> [i32; 8] {
+    // SAFETY: `__m256i` and `[i32; 8]` have the same size and every bit pattern is valid.
+    unsafe { std::mem::transmute::<__m256i, [i32; 8]>(vector) }
+}
+
 /// See `scalar::min_max`.
 ///
 /// # Safety
@@ -75,7 +82,8 @@ pub(super) unsafe fn min_max(src: &[f32]) -> (f32, f32) {
     let Some(&first) = src.first() else {
         return (0.0, 0.0);
     };
-    let fill = _mm256_set1_ps(first);
+    let first_key = scalar::total_order_key(first.to_bits());
+    let fill = _mm256_set1_epi32(first_key);
     let mut lows = [fill; 4];
     let mut highs = [fill; 4];
     let chunks = src.chunks_exact(STEP);
@@ -83,29 +91,30 @@ pub(super) unsafe fn min_max(src: &[f32]) -> (f32, f32) {
     for chunk in chunks {
         for vector_idx in 0..4 {
             // SAFETY: `chunk` holds 4 * LANES floats, so this read is in bounds.
-            let values = unsafe { _mm256_loadu_ps(chunk.as_ptr().add(vector_idx * LANES)) };
-            lows[vector_idx] = _mm256_min_ps(lows[vector_idx], values);
-            highs[vector_idx] = _mm256_max_ps(highs[vector_idx], values);
+            let bits = unsafe { _mm256_loadu_si256(chunk.as_ptr().add(vector_idx * LANES).cast()) };
+            let keys = total_order_keys(bits);
+            lows[vector_idx] = _mm256_min_epi32(lows[vector_idx], keys);
+            highs[vector_idx] = _mm256_max_epi32(highs[vector_idx], keys);
         }
     }
-    let low = _mm256_min_ps(
-        _mm256_min_ps(lows[0], lows[1]),
-        _mm256_min_ps(lows[2], lows[3]),
+    let low = _mm256_min_epi32(
+        _mm256_min_epi32(lows[0], lows[1]),
+        _mm256_min_epi32(lows[2], lows[3]),
     );
-    let high = _mm256_max_ps(
-        _mm256_max_ps(highs[0], highs[1]),
-        _mm256_max_ps(highs[2], highs[3]),
+    let high = _mm256_max_epi32(
+        _mm256_max_epi32(highs[0], highs[1]),
+        _mm256_max_epi32(highs[2], highs[3]),
     );
-    // The tail and the lanes fold through the scalar definition; `first` is in the slice, so
-    // seeding with it changes nothing.
-    let (tail_low, tail_high) = if tail.is_empty() {
-        (first, first)
-    } else {
-        scalar::min_max(tail)
-    };
-    let low = f32_lanes(low).into_iter().fold(tail_low, f32::min);
-    let high = f32_lanes(high).into_iter().fold(tail_high, f32::max);
-    (low, high)
+    // The tail goes through the same keys one element at a time.
+    let tail_keys = tail
+        .iter()
+        .map(|value| scalar::total_order_key(value.to_bits()));
+    let low_key = i32_lanes(low).into_iter().chain(tail_keys.clone()).min();
+    let high_key = i32_lanes(high).into_iter().chain(tail_keys).max();
+    (
+        scalar::from_total_order_key(low_key.unwrap_or(first_key)),
+        scalar::from_total_order_key(high_key.unwrap_or(first_key)),
+    )
 }
 
 /// [`I8Params`] broadcast to every lane, with the bounds of the in-range steps.
@@ -247,18 +256,17 @@ fn quantize_short(
     }
 }
 
-/// See `scalar::quantize_i8`; `prefetch` is only hinted into cache, one line per line of `src`
-/// (see `Kernels::quantize_i8_prefetch`).
-///
-/// The quantized bytes are written with non-temporal (streaming) stores: they are not read
-/// again soon, and a normal store would first read every destination line from memory, a sixth
-/// of this loop's memory traffic. Streaming stores need 32-byte alignment, so each block starts
-/// with a short head up to the next aligned byte.
+/// See `scalar::quantize_i8`. With `STREAMING` (see `Kernels::quantize_i8_streaming`), the
+/// lines of `prefetch` are hinted into cache, one per line of `src`, and the quantized bytes
+/// are written with non-temporal stores: a normal store first reads every destination line
+/// from memory, a sixth of this loop's memory traffic when the output is too large to stay
+/// cached (and streaming stores are slower when it would). They need 32-byte alignment, so
+/// each block starts with a short head up to the next aligned byte.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA, and `dst.len() == src.len()`.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn quantize_i8(
+pub(super) unsafe fn quantize_i8<const STREAMING: bool>(
     src: &[f32],
     params: I8Params,
     dst: &mut [i8],
@@ -289,10 +297,15 @@ pub(super) unsafe fn quantize_i8(
         // squared steps of one block stay far below i32::MAX per lane (64 pairs of <= 255²).
         let mut sums = [LaneSums::zero(), LaneSums::zero()];
         let mut sq_steps = _mm256_setzero_si256();
-        let head_len = dst_block
-            .as_ptr()
-            .align_offset(STREAM_ALIGN)
-            .min(dst_block.len());
+        // Streaming stores need aligned addresses: a short head first, up to the next one.
+        let head_len = if STREAMING {
+            dst_block
+                .as_ptr()
+                .align_offset(STREAM_ALIGN)
+                .min(dst_block.len())
+        } else {
+            0
+        };
         let (src_head, src_body) = src_block.split_at(head_len);
         let (dst_head, dst_body) = dst_block.split_at_mut(head_len);
         quantize_short(
@@ -331,9 +344,15 @@ pub(super) unsafe fn quantize_i8(
             let steps_01 = pack_steps(steps_0, steps_1, &mut sq_steps);
             let steps_23 = pack_steps(steps_2, steps_3, &mut sq_steps);
             let bytes = pack_bytes(steps_01, steps_23, broadcast.zero_point_words);
-            // SAFETY: `dst_chunk` holds exactly STEP = 32 bytes, the size of one store, and
-            // starts 32-byte aligned: the head above ended on an aligned byte.
-            unsafe { _mm256_stream_si256(dst_chunk.as_mut_ptr().cast(), bytes) };
+            let out = dst_chunk.as_mut_ptr().cast();
+            if STREAMING {
+                // SAFETY: `dst_chunk` holds exactly STEP = 32 bytes, the size of one store, and
+                // starts 32-byte aligned: the head above ended on an aligned byte.
+                unsafe { _mm256_stream_si256(out, bytes) };
+            } else {
+                // SAFETY: `dst_chunk` holds exactly STEP = 32 bytes, the size of one store.
+                unsafe { _mm256_storeu_si256(out, bytes) };
+            }
         }
         let dst_tail = dst_chunks.into_remainder();
         quantize_short(
@@ -365,8 +384,10 @@ pub(super) unsafe fn quantize_i8(
         let block_max = _mm256_max_epu32(first.max_abs_err_bits, second.max_abs_err_bits);
         max_abs_err_bits = _mm256_max_epu32(max_abs_err_bits, block_max);
     }
-    // Streaming stores are weakly ordered; fence them before the caller hands `dst` on.
-    _mm_sfence();
+    if STREAMING {
+        // Streaming stores are weakly ordered; fence them before the caller hands `dst` on.
+        _mm_sfence();
+    }
 
     totals.sum_sq_err += reduce_widened(sq_err_total);
     totals.sum_sq_ref += reduce_widened(sq_ref_total);

@@ -2,14 +2,14 @@
 //! heads and tails, streaming stores.
 //!
 //! Every result is defined by `kernels::scalar`; the comments say which scalar step each
-//! vector instruction reproduces. Masked loads of the tail read zeros (or a fill value) into
-//! the disabled lanes, and masked loads and stores never touch memory of disabled lanes, so the
-//! tail needs no scalar code at all.
+//! vector instruction reproduces. Masked loads read zeros (or a fill value) into disabled lanes,
+//! and masked loads and stores never touch the memory of disabled lanes, so short heads and
+//! tails need no scalar code at all.
 
 use std::arch::x86_64::*;
 
 use super::{prefetch_block, prefetch_lines};
-use crate::quant::kernels::scalar::MAGNITUDE_MASK;
+use crate::quant::kernels::scalar::{from_total_order_key, MAGNITUDE_MASK};
 use crate::quant::kernels::{ErrorStats, I8Params, Totals, STATS_BLOCK};
 
 /// f32 lanes per vector.
@@ -68,6 +68,13 @@ pub(super) unsafe fn absmax(src: &[f32]) -> f32 {
     f32::from_bits(_mm512_reduce_max_epu32(combined))
 }
 
+/// `scalar::total_order_key` on 16 lanes of float bits.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn total_order_keys(bits: __m512i) -> __m512i {
+    _mm512_xor_si512(bits, _mm512_srli_epi32::<1>(_mm512_srai_epi32::<31>(bits)))
+}
+
 /// See `scalar::min_max`.
 ///
 /// # Safety
@@ -79,7 +86,8 @@ pub(super) unsafe fn min_max(src: &[f32]) -> (f32, f32) {
     };
     // Starting from (and filling masked lanes with) an element of the slice keeps the answer
     // inside the slice without special cases.
-    let fill = _mm512_set1_ps(first);
+    let fill_bits = _mm512_set1_epi32(first.to_bits() as i32);
+    let fill = total_order_keys(fill_bits);
     let mut lows = [fill; 4];
     let mut highs = [fill; 4];
     let chunks = src.chunks_exact(STEP);
@@ -87,27 +95,33 @@ pub(super) unsafe fn min_max(src: &[f32]) -> (f32, f32) {
     for chunk in chunks {
         for vector_idx in 0..4 {
             // SAFETY: `chunk` holds 4 * LANES floats, so this read is in bounds.
-            let values = unsafe { _mm512_loadu_ps(chunk.as_ptr().add(vector_idx * LANES)) };
-            lows[vector_idx] = _mm512_min_ps(lows[vector_idx], values);
-            highs[vector_idx] = _mm512_max_ps(highs[vector_idx], values);
+            let bits = unsafe { _mm512_loadu_si512(chunk.as_ptr().add(vector_idx * LANES).cast()) };
+            let keys = total_order_keys(bits);
+            lows[vector_idx] = _mm512_min_epi32(lows[vector_idx], keys);
+            highs[vector_idx] = _mm512_max_epi32(highs[vector_idx], keys);
         }
     }
     for part in tail.chunks(LANES) {
+        let enabled = first_lanes(part.len());
         // SAFETY: only the first part.len() lanes are read and they are in bounds; disabled
         // lanes take `first` and never fault.
-        let values = unsafe { _mm512_mask_loadu_ps(fill, first_lanes(part.len()), part.as_ptr()) };
-        lows[0] = _mm512_min_ps(lows[0], values);
-        highs[0] = _mm512_max_ps(highs[0], values);
+        let bits = unsafe { _mm512_mask_loadu_epi32(fill_bits, enabled, part.as_ptr().cast()) };
+        let keys = total_order_keys(bits);
+        lows[0] = _mm512_min_epi32(lows[0], keys);
+        highs[0] = _mm512_max_epi32(highs[0], keys);
     }
-    let low = _mm512_min_ps(
-        _mm512_min_ps(lows[0], lows[1]),
-        _mm512_min_ps(lows[2], lows[3]),
+    let low = _mm512_min_epi32(
+        _mm512_min_epi32(lows[0], lows[1]),
+        _mm512_min_epi32(lows[2], lows[3]),
     );
-    let high = _mm512_max_ps(
-        _mm512_max_ps(highs[0], highs[1]),
-        _mm512_max_ps(highs[2], highs[3]),
+    let high = _mm512_max_epi32(
+        _mm512_max_epi32(highs[0], highs[1]),
+        _mm512_max_epi32(highs[2], highs[3]),
     );
-    (_mm512_reduce_min_ps(low), _mm512_reduce_max_ps(high))
+    (
+        from_total_order_key(_mm512_reduce_min_epi32(low)),
+        from_total_order_key(_mm512_reduce_max_epi32(high)),
+    )
 }
 
 /// [`I8Params`] broadcast to every lane, with the bounds of the in-range steps.
@@ -238,18 +252,17 @@ fn quantize_short(
     }
 }
 
-/// See `scalar::quantize_i8`; `prefetch` is only hinted into cache, one line per line of `src`
-/// (see `Kernels::quantize_i8_prefetch`).
-///
-/// The quantized bytes are written with non-temporal (streaming) stores: they are not read
-/// again soon, and a normal store would first read every destination line from memory, a sixth
-/// of this loop's memory traffic. Streaming stores need 64-byte alignment, so each block starts
-/// with a masked head up to the next aligned byte.
+/// See `scalar::quantize_i8`. With `STREAMING` (see `Kernels::quantize_i8_streaming`), the
+/// lines of `prefetch` are hinted into cache, one per line of `src`, and the quantized bytes
+/// are written with non-temporal stores: a normal store first reads every destination line
+/// from memory, a sixth of this loop's memory traffic when the output is too large to stay
+/// cached (and streaming stores are slower when it would). They need 64-byte alignment, so
+/// each block starts with a short head up to the next aligned byte.
 ///
 /// # Safety
 /// The CPU must support AVX-512F, AVX-512BW and AVX-512DQ, and `dst.len() == src.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq")]
-pub(super) unsafe fn quantize_i8(
+pub(super) unsafe fn quantize_i8<const STREAMING: bool>(
     src: &[f32],
     params: I8Params,
     dst: &mut [i8],
@@ -278,10 +291,15 @@ pub(super) unsafe fn quantize_i8(
         // squared steps of one block stay far below i32::MAX per lane (32 pairs of <= 255²).
         let mut sums = [LaneSums::zero(), LaneSums::zero()];
         let mut sq_steps = _mm512_setzero_si512();
-        let head_len = dst_block
-            .as_ptr()
-            .align_offset(STREAM_ALIGN)
-            .min(dst_block.len());
+        // Streaming stores need aligned addresses: a short head first, up to the next one.
+        let head_len = if STREAMING {
+            dst_block
+                .as_ptr()
+                .align_offset(STREAM_ALIGN)
+                .min(dst_block.len())
+        } else {
+            0
+        };
         let (src_head, src_body) = src_block.split_at(head_len);
         let (dst_head, dst_body) = dst_block.split_at_mut(head_len);
         quantize_short(src_head, dst_head, &broadcast, &mut sums[0], &mut sq_steps);
@@ -312,9 +330,15 @@ pub(super) unsafe fn quantize_i8(
             let steps_01 = pack_steps(steps_0, steps_1, &mut sq_steps);
             let steps_23 = pack_steps(steps_2, steps_3, &mut sq_steps);
             let bytes = pack_bytes(steps_01, steps_23, broadcast.zero_point_words);
-            // SAFETY: `dst_chunk` holds exactly STEP = 64 bytes, the size of one store, and
-            // starts 64-byte aligned: the head above ended on an aligned byte.
-            unsafe { _mm512_stream_si512(dst_chunk.as_mut_ptr().cast(), bytes) };
+            let out = dst_chunk.as_mut_ptr().cast();
+            if STREAMING {
+                // SAFETY: `dst_chunk` holds exactly STEP = 64 bytes, the size of one store, and
+                // starts 64-byte aligned: the head above ended on an aligned byte.
+                unsafe { _mm512_stream_si512(out, bytes) };
+            } else {
+                // SAFETY: `dst_chunk` holds exactly STEP = 64 bytes, the size of one store.
+                unsafe { _mm512_storeu_si512(out, bytes) };
+            }
         }
         let dst_tail = dst_chunks.into_remainder();
         quantize_short(src_tail, dst_tail, &broadcast, &mut sums[0], &mut sq_steps);
@@ -335,8 +359,10 @@ pub(super) unsafe fn quantize_i8(
         let block_max = _mm512_max_ps(first.max_abs_err, second.max_abs_err);
         max_abs_err = _mm512_max_ps(max_abs_err, block_max);
     }
-    // Streaming stores are weakly ordered; fence them before the caller hands `dst` on.
-    _mm_sfence();
+    if STREAMING {
+        // Streaming stores are weakly ordered; fence them before the caller hands `dst` on.
+        _mm_sfence();
+    }
 
     let totals = Totals {
         sum_sq_err: reduce_widened(sq_err_total),

@@ -33,7 +33,7 @@ pub(super) static AVX2: Kernels = Kernels {
     absmax: avx2_absmax,
     min_max: avx2_min_max,
     quantize_i8: avx2_quantize_i8,
-    quantize_i8_prefetch: avx2_quantize_i8_prefetch,
+    quantize_i8_streaming: avx2_quantize_i8_streaming,
 };
 
 pub(super) static AVX512: Kernels = Kernels {
@@ -41,7 +41,7 @@ pub(super) static AVX512: Kernels = Kernels {
     absmax: avx512_absmax,
     min_max: avx512_min_max,
     quantize_i8: avx512_quantize_i8,
-    quantize_i8_prefetch: avx512_quantize_i8_prefetch,
+    quantize_i8_streaming: avx512_quantize_i8_streaming,
 };
 
 fn avx2_absmax(src: &[f32]) -> f32 {
@@ -57,10 +57,15 @@ fn avx2_min_max(src: &[f32]) -> (f32, f32) {
 }
 
 fn avx2_quantize_i8(src: &[f32], params: I8Params, dst: &mut [i8]) -> ErrorStats {
-    avx2_quantize_i8_prefetch(src, params, dst, &[])
+    assert_eq!(src.len(), dst.len(), "quantize_i8: dst.len() != src.len()");
+    params.debug_assert_valid();
+    debug_assert!(avx2_supported());
+    // SAFETY: only reachable through `AVX2`, handed out after `avx2_supported()`
+    // (module docs); the lengths were checked just above.
+    unsafe { avx2::quantize_i8::<false>(src, params, dst, &[]) }
 }
 
-fn avx2_quantize_i8_prefetch(
+fn avx2_quantize_i8_streaming(
     src: &[f32],
     params: I8Params,
     dst: &mut [i8],
@@ -71,7 +76,7 @@ fn avx2_quantize_i8_prefetch(
     debug_assert!(avx2_supported());
     // SAFETY: only reachable through `AVX2`, handed out after `avx2_supported()` (module docs);
     // the lengths were checked just above.
-    unsafe { avx2::quantize_i8(src, params, dst, prefetch) }
+    unsafe { avx2::quantize_i8::<true>(src, params, dst, prefetch) }
 }
 
 fn avx512_absmax(src: &[f32]) -> f32 {
@@ -87,10 +92,15 @@ fn avx512_min_max(src: &[f32]) -> (f32, f32) {
 }
 
 fn avx512_quantize_i8(src: &[f32], params: I8Params, dst: &mut [i8]) -> ErrorStats {
-    avx512_quantize_i8_prefetch(src, params, dst, &[])
+    assert_eq!(src.len(), dst.len(), "quantize_i8: dst.len() != src.len()");
+    params.debug_assert_valid();
+    debug_assert!(avx512_supported());
+    // SAFETY: only reachable through `AVX512`, handed out after `avx512_supported()`
+    // (module docs); the lengths were checked just above.
+    unsafe { avx512::quantize_i8::<false>(src, params, dst, &[]) }
 }
 
-fn avx512_quantize_i8_prefetch(
+fn avx512_quantize_i8_streaming(
     src: &[f32],
     params: I8Params,
     dst: &mut [i8],
@@ -101,7 +111,7 @@ fn avx512_quantize_i8_prefetch(
     debug_assert!(avx512_supported());
     // SAFETY: only reachable through `AVX512`, handed out after `avx512_supported()`; the
     // lengths were checked just above.
-    unsafe { avx512::quantize_i8(src, params, dst, prefetch) }
+    unsafe { avx512::quantize_i8::<true>(src, params, dst, prefetch) }
 }
 
 /// The part of `prefetch` that lines up with stats block `block_idx` of the source.
