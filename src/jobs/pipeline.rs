@@ -23,7 +23,7 @@ use crate::formats::compressed_tensors::{int_quantization_config, IntWeightArgs}
 use crate::formats::safetensors::{
     Dtype, Header, Limits, SafetensorsWriteError, SafetensorsWriter, TensorInfo,
 };
-use crate::quant::int8::{quantize_int8, Granularity};
+use crate::quant::int8::{quantize_int8_into, Granularity, QuantError};
 use crate::quant::kernels::Kernels;
 use crate::quant::metrics::TensorMetrics;
 use crate::store::Progress;
@@ -302,6 +302,7 @@ pub fn quantize_file(
     let mut writer = SafetensorsWriter::new(sink, declared, metadata)?;
 
     let mut reports = Vec::with_capacity(header.tensors.len());
+    let mut q_buffer: Vec<i8> = Vec::new();
     for tensor in &header.tensors {
         if ctx.cancel.load(Ordering::Relaxed) {
             return Err(PipelineError::Cancelled);
@@ -332,18 +333,43 @@ pub fn quantize_file(
             }
         } else {
             let values = tensor_as_f32(bytes, tensor.dtype);
-            let quantized = quantize_int8(ctx.kernels, &values, &tensor.shape, int8_options)
-                .map_err(|e| {
-                    invalid(
+            // One output buffer per job, grown to the largest tensor: fresh pages cost a fault
+            // each on first write, which would otherwise dominate the quantization itself.
+            if q_buffer.len() < values.len() {
+                q_buffer.resize(values.len(), 0);
+            }
+            let q = &mut q_buffer[..values.len()];
+            let should_continue = || !ctx.cancel.load(Ordering::Relaxed);
+            let quantized = match quantize_int8_into(
+                ctx.kernels,
+                &values,
+                &tensor.shape,
+                int8_options,
+                q,
+                &should_continue,
+            ) {
+                Ok(quantized) => quantized,
+                Err(QuantError::Cancelled) => return Err(PipelineError::Cancelled),
+                Err(QuantError::NonFinite { .. }) => {
+                    return Err(invalid(
                         "non-finite-weights",
-                        format!("tensor '{}': {e}", tensor.name),
-                    )
-                })?;
+                        format!("tensor '{}' contains NaN or infinite values", tensor.name),
+                    ))
+                }
+                Err(other) => {
+                    return Err(invalid(
+                        "unquantizable-tensor",
+                        format!("tensor '{}': {other}", tensor.name),
+                    ))
+                }
+            };
+            let n_values = values.len();
             drop(values);
+            let q = &q_buffer[..n_values];
             let scale_bytes = f32_bytes(&quantized.scales);
-            writer.write_tensor_data(&tensor.name, i8_bytes(&quantized.q))?;
+            writer.write_tensor_data(&tensor.name, i8_bytes(q))?;
             writer.write_tensor_data(&format!("{}_scale", tensor.name), &scale_bytes)?;
-            let mut bytes_after = quantized.q.len() as u64 + scale_bytes.len() as u64;
+            let mut bytes_after = q.len() as u64 + scale_bytes.len() as u64;
             if !int8_options.symmetric {
                 writer.write_tensor_data(
                     &format!("{}_zero_point", tensor.name),

@@ -205,7 +205,7 @@ pub fn safetensors_file(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8
         offset += bytes.len();
     }
     let mut header_bytes = serde_json::to_vec(&Value::Object(header)).unwrap();
-    while header_bytes.len() % 8 != 0 {
+    while !header_bytes.len().is_multiple_of(8) {
         header_bytes.push(b' ');
     }
     let mut file = (header_bytes.len() as u64).to_le_bytes().to_vec();

@@ -15,8 +15,8 @@ const LANES: usize = 8;
 /// Elements per main-loop iteration: four vectors, narrowed together into one 32-byte store.
 const STEP: usize = 4 * LANES;
 
-/// Alignment, in bytes, that `_mm256_stream_si256` requires; one main-loop store.
-const STREAM_ALIGN: usize = 32;
+/// Bytes per cache line: streaming stores are issued for whole lines only.
+const CACHE_LINE: usize = 64;
 
 /// The lanes of a vector as an array, for horizontal reductions outside the hot loops.
 #[target_feature(enable = "avx2")]
@@ -221,8 +221,8 @@ fn reduce_widened(total: [__m256d; 2]) -> f64 {
     f64_lanes(_mm256_add_pd(total[0], total[1])).iter().sum()
 }
 
-/// Quantizes a run shorter than STEP (a block's unaligned head or its tail): 8 lanes at a time
-/// with 8-byte stores, the last few elements with the scalar element function.
+/// Quantizes a run shorter than STEP (the end of a span): 8 lanes at a time with 8-byte stores,
+/// the last few elements with the scalar element function.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 fn quantize_short(
@@ -256,12 +256,86 @@ fn quantize_short(
     }
 }
 
+/// Running state of one block: the lane sums, the squared steps and the scalar remainders.
+struct BlockState {
+    sums: LaneSums,
+    sq_steps: __m256i,
+}
+
+/// Quantizes a span of one block: STEP-element chunks with plain or (`STREAMING`) non-temporal
+/// 32-byte stores, then the remainder with `quantize_short`. `prefetch` lines are hinted one
+/// per line of `src`.
+///
+/// # Safety
+/// `dst.len() == src.len()`, and with `STREAMING` `dst` must start 32-byte aligned.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn quantize_span<const STREAMING: bool>(
+    src: &[f32],
+    dst: &mut [i8],
+    prefetch: &[f32],
+    params: &I8Params,
+    broadcast: &Broadcast,
+    state: &mut BlockState,
+    totals: &mut Totals,
+) {
+    let src_chunks = src.chunks_exact(STEP);
+    let src_rest = src_chunks.remainder();
+    let mut dst_chunks = dst.chunks_exact_mut(STEP);
+    let mut prefetch_chunks = prefetch.chunks(STEP);
+    for (src_chunk, dst_chunk) in src_chunks.zip(&mut dst_chunks) {
+        if let Some(ahead) = prefetch_chunks.next() {
+            prefetch_lines(ahead);
+        }
+        let base = src_chunk.as_ptr();
+        // SAFETY: `src_chunk` holds STEP = 4 * LANES floats; each read is one full vector
+        // inside it.
+        let x = unsafe {
+            [
+                _mm256_loadu_ps(base),
+                _mm256_loadu_ps(base.add(LANES)),
+                _mm256_loadu_ps(base.add(2 * LANES)),
+                _mm256_loadu_ps(base.add(3 * LANES)),
+            ]
+        };
+        let steps_0 = quantize_steps(x[0], broadcast, &mut state.sums);
+        let steps_1 = quantize_steps(x[1], broadcast, &mut state.sums);
+        let steps_01 = pack_steps(steps_0, steps_1, &mut state.sq_steps);
+        let steps_2 = quantize_steps(x[2], broadcast, &mut state.sums);
+        let steps_3 = quantize_steps(x[3], broadcast, &mut state.sums);
+        let steps_23 = pack_steps(steps_2, steps_3, &mut state.sq_steps);
+        let bytes = pack_bytes(steps_01, steps_23, broadcast.zero_point_words);
+        let out = dst_chunk.as_mut_ptr().cast();
+        if STREAMING {
+            // SAFETY: `dst_chunk` holds exactly STEP = 32 bytes, the size of one store, and is
+            // 32-byte aligned: `dst` starts aligned (caller) and every chunk is 32 bytes.
+            unsafe { _mm256_stream_si256(out, bytes) };
+        } else {
+            // SAFETY: `dst_chunk` holds exactly STEP = 32 bytes, the size of one store.
+            unsafe { _mm256_storeu_si256(out, bytes) };
+        }
+    }
+    let dst_rest = dst_chunks.into_remainder();
+    quantize_short(
+        src_rest,
+        dst_rest,
+        params,
+        broadcast,
+        &mut state.sums,
+        &mut state.sq_steps,
+        totals,
+    );
+}
+
 /// See `scalar::quantize_i8`. With `STREAMING` (see `Kernels::quantize_i8_streaming`), the
 /// lines of `prefetch` are hinted into cache, one per line of `src`, and the quantized bytes
 /// are written with non-temporal stores: a normal store first reads every destination line
 /// from memory, a sixth of this loop's memory traffic when the output is too large to stay
-/// cached (and streaming stores are slower when it would). They need 32-byte alignment, so
-/// each block starts with a short head up to the next aligned byte.
+/// cached (and streaming stores are slower when it would).
+///
+/// Streaming stores must cover whole cache lines: a line written partly by normal stores is
+/// pulled into cache, and a streaming store into it then evicts it again. So each block streams
+/// only its 64-byte-aligned middle; its head and tail use normal stores.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA, and `dst.len() == src.len()`.
@@ -293,96 +367,53 @@ pub(super) unsafe fn quantize_i8<const STREAMING: bool>(
 
     let blocks = src.chunks(STATS_BLOCK).zip(dst.chunks_mut(STATS_BLOCK));
     for (block_idx, (src_block, dst_block)) in blocks.enumerate() {
-        // Two sets of lane sums so consecutive vectors do not wait on each other's FMAs. The
-        // squared steps of one block stay far below i32::MAX per lane (64 pairs of <= 255²).
-        let mut sums = [LaneSums::zero(), LaneSums::zero()];
-        let mut sq_steps = _mm256_setzero_si256();
-        // Streaming stores need aligned addresses: a short head first, up to the next one.
-        let head_len = if STREAMING {
-            dst_block
-                .as_ptr()
-                .align_offset(STREAM_ALIGN)
-                .min(dst_block.len())
-        } else {
-            0
+        // One set of lane sums: AVX2 has only 16 vector registers, and a second set would be
+        // spilled to the stack every iteration. The squared steps of one block stay far below
+        // i32::MAX per lane (64 pairs of <= 255²).
+        let mut state = BlockState {
+            sums: LaneSums::zero(),
+            sq_steps: _mm256_setzero_si256(),
         };
-        let (src_head, src_body) = src_block.split_at(head_len);
-        let (dst_head, dst_body) = dst_block.split_at_mut(head_len);
-        quantize_short(
-            src_head,
-            dst_head,
-            &params,
-            &broadcast,
-            &mut sums[0],
-            &mut sq_steps,
-            &mut totals,
-        );
-
-        let src_chunks = src_body.chunks_exact(STEP);
-        let src_tail = src_chunks.remainder();
-        let mut dst_chunks = dst_body.chunks_exact_mut(STEP);
-        let mut prefetch_chunks = prefetch_block(prefetch, block_idx).chunks(STEP);
-        for (src_chunk, dst_chunk) in src_chunks.zip(&mut dst_chunks) {
-            if let Some(ahead) = prefetch_chunks.next() {
-                prefetch_lines(ahead);
-            }
-            let base = src_chunk.as_ptr();
-            // SAFETY: `src_chunk` holds STEP = 4 * LANES floats; each read is one full vector
-            // inside it.
-            let x = unsafe {
-                [
-                    _mm256_loadu_ps(base),
-                    _mm256_loadu_ps(base.add(LANES)),
-                    _mm256_loadu_ps(base.add(2 * LANES)),
-                    _mm256_loadu_ps(base.add(3 * LANES)),
-                ]
-            };
-            let steps_0 = quantize_steps(x[0], &broadcast, &mut sums[0]);
-            let steps_1 = quantize_steps(x[1], &broadcast, &mut sums[1]);
-            let steps_2 = quantize_steps(x[2], &broadcast, &mut sums[0]);
-            let steps_3 = quantize_steps(x[3], &broadcast, &mut sums[1]);
-            let steps_01 = pack_steps(steps_0, steps_1, &mut sq_steps);
-            let steps_23 = pack_steps(steps_2, steps_3, &mut sq_steps);
-            let bytes = pack_bytes(steps_01, steps_23, broadcast.zero_point_words);
-            let out = dst_chunk.as_mut_ptr().cast();
-            if STREAMING {
-                // SAFETY: `dst_chunk` holds exactly STEP = 32 bytes, the size of one store, and
-                // starts 32-byte aligned: the head above ended on an aligned byte.
-                unsafe { _mm256_stream_si256(out, bytes) };
-            } else {
-                // SAFETY: `dst_chunk` holds exactly STEP = 32 bytes, the size of one store.
-                unsafe { _mm256_storeu_si256(out, bytes) };
-            }
+        // Without streaming the whole block is one span; with it, the whole cache lines in the
+        // middle are streamed and the partial lines at either end are not.
+        let (head_len, body_len) = if STREAMING {
+            let head_len = dst_block
+                .as_ptr()
+                .align_offset(CACHE_LINE)
+                .min(dst_block.len());
+            let body_len = (dst_block.len() - head_len) / CACHE_LINE * CACHE_LINE;
+            (head_len, body_len)
+        } else {
+            (0, dst_block.len())
+        };
+        let (src_head, src_rest) = src_block.split_at(head_len);
+        let (src_body, src_tail) = src_rest.split_at(body_len);
+        let (dst_head, dst_rest) = dst_block.split_at_mut(head_len);
+        let (dst_body, dst_tail) = dst_rest.split_at_mut(body_len);
+        let prefetch = prefetch_block(prefetch, block_idx);
+        let state = &mut state;
+        let totals = &mut totals;
+        // SAFETY: for all three calls, `src` and `dst` spans have equal lengths by construction,
+        // and the body, the only span that may stream, starts on a cache line (32-byte aligned).
+        unsafe {
+            quantize_span::<false>(src_head, dst_head, &[], &params, &broadcast, state, totals);
+            quantize_span::<STREAMING>(
+                src_body, dst_body, prefetch, &params, &broadcast, state, totals,
+            );
+            quantize_span::<false>(src_tail, dst_tail, &[], &params, &broadcast, state, totals);
         }
-        let dst_tail = dst_chunks.into_remainder();
-        quantize_short(
-            src_tail,
-            dst_tail,
-            &params,
-            &broadcast,
-            &mut sums[0],
-            &mut sq_steps,
-            &mut totals,
-        );
 
-        let [first, second] = sums;
-        add_widened(
-            &mut sq_err_total,
-            _mm256_add_ps(first.sq_err, second.sq_err),
-        );
-        add_widened(
-            &mut sq_ref_total,
-            _mm256_add_ps(first.sq_ref, second.sq_ref),
-        );
-        add_widened(&mut dot_total, _mm256_add_ps(first.dot, second.dot));
+        let sums = &state.sums;
+        add_widened(&mut sq_err_total, sums.sq_err);
+        add_widened(&mut sq_ref_total, sums.sq_ref);
+        add_widened(&mut dot_total, sums.dot);
         // Non-negative and below 2^27 for one block, so the sum is exact.
-        let block_sq_steps: u64 = u32_lanes(sq_steps)
+        let block_sq_steps: u64 = u32_lanes(state.sq_steps)
             .iter()
             .map(|&lane| u64::from(lane))
             .sum();
         totals.sum_sq_steps += block_sq_steps;
-        let block_max = _mm256_max_epu32(first.max_abs_err_bits, second.max_abs_err_bits);
-        max_abs_err_bits = _mm256_max_epu32(max_abs_err_bits, block_max);
+        max_abs_err_bits = _mm256_max_epu32(max_abs_err_bits, sums.max_abs_err_bits);
     }
     if STREAMING {
         // Streaming stores are weakly ordered; fence them before the caller hands `dst` on.
