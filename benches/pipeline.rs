@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use quantd::formats::safetensors::{Dtype, Limits, SafetensorsWriter};
 use quantd::jobs::pipeline::{quantize_file, PipelineContext, ProgressCounters};
-use quantd::jobs::spec::QuantSpec;
+use quantd::jobs::spec::JobSpec;
 use quantd::quant::kernels::{self, KernelChoice};
 
 const ROWS: usize = 4096;
@@ -165,7 +165,7 @@ fn main() {
     ] {
         let kernels = kernels::select(choice).unwrap();
         let options: serde_json::Value = serde_json::from_str(options).unwrap();
-        let spec = QuantSpec::parse("int8", Some(&options)).unwrap();
+        let spec = JobSpec::parse("int8", Some(&options), None).unwrap();
         let cancel = AtomicBool::new(false);
         reset_peak_rss();
         let rss_before = peak_rss_bytes();

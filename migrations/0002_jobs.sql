@@ -7,6 +7,7 @@ CREATE TABLE jobs (
     model_id            TEXT NOT NULL,
     scheme              TEXT NOT NULL,
     options             TEXT NOT NULL,       -- JSON, canonical (defaults filled in)
+    format              TEXT NOT NULL,       -- output format: safetensors, dequantized, ...
     state               TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
     attempt             INTEGER NOT NULL DEFAULT 0,
     max_attempts        INTEGER NOT NULL,

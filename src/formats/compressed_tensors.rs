@@ -19,32 +19,41 @@ pub struct IntWeightArgs {
     pub strategy: &'static str,
 }
 
-/// The `quantization_config` object for weight-only integer quantization of Linear layers.
-pub fn int_quantization_config(args: IntWeightArgs, ignore: &[String]) -> Value {
+/// The `quantization_config` object for weight-only integer quantization: one config group per
+/// distinct set of arguments, each targeting its modules by name.
+pub fn int_quantization_config(groups: &[(IntWeightArgs, Vec<String>)]) -> Value {
+    let config_groups: Map<String, Value> = groups
+        .iter()
+        .enumerate()
+        .map(|(index, (args, targets))| {
+            (
+                format!("group_{index}"),
+                json!({
+                    "targets": targets,
+                    "weights": {
+                        "num_bits": args.num_bits,
+                        "type": "int",
+                        "symmetric": args.symmetric,
+                        "strategy": args.strategy,
+                        "group_size": null,
+                        "block_structure": null,
+                        "dynamic": false,
+                        "actorder": null,
+                        "observer": "minmax",
+                        "observer_kwargs": {}
+                    },
+                    "input_activations": null,
+                    "output_activations": null
+                }),
+            )
+        })
+        .collect();
     json!({
         "quant_method": "compressed-tensors",
         "format": "int-quantized",
         "quantization_status": "compressed",
-        "config_groups": {
-            "group_0": {
-                "targets": ["Linear"],
-                "weights": {
-                    "num_bits": args.num_bits,
-                    "type": "int",
-                    "symmetric": args.symmetric,
-                    "strategy": args.strategy,
-                    "group_size": null,
-                    "block_structure": null,
-                    "dynamic": false,
-                    "actorder": null,
-                    "observer": "minmax",
-                    "observer_kwargs": {}
-                },
-                "input_activations": null,
-                "output_activations": null
-            }
-        },
-        "ignore": ignore,
+        "config_groups": config_groups,
+        "ignore": [],
         "kv_cache_scheme": null,
         "global_compression_ratio": null,
         "sparsity_config": {}
@@ -87,7 +96,7 @@ mod tests {
         };
         let merged = merge_into_config(
             Some(br#"{"model_type": "bert", "hidden_size": 384}"#),
-            int_quantization_config(args, &[]),
+            int_quantization_config(&[(args, vec!["fc1".into()])]),
         )
         .unwrap();
         let value: Value = serde_json::from_slice(&merged).unwrap();

@@ -205,6 +205,13 @@ impl From<SpecError> for ApiError {
                 error.to_string(),
             )
             .with_field("format"),
+            SpecError::Unsupported { .. } => ApiError::new(
+                ErrorKind::Unprocessable,
+                "unsupported-combination",
+                "Scheme and format do not combine",
+                error.to_string(),
+            )
+            .with_field("format"),
             SpecError::InvalidOption { field, .. } => {
                 let field = field.clone();
                 ApiError::new(

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{
     page_request, parse_id, ApiError, ApiJson, ApiQuery, AppState, ErrorKind, PageResponse, Problem,
 };
-use crate::jobs::spec::{parse_format, QuantSpec};
+use crate::jobs::spec::JobSpec;
 use crate::store::{CancelOutcome, EnqueueOutcome, JobFilter, JobRecord, JobState, NewJob};
 
 /// Body of `POST /api/v1/jobs`.
@@ -73,13 +73,17 @@ pub async fn create_job(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateJobRequest>,
 ) -> Result<Response, ApiError> {
-    let spec = QuantSpec::parse(&request.scheme, request.options.as_ref())?;
-    parse_format(request.format.as_deref())?;
+    let spec = JobSpec::parse(
+        &request.scheme,
+        request.options.as_ref(),
+        request.format.as_deref(),
+    )?;
     let new_job = NewJob {
         id: Uuid::now_v7(),
         model_id: request.model_id,
-        scheme: spec.scheme().to_owned(),
+        scheme: spec.scheme.name().to_owned(),
         options: spec.canonical_options(),
+        format: spec.format.name().to_owned(),
         max_attempts: state.settings.job_max_attempts.max(1),
     };
     match state

@@ -2,6 +2,7 @@
 //! ([`pipeline`]) and the runner that claims queued jobs, runs them on the worker pool and records
 //! the outcome ([`runner`]).
 
+pub mod encode;
 pub mod pipeline;
 pub mod runner;
 pub mod spec;

@@ -18,12 +18,13 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::spec::QuantSpec;
+use super::encode::{output_tensors, plan_tensor, Encoder, TensorPlan};
+use super::spec::{JobSpec, OutputFormat, Scheme};
 use crate::formats::compressed_tensors::{int_quantization_config, IntWeightArgs};
 use crate::formats::safetensors::{
     Dtype, Header, Limits, SafetensorsWriteError, SafetensorsWriter, TensorInfo,
 };
-use crate::quant::int8::{quantize_int8_into, Granularity, QuantError};
+use crate::quant::int8::Granularity;
 use crate::quant::kernels::Kernels;
 use crate::quant::metrics::TensorMetrics;
 use crate::store::Progress;
@@ -79,6 +80,9 @@ pub struct TensorReport {
     pub shape: Vec<usize>,
     /// `quantized` or `kept` (stored as uploaded).
     pub action: String,
+    /// The scheme that quantized it (differs from the job's when an override matched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
     /// Why a tensor was kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -88,6 +92,8 @@ pub struct TensorReport {
     pub cosine: Option<f64>,
     /// RMSE of the error divided by the RMS of the weights.
     pub rel_rmse: Option<f64>,
+    /// Stored bits per weight, scales and zero points included.
+    pub bits_per_weight: Option<f64>,
     pub bytes_before: u64,
     pub bytes_after: u64,
 }
@@ -98,12 +104,15 @@ pub struct QuantReport {
     pub scheme: String,
     #[schema(value_type = Object)]
     pub options: serde_json::Value,
+    pub format: String,
     /// Kernel instruction set that ran.
     pub kernel_isa: String,
     pub n_tensors: usize,
     pub n_quantized: usize,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Stored bits per weight over the quantized tensors, scales and zero points included.
+    pub bits_per_weight: Option<f64>,
     pub min_sqnr_db: Option<f64>,
     pub mean_sqnr_db: Option<f64>,
     pub duration_ms: u64,
@@ -114,28 +123,8 @@ pub struct PipelineOutput {
     pub sha256: String,
     pub size_bytes: u64,
     pub report: QuantReport,
-    /// The `quantization_config` block for config.json.
-    pub quantization_config: serde_json::Value,
-}
-
-/// Why a tensor is stored unchanged, or `None` when it is quantized.
-fn keep_reason(tensor: &TensorInfo) -> Option<&'static str> {
-    if !tensor.dtype.is_float() {
-        return Some("not a floating-point tensor");
-    }
-    if tensor.shape.len() < 2 {
-        return Some("1-D tensor (bias or norm) kept in source precision");
-    }
-    if tensor.shape.contains(&0) {
-        return Some("empty tensor");
-    }
-    let lower = tensor.name.to_ascii_lowercase();
-    if lower.contains("embed") || lower.ends_with("wte.weight") || lower.ends_with("wpe.weight") {
-        // Embedding tables are lookups, not Linear layers: compressed-tensors loaders expect
-        // them in float, so they stay so by default.
-        return Some("embedding table kept in source precision");
-    }
-    None
+    /// The `quantization_config` block for config.json (compressed-tensors output only).
+    pub quantization_config: Option<serde_json::Value>,
 }
 
 /// A tensor's values as f32: borrowed from the mapping when it already is aligned
@@ -169,15 +158,6 @@ fn tensor_as_f32<'a>(bytes: &'a [u8], dtype: Dtype) -> Cow<'a, [f32]> {
         other => unreachable!("keep_reason keeps non-float dtype {other:?}"),
     };
     Cow::Owned(values)
-}
-
-fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn i8_bytes(values: &[i8]) -> &[u8] {
-    // SAFETY: i8 and u8 have the same size and alignment and every bit pattern is valid.
-    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len()) }
 }
 
 /// A writer that hashes and counts what passes through it.
@@ -222,11 +202,10 @@ fn invalid(slug: &'static str, detail: impl Into<String>) -> PipelineError {
 pub fn quantize_file(
     input: &Path,
     output: &Path,
-    spec: &QuantSpec,
+    spec: &JobSpec,
     ctx: &PipelineContext<'_>,
 ) -> Result<PipelineOutput, PipelineError> {
     let started = Instant::now();
-    let QuantSpec::Int8(int8_options) = *spec;
     let file = File::open(input)?;
     // SAFETY: blobs are content-addressed and never modified in place: a commit only renames a
     // complete file over an identical one, and a delete unlinks the name while our mapping keeps
@@ -240,7 +219,6 @@ pub fn quantize_file(
             format!("stored model does not parse: {e}"),
         )
     })?;
-
     ctx.progress
         .tensors_total
         .store(header.tensors.len() as u64, Ordering::Relaxed);
@@ -250,28 +228,15 @@ pub fn quantize_file(
 
     // Every output tensor is declared up front so the header can be written first and the data
     // streamed after it.
-    let scale_shape = |shape: &[usize]| match int8_options.granularity {
-        Granularity::Channel => vec![shape[0], 1],
-        Granularity::Tensor => vec![1],
-    };
+    let plans: Vec<TensorPlan> = header
+        .tensors
+        .iter()
+        .map(|t| plan_tensor(t, spec))
+        .collect();
     let mut declared: Vec<(String, Dtype, Vec<usize>)> = Vec::new();
-    for tensor in &header.tensors {
-        if keep_reason(tensor).is_some() {
-            declared.push((tensor.name.clone(), tensor.dtype, tensor.shape.clone()));
-        } else {
-            declared.push((tensor.name.clone(), Dtype::I8, tensor.shape.clone()));
-            declared.push((
-                format!("{}_scale", tensor.name),
-                Dtype::F32,
-                scale_shape(&tensor.shape),
-            ));
-            if !int8_options.symmetric {
-                declared.push((
-                    format!("{}_zero_point", tensor.name),
-                    Dtype::I8,
-                    scale_shape(&tensor.shape),
-                ));
-            }
+    for (tensor, plan) in header.tensors.iter().zip(&plans) {
+        for out in output_tensors(tensor, plan, spec.format) {
+            declared.push((out.name, out.dtype, out.shape));
         }
     }
     let mut seen = std::collections::HashSet::new();
@@ -291,7 +256,7 @@ pub fn quantize_file(
         "quantized_by".into(),
         format!("quantd {}", env!("CARGO_PKG_VERSION")),
     );
-    metadata.insert("quantization_scheme".into(), spec.scheme().into());
+    metadata.insert("quantization_scheme".into(), spec.scheme.name().into());
 
     let out_file = File::create(output)?;
     let sink = HashingWriter {
@@ -300,10 +265,11 @@ pub fn quantize_file(
         written: 0,
     };
     let mut writer = SafetensorsWriter::new(sink, declared, metadata)?;
+    let should_continue = || !ctx.cancel.load(Ordering::Relaxed);
+    let mut encoder = Encoder::new(ctx.kernels, &should_continue);
 
     let mut reports = Vec::with_capacity(header.tensors.len());
-    let mut q_buffer: Vec<i8> = Vec::new();
-    for tensor in &header.tensors {
+    for (tensor, plan) in header.tensors.iter().zip(&plans) {
         if ctx.cancel.load(Ordering::Relaxed) {
             return Err(PipelineError::Cancelled);
         }
@@ -314,83 +280,55 @@ pub fn quantize_file(
         let end = (header.data_start + tensor.data_offsets.1) as usize;
         let bytes = &mapping[start..end];
         let bytes_before = bytes.len() as u64;
+        let mut bytes_after = 0u64;
+        let mut emit = |name: &str, data: &[u8]| -> Result<(), PipelineError> {
+            bytes_after += data.len() as u64;
+            writer.write_tensor_data(name, data)?;
+            Ok(())
+        };
 
-        let report = if let Some(reason) = keep_reason(tensor) {
-            writer.write_tensor_data(&tensor.name, bytes)?;
-            TensorReport {
-                name: tensor.name.clone(),
-                dtype: tensor.dtype.as_str().to_owned(),
-                shape: tensor.shape.clone(),
-                action: "kept".into(),
-                reason: Some(reason.into()),
-                mse: Some(0.0),
-                sqnr_db: None,
-                max_abs_error: Some(0.0),
-                cosine: Some(1.0),
-                rel_rmse: Some(0.0),
-                bytes_before,
-                bytes_after: bytes_before,
-            }
-        } else {
-            let values = tensor_as_f32(bytes, tensor.dtype);
-            // One output buffer per job, grown to the largest tensor: fresh pages cost a fault
-            // each on first write, which would otherwise dominate the quantization itself.
-            if q_buffer.len() < values.len() {
-                q_buffer.resize(values.len(), 0);
-            }
-            let q = &mut q_buffer[..values.len()];
-            let should_continue = || !ctx.cancel.load(Ordering::Relaxed);
-            let quantized = match quantize_int8_into(
-                ctx.kernels,
-                &values,
-                &tensor.shape,
-                int8_options,
-                q,
-                &should_continue,
-            ) {
-                Ok(quantized) => quantized,
-                Err(QuantError::Cancelled) => return Err(PipelineError::Cancelled),
-                Err(QuantError::NonFinite { .. }) => {
-                    return Err(invalid(
-                        "non-finite-weights",
-                        format!("tensor '{}' contains NaN or infinite values", tensor.name),
-                    ))
+        let report = match plan {
+            TensorPlan::Keep { reason } => {
+                emit(&tensor.name, bytes)?;
+                TensorReport {
+                    name: tensor.name.clone(),
+                    dtype: tensor.dtype.as_str().to_owned(),
+                    shape: tensor.shape.clone(),
+                    action: "kept".into(),
+                    scheme: None,
+                    reason: Some(reason.clone()),
+                    mse: Some(0.0),
+                    sqnr_db: None,
+                    max_abs_error: Some(0.0),
+                    cosine: Some(1.0),
+                    rel_rmse: Some(0.0),
+                    bits_per_weight: Some(tensor.dtype.size_bytes() as f64 * 8.0),
+                    bytes_before,
+                    bytes_after: bytes_before,
                 }
-                Err(other) => {
-                    return Err(invalid(
-                        "unquantizable-tensor",
-                        format!("tensor '{}': {other}", tensor.name),
-                    ))
-                }
-            };
-            let n_values = values.len();
-            drop(values);
-            let q = &q_buffer[..n_values];
-            let scale_bytes = f32_bytes(&quantized.scales);
-            writer.write_tensor_data(&tensor.name, i8_bytes(q))?;
-            writer.write_tensor_data(&format!("{}_scale", tensor.name), &scale_bytes)?;
-            let mut bytes_after = q.len() as u64 + scale_bytes.len() as u64;
-            if !int8_options.symmetric {
-                writer.write_tensor_data(
-                    &format!("{}_zero_point", tensor.name),
-                    i8_bytes(&quantized.zero_points),
-                )?;
-                bytes_after += quantized.zero_points.len() as u64;
             }
-            let metrics = TensorMetrics::from(&quantized.stats);
-            TensorReport {
-                name: tensor.name.clone(),
-                dtype: tensor.dtype.as_str().to_owned(),
-                shape: tensor.shape.clone(),
-                action: "quantized".into(),
-                reason: None,
-                mse: finite(metrics.mse),
-                sqnr_db: finite(metrics.sqnr_db),
-                max_abs_error: Some(metrics.max_abs_err),
-                cosine: finite(metrics.cosine),
-                rel_rmse: finite(metrics.rel_rmse),
-                bytes_before,
-                bytes_after,
+            TensorPlan::Quantize { scheme } => {
+                let values = tensor_as_f32(bytes, tensor.dtype);
+                let stats = encoder.encode(tensor, &values, scheme, spec.format, &mut emit)?;
+                let n_values = values.len();
+                drop(values);
+                let metrics = TensorMetrics::from(&stats);
+                TensorReport {
+                    name: tensor.name.clone(),
+                    dtype: tensor.dtype.as_str().to_owned(),
+                    shape: tensor.shape.clone(),
+                    action: "quantized".into(),
+                    scheme: Some(scheme.name().to_owned()),
+                    reason: None,
+                    mse: finite(metrics.mse),
+                    sqnr_db: finite(metrics.sqnr_db),
+                    max_abs_error: Some(metrics.max_abs_err),
+                    cosine: finite(metrics.cosine),
+                    rel_rmse: finite(metrics.rel_rmse),
+                    bits_per_weight: Some(bytes_after as f64 * 8.0 / n_values.max(1) as f64),
+                    bytes_before,
+                    bytes_after,
+                }
             }
         };
         reports.push(report);
@@ -411,41 +349,76 @@ pub fn quantize_file(
     // Durable before the blob is committed and the job marked succeeded.
     out_file.sync_all()?;
 
-    let sqnrs: Vec<f64> = reports
+    let quantized: Vec<&TensorReport> =
+        reports.iter().filter(|r| r.action == "quantized").collect();
+    let sqnrs: Vec<f64> = quantized.iter().filter_map(|r| r.sqnr_db).collect();
+    let quantized_elements: u64 = quantized
         .iter()
-        .filter(|r| r.action == "quantized")
-        .filter_map(|r| r.sqnr_db)
-        .collect();
+        .map(|r| r.shape.iter().product::<usize>() as u64)
+        .sum();
+    let quantized_bytes: u64 = quantized.iter().map(|r| r.bytes_after).sum();
     let report = QuantReport {
-        scheme: spec.scheme().into(),
+        scheme: spec.scheme.name().into(),
         options: spec.canonical_options(),
+        format: spec.format.name().into(),
         kernel_isa: ctx.kernels.isa.to_string(),
         n_tensors: reports.len(),
-        n_quantized: reports.iter().filter(|r| r.action == "quantized").count(),
+        n_quantized: quantized.len(),
         bytes_before: reports.iter().map(|r| r.bytes_before).sum(),
         bytes_after: reports.iter().map(|r| r.bytes_after).sum(),
+        bits_per_weight: (quantized_elements > 0)
+            .then(|| quantized_bytes as f64 * 8.0 / quantized_elements as f64),
         min_sqnr_db: sqnrs.iter().copied().reduce(f64::min),
         mean_sqnr_db: (!sqnrs.is_empty()).then(|| sqnrs.iter().sum::<f64>() / sqnrs.len() as f64),
         duration_ms: started.elapsed().as_millis() as u64,
         tensors: reports,
     };
-    let quantization_config = int_quantization_config(
-        IntWeightArgs {
-            num_bits: 8,
-            symmetric: int8_options.symmetric,
-            strategy: match int8_options.granularity {
-                Granularity::Channel => "channel",
-                Granularity::Tensor => "tensor",
-            },
-        },
-        &[],
-    );
+    let quantization_config = match spec.format {
+        OutputFormat::Safetensors => Some(compressed_tensors_config(&header.tensors, &plans)),
+        OutputFormat::Dequantized { .. } => None,
+    };
     Ok(PipelineOutput {
         sha256: hex::encode(hasher.finalize()),
         size_bytes: written,
         report,
         quantization_config,
     })
+}
+
+/// The compressed-tensors `quantization_config` for the tensors quantized: one config group per
+/// distinct scheme, targeting the quantized modules by name (tensor name without `.weight`).
+fn compressed_tensors_config(tensors: &[TensorInfo], plans: &[TensorPlan]) -> serde_json::Value {
+    let mut groups: Vec<(Scheme, Vec<String>)> = Vec::new();
+    for (tensor, plan) in tensors.iter().zip(plans) {
+        if let TensorPlan::Quantize { scheme } = plan {
+            let module = tensor
+                .name
+                .strip_suffix(".weight")
+                .unwrap_or(&tensor.name)
+                .to_owned();
+            match groups.iter_mut().find(|(s, _)| s == scheme) {
+                Some((_, modules)) => modules.push(module),
+                None => groups.push((*scheme, vec![module])),
+            }
+        }
+    }
+    let groups = groups
+        .into_iter()
+        .map(|(scheme, modules)| match scheme {
+            Scheme::Int8(options) => (
+                IntWeightArgs {
+                    num_bits: 8,
+                    symmetric: options.symmetric,
+                    strategy: match options.granularity {
+                        Granularity::Channel => "channel",
+                        Granularity::Tensor => "tensor",
+                    },
+                },
+                modules,
+            ),
+        })
+        .collect::<Vec<_>>();
+    int_quantization_config(&groups)
 }
 
 /// Drops the finished tensor's pages from this process's resident set, so that RSS stays near one

@@ -18,9 +18,9 @@ use uuid::Uuid;
 
 use super::job_problem;
 use super::pipeline::{
-    quantize_file, PipelineContext, PipelineError, PipelineOutput, ProgressCounters,
+    quantize_file, PipelineContext, PipelineError, PipelineOutput, ProgressCounters, QuantReport,
 };
-use super::spec::QuantSpec;
+use super::spec::JobSpec;
 use crate::formats::compressed_tensors::merge_into_config;
 use crate::formats::safetensors::Limits;
 use crate::pool::{PoolError, WorkerPool, WorkerSlot};
@@ -183,6 +183,7 @@ impl JobRunner {
         let staged = self.blobs.staging_path();
         let outcome = {
             let (cancel, progress, staged) = (cancel.clone(), progress.clone(), staged.clone());
+            let spec = spec.clone();
             let kernels = self.kernels;
             let limits = self.settings.limits;
             let tensor_delay = self.settings.tensor_delay;
@@ -284,15 +285,16 @@ impl JobRunner {
     async fn prepare(
         &self,
         job: &JobRecord,
-    ) -> Result<(QuantSpec, String, Vec<StoredFile>), serde_json::Value> {
-        let spec = QuantSpec::parse(&job.scheme, Some(&job.options)).map_err(|e| {
-            job_problem(
-                "invalid-options",
-                "Invalid job options",
-                422,
-                &e.to_string(),
-            )
-        })?;
+    ) -> Result<(JobSpec, String, Vec<StoredFile>), serde_json::Value> {
+        let spec =
+            JobSpec::parse(&job.scheme, Some(&job.options), Some(&job.format)).map_err(|e| {
+                job_problem(
+                    "invalid-options",
+                    "Invalid job options",
+                    422,
+                    &e.to_string(),
+                )
+            })?;
         let model = match self.store.get_model(job.model_id).await {
             Ok(Some(model)) => model,
             Ok(None) => {
@@ -367,7 +369,7 @@ impl JobRunner {
     async fn store_artifact(
         &self,
         job: &JobRecord,
-        spec: &QuantSpec,
+        spec: &JobSpec,
         output: PipelineOutput,
         staged: &std::path::Path,
         model_files: Vec<StoredFile>,
@@ -385,6 +387,23 @@ impl JobRunner {
             .await
             .map_err(|e| storage_problem(&e))?;
 
+        let mut files = vec![StoredFile {
+            filename: "model.safetensors".into(),
+            sha256: output.sha256.clone(),
+            size_bytes: output.size_bytes,
+        }];
+        let Some(quantization_config) = output.quantization_config else {
+            // Nothing to add to config.json: every companion file is carried over by reference.
+            files.extend(model_files);
+            return Ok(self.artifact_record(
+                job,
+                spec,
+                &output.sha256,
+                output.size_bytes,
+                files,
+                &output.report,
+            ));
+        };
         let model_config = match model_files.iter().find(|f| f.filename == "config.json") {
             Some(file) => Some(
                 self.blobs
@@ -394,15 +413,15 @@ impl JobRunner {
             ),
             None => None,
         };
-        let config_bytes = merge_into_config(model_config.as_deref(), output.quantization_config)
+        let config_bytes = merge_into_config(model_config.as_deref(), quantization_config)
             .map_err(|detail| {
-            job_problem(
-                "invalid-model-config",
-                "The model's config.json is unusable",
-                422,
-                &detail,
-            )
-        })?;
+                job_problem(
+                    "invalid-model-config",
+                    "The model's config.json is unusable",
+                    422,
+                    &detail,
+                )
+            })?;
         let mut upload = self
             .blobs
             .begin_upload()
@@ -418,39 +437,49 @@ impl JobRunner {
             .commit()
             .await
             .map_err(|e| storage_problem(&e))?;
-
-        let mut files = vec![
-            StoredFile {
-                filename: "model.safetensors".into(),
-                sha256: output.sha256.clone(),
-                size_bytes: output.size_bytes,
-            },
-            StoredFile {
-                filename: "config.json".into(),
-                sha256: config_sha,
-                size_bytes: config_size,
-            },
-        ];
+        files.push(StoredFile {
+            filename: "config.json".into(),
+            sha256: config_sha,
+            size_bytes: config_size,
+        });
         // Companion files (tokenizer etc.) are carried over by reference: same blobs, no copy.
         files.extend(
             model_files
                 .into_iter()
                 .filter(|f| f.filename != "config.json"),
         );
+        Ok(self.artifact_record(
+            job,
+            spec,
+            &output.sha256,
+            output.size_bytes,
+            files,
+            &output.report,
+        ))
+    }
 
-        Ok(ArtifactRecord {
+    fn artifact_record(
+        &self,
+        job: &JobRecord,
+        spec: &JobSpec,
+        sha256: &str,
+        size_bytes: u64,
+        files: Vec<StoredFile>,
+        report: &QuantReport,
+    ) -> ArtifactRecord {
+        ArtifactRecord {
             id: Uuid::now_v7(),
             job_id: job.id,
             model_id: job.model_id,
-            scheme: spec.scheme().to_owned(),
+            scheme: spec.scheme.name().to_owned(),
             options: spec.canonical_options(),
-            format: "safetensors".into(),
-            sha256: output.sha256,
-            size_bytes: output.size_bytes,
+            format: spec.format.name().to_owned(),
+            sha256: sha256.to_owned(),
+            size_bytes,
             files,
-            report: serde_json::to_value(&output.report).expect("reports serialize"),
+            report: serde_json::to_value(report).expect("reports serialize"),
             created_at: now(),
-        })
+        }
     }
 
     async fn record_failure(&self, lease: &Lease, problem: serde_json::Value, retry: bool) {

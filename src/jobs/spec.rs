@@ -1,20 +1,22 @@
-//! What a job asks for, parsed and validated up front: a [`QuantSpec`] is only built from a
-//! request whose scheme is known and whose every option is valid, so workers never see a bad one.
+//! What a job asks for, parsed and validated up front: a [`JobSpec`] is only built from a
+//! request whose scheme, format, every option, skip pattern and override is valid, and whose
+//! scheme/format pairs can be expressed, so a worker never meets a bad request.
 
+use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::quant::int8::{Granularity, Int8Options};
 
 /// Schemes this build can run.
 pub const KNOWN_SCHEMES: &[&str] = &["int8"];
 /// Output formats this build can write.
-pub const KNOWN_FORMATS: &[&str] = &["safetensors"];
+pub const KNOWN_FORMATS: &[&str] = &["safetensors", "dequantized", "dequantized-f16"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuantSpec {
-    Int8(Int8Options),
-}
+/// Most skip patterns plus overrides one job may carry.
+const MAX_PATTERNS: usize = 256;
+/// Compiled-size limit per pattern, so a hostile regex cannot exhaust memory.
+const MAX_REGEX_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
@@ -24,6 +26,56 @@ pub enum SpecError {
     UnknownFormat { format: String },
     #[error("invalid option '{field}': {message}")]
     InvalidOption { field: String, message: String },
+    #[error("scheme '{scheme}' cannot be written as format '{format}': {reason}")]
+    Unsupported {
+        scheme: String,
+        format: String,
+        reason: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError::InvalidOption {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The file an artifact is written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// safetensors in the compressed-tensors layout plus `config.json` `quantization_config`.
+    Safetensors,
+    /// safetensors with every quantized tensor dequantized back to f32 (or f16): the error is
+    /// baked in and any framework loads it, for evaluation.
+    Dequantized { f16: bool },
+}
+
+impl OutputFormat {
+    pub fn parse(format: Option<&str>) -> Result<Self, SpecError> {
+        match format.unwrap_or("safetensors") {
+            "safetensors" => Ok(OutputFormat::Safetensors),
+            "dequantized" | "dequantized-f32" => Ok(OutputFormat::Dequantized { f16: false }),
+            "dequantized-f16" => Ok(OutputFormat::Dequantized { f16: true }),
+            other => Err(SpecError::UnknownFormat {
+                format: other.to_owned(),
+            }),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Safetensors => "safetensors",
+            OutputFormat::Dequantized { f16: false } => "dequantized",
+            OutputFormat::Dequantized { f16: true } => "dequantized-f16",
+        }
+    }
+}
+
+/// One scheme with its validated options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Int8(Int8Options),
 }
 
 /// Wire form of the int8 options; every field optional, unknown fields refused.
@@ -34,123 +86,371 @@ struct Int8OptionsWire {
     symmetric: Option<bool>,
 }
 
-impl QuantSpec {
-    /// Parses a scheme name and its JSON options (absent or `null` = all defaults).
-    pub fn parse(scheme: &str, options: Option<&Value>) -> Result<Self, SpecError> {
-        let options = match options {
-            None | Some(Value::Null) => Value::Object(Default::default()),
-            Some(value @ Value::Object(_)) => value.clone(),
-            Some(_) => {
-                return Err(SpecError::InvalidOption {
-                    field: "options".into(),
-                    message: "must be a JSON object".into(),
-                })
-            }
+/// Deserializes scheme options, naming the offending field in the error.
+fn from_options<T: serde::de::DeserializeOwned>(
+    options: Map<String, Value>,
+    prefix: &str,
+) -> Result<T, SpecError> {
+    serde_path_to_error::deserialize(Value::Object(options)).map_err(|error| {
+        let path = error.path().to_string();
+        let message = error.inner().to_string();
+        // Unknown fields are reported at the parent path; serde names them in backticks.
+        let field = if path.is_empty() || path == "." {
+            message.split('`').nth(1).unwrap_or("options").to_owned()
+        } else {
+            path
         };
-        match scheme {
-            "int8" => Ok(QuantSpec::Int8(parse_int8(options)?)),
+        SpecError::InvalidOption {
+            field: format!("{prefix}{field}"),
+            message,
+        }
+    })
+}
+
+impl Scheme {
+    /// Parses a scheme name and its options object (without the job-wide `skip`/`overrides`).
+    /// `prefix` names where the options sit, for error messages (`""` or `overrides.<p>.options.`).
+    pub fn parse(name: &str, options: Map<String, Value>, prefix: &str) -> Result<Self, SpecError> {
+        match name {
+            "int8" => {
+                let wire: Int8OptionsWire = from_options(options, prefix)?;
+                let granularity = match wire.granularity.as_deref() {
+                    None | Some("channel") => Granularity::Channel,
+                    Some("tensor") => Granularity::Tensor,
+                    Some(other) => {
+                        return Err(invalid(
+                            format!("{prefix}granularity"),
+                            format!("'{other}' is not one of: channel, tensor"),
+                        ))
+                    }
+                };
+                Ok(Scheme::Int8(Int8Options {
+                    granularity,
+                    symmetric: wire.symmetric.unwrap_or(true),
+                }))
+            }
             other => Err(SpecError::UnknownScheme {
                 scheme: other.to_owned(),
             }),
         }
     }
 
-    pub fn scheme(&self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
-            QuantSpec::Int8(_) => "int8",
+            Scheme::Int8(_) => "int8",
         }
     }
 
-    /// The options with every default filled in: what is stored and shown.
-    pub fn canonical_options(&self) -> Value {
-        match self {
-            QuantSpec::Int8(options) => json!({
+    /// The options with every default filled in.
+    pub fn canonical_options(&self) -> Map<String, Value> {
+        let value = match self {
+            Scheme::Int8(options) => json!({
                 "granularity": match options.granularity {
                     Granularity::Channel => "channel",
                     Granularity::Tensor => "tensor",
                 },
                 "symmetric": options.symmetric,
             }),
+        };
+        match value {
+            Value::Object(map) => map,
+            _ => unreachable!("options are objects"),
+        }
+    }
+
+    /// Why this scheme cannot be written in `format`, if it cannot.
+    pub fn unsupported_in(&self, format: OutputFormat) -> Option<&'static str> {
+        match (self, format) {
+            (Scheme::Int8(_), OutputFormat::Safetensors | OutputFormat::Dequantized { .. }) => None,
         }
     }
 }
 
-/// Validates the output format name (default `safetensors`).
-pub fn parse_format(format: Option<&str>) -> Result<&'static str, SpecError> {
-    match format.unwrap_or("safetensors") {
-        "safetensors" => Ok("safetensors"),
-        other => Err(SpecError::UnknownFormat {
-            format: other.to_owned(),
-        }),
+/// A regex over tensor names, kept with its source for the canonical options.
+#[derive(Debug, Clone)]
+pub struct NamePattern {
+    pub source: String,
+    regex: Regex,
+}
+
+impl NamePattern {
+    fn parse(source: &str, field: &str) -> Result<Self, SpecError> {
+        let regex = RegexBuilder::new(source)
+            .size_limit(MAX_REGEX_BYTES)
+            .build()
+            .map_err(|e| invalid(field, format!("not a valid regex: {e}")))?;
+        Ok(NamePattern {
+            source: source.to_owned(),
+            regex,
+        })
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.regex.is_match(name)
     }
 }
 
-fn parse_int8(options: Value) -> Result<Int8Options, SpecError> {
-    let wire: Int8OptionsWire = serde_json::from_value(options).map_err(|e| {
-        let message = e.to_string();
-        // serde names the offending field in its message; surface it as the field.
-        let field = message
-            .split('`')
-            .nth(1)
-            .map(str::to_owned)
-            .unwrap_or_else(|| "options".to_owned());
-        SpecError::InvalidOption { field, message }
-    })?;
-    let granularity = match wire.granularity.as_deref() {
-        None | Some("channel") => Granularity::Channel,
-        Some("tensor") => Granularity::Tensor,
-        Some(other) => {
-            return Err(SpecError::InvalidOption {
-                field: "granularity".into(),
-                message: format!("'{other}' is not one of: channel, tensor"),
-            })
+/// Everything a job asks for.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// The scheme for tensors no override matches.
+    pub scheme: Scheme,
+    /// Tensors whose name matches any of these stay in source precision.
+    pub skip: Vec<NamePattern>,
+    /// The first matching pattern's scheme applies instead of the default.
+    pub overrides: Vec<(NamePattern, Scheme)>,
+    pub format: OutputFormat,
+}
+
+/// What a job does with one tensor, before shape rules apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorChoice<'a> {
+    Skip,
+    Quantize(&'a Scheme),
+}
+
+impl JobSpec {
+    /// Parses the request's `scheme`, `options` (absent or `null` = defaults; may hold `skip` and
+    /// `overrides`) and `format` (absent = `safetensors`).
+    pub fn parse(
+        scheme: &str,
+        options: Option<&Value>,
+        format: Option<&str>,
+    ) -> Result<Self, SpecError> {
+        let format = OutputFormat::parse(format)?;
+        let mut options = match options {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(map)) => map.clone(),
+            Some(_) => return Err(invalid("options", "must be a JSON object")),
+        };
+        let skip = match options.remove("skip") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(index, item)| {
+                    let field = format!("skip[{index}]");
+                    let source = item
+                        .as_str()
+                        .ok_or_else(|| invalid(&field, "must be a regex string"))?;
+                    NamePattern::parse(source, &field)
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(_) => return Err(invalid("skip", "must be an array of regex strings")),
+        };
+        let overrides =
+            match options.remove("overrides") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Object(entries)) => entries
+                    .iter()
+                    .map(|(pattern, entry)| parse_override(pattern, entry))
+                    .collect::<Result<Vec<_>, _>>()?,
+                Some(_) => return Err(invalid(
+                    "overrides",
+                    "must be an object: {\"<regex>\": {\"scheme\": \"...\", \"options\": {...}}}",
+                )),
+            };
+        if skip.len() + overrides.len() > MAX_PATTERNS {
+            return Err(invalid(
+                "overrides",
+                format!("at most {MAX_PATTERNS} skip patterns and overrides"),
+            ));
         }
+        let scheme = Scheme::parse(scheme, options, "")?;
+        let spec = JobSpec {
+            scheme,
+            skip,
+            overrides,
+            format,
+        };
+        for used in std::iter::once(&spec.scheme).chain(spec.overrides.iter().map(|(_, s)| s)) {
+            if let Some(reason) = used.unsupported_in(format) {
+                return Err(SpecError::Unsupported {
+                    scheme: used.name().to_owned(),
+                    format: format.name().to_owned(),
+                    reason: reason.to_owned(),
+                });
+            }
+        }
+        Ok(spec)
+    }
+
+    /// The options as stored and shown: the scheme's options with defaults filled in, plus
+    /// `skip` and `overrides` when given (overrides also canonical).
+    pub fn canonical_options(&self) -> Value {
+        let mut options = self.scheme.canonical_options();
+        if !self.skip.is_empty() {
+            options.insert(
+                "skip".into(),
+                Value::Array(
+                    self.skip
+                        .iter()
+                        .map(|p| Value::String(p.source.clone()))
+                        .collect(),
+                ),
+            );
+        }
+        if !self.overrides.is_empty() {
+            let overrides = self
+                .overrides
+                .iter()
+                .map(|(pattern, scheme)| {
+                    (
+                        pattern.source.clone(),
+                        json!({"scheme": scheme.name(), "options": scheme.canonical_options()}),
+                    )
+                })
+                .collect::<Map<_, _>>();
+            options.insert("overrides".into(), Value::Object(overrides));
+        }
+        Value::Object(options)
+    }
+
+    /// Skip patterns first, then overrides in order, then the default scheme.
+    pub fn choice_for(&self, tensor_name: &str) -> TensorChoice<'_> {
+        if self.skip.iter().any(|p| p.matches(tensor_name)) {
+            return TensorChoice::Skip;
+        }
+        for (pattern, scheme) in &self.overrides {
+            if pattern.matches(tensor_name) {
+                return TensorChoice::Quantize(scheme);
+            }
+        }
+        TensorChoice::Quantize(&self.scheme)
+    }
+
+    /// Every distinct scheme the job may use (default first).
+    pub fn schemes(&self) -> Vec<&Scheme> {
+        let mut schemes = vec![&self.scheme];
+        for (_, scheme) in &self.overrides {
+            if !schemes.contains(&scheme) {
+                schemes.push(scheme);
+            }
+        }
+        schemes
+    }
+}
+
+fn parse_override(pattern: &str, entry: &Value) -> Result<(NamePattern, Scheme), SpecError> {
+    let field = format!("overrides.{pattern}");
+    let pattern_parsed = NamePattern::parse(pattern, &field)?;
+    let Value::Object(entry) = entry else {
+        return Err(invalid(
+            &field,
+            "must be an object with 'scheme' and optional 'options'",
+        ));
     };
-    Ok(Int8Options {
-        granularity,
-        symmetric: wire.symmetric.unwrap_or(true),
-    })
+    if let Some(unknown) = entry.keys().find(|k| *k != "scheme" && *k != "options") {
+        return Err(invalid(
+            format!("{field}.{unknown}"),
+            "unknown field; expected 'scheme' and 'options'",
+        ));
+    }
+    let scheme_name = entry
+        .get("scheme")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(format!("{field}.scheme"), "missing scheme name"))?;
+    let options = match entry.get("options") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => map.clone(),
+        Some(_) => return Err(invalid(format!("{field}.options"), "must be a JSON object")),
+    };
+    if options.contains_key("skip") || options.contains_key("overrides") {
+        return Err(invalid(
+            format!("{field}.options"),
+            "skip and overrides apply to the whole job, not inside an override",
+        ));
+    }
+    let scheme = Scheme::parse(scheme_name, options, &format!("{field}.options."))?;
+    Ok((pattern_parsed, scheme))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse(scheme: &str, options: Value) -> Result<JobSpec, SpecError> {
+        JobSpec::parse(scheme, Some(&options), None)
+    }
+
     #[test]
-    fn defaults_are_per_channel_symmetric() {
-        let spec = QuantSpec::parse("int8", None).unwrap();
+    fn defaults_are_per_channel_symmetric_safetensors() {
+        let spec = JobSpec::parse("int8", None, None).unwrap();
         assert_eq!(
             spec.canonical_options(),
             json!({"granularity": "channel", "symmetric": true})
         );
+        assert_eq!(spec.format, OutputFormat::Safetensors);
     }
 
     #[test]
     fn options_round_trip_through_the_canonical_form() {
-        let options = json!({"granularity": "tensor", "symmetric": false});
-        let spec = QuantSpec::parse("int8", Some(&options)).unwrap();
+        let options = json!({
+            "granularity": "tensor",
+            "symmetric": false,
+            "skip": ["^lm_head\\."],
+            "overrides": {"attn": {"scheme": "int8", "options": {"granularity": "tensor", "symmetric": true}}}
+        });
+        let spec = parse("int8", options.clone()).unwrap();
         assert_eq!(spec.canonical_options(), options);
-        assert_eq!(
-            QuantSpec::parse("int8", Some(&spec.canonical_options())),
-            Ok(spec)
+        let again =
+            JobSpec::parse("int8", Some(&spec.canonical_options()), Some("dequantized")).unwrap();
+        assert_eq!(again.canonical_options(), options);
+        assert_eq!(again.choice_for("lm_head.weight"), TensorChoice::Skip);
+        assert!(
+            matches!(again.choice_for("layer.attn.weight"), TensorChoice::Quantize(Scheme::Int8(o)) if o.symmetric)
+        );
+        assert!(
+            matches!(again.choice_for("layer.mlp.weight"), TensorChoice::Quantize(Scheme::Int8(o)) if !o.symmetric)
         );
     }
 
     #[test]
     fn bad_input_names_the_problem() {
         assert!(matches!(
-            QuantSpec::parse("int3", None),
+            parse("int3", json!({})),
             Err(SpecError::UnknownScheme { .. })
         ));
-        let err = QuantSpec::parse("int8", Some(&json!({"granularity": "row"}))).unwrap_err();
-        assert!(
-            matches!(err, SpecError::InvalidOption { ref field, .. } if field == "granularity")
+        let field_of = |r: Result<JobSpec, SpecError>| match r {
+            Err(SpecError::InvalidOption { field, .. }) => field,
+            other => panic!("expected an option error, got {other:?}"),
+        };
+        assert_eq!(
+            field_of(parse("int8", json!({"granularity": "row"}))),
+            "granularity"
         );
-        let err = QuantSpec::parse("int8", Some(&json!({"symetric": true}))).unwrap_err();
-        assert!(matches!(err, SpecError::InvalidOption { ref field, .. } if field == "symetric"));
-        let err = QuantSpec::parse("int8", Some(&json!({"symmetric": "yes"}))).unwrap_err();
-        assert!(matches!(err, SpecError::InvalidOption { .. }));
-        assert!(QuantSpec::parse("int8", Some(&json!([1]))).is_err());
-        assert!(parse_format(Some("gguf")).is_err());
+        assert_eq!(
+            field_of(parse("int8", json!({"symetric": true}))),
+            "symetric"
+        );
+        assert_eq!(
+            field_of(parse("int8", json!({"symmetric": "yes"}))),
+            "symmetric"
+        );
+        assert_eq!(
+            field_of(parse("int8", json!({"skip": ["(unclosed"]}))),
+            "skip[0]"
+        );
+        assert_eq!(field_of(parse("int8", json!({"skip": "x"}))), "skip");
+        assert_eq!(
+            field_of(parse(
+                "int8",
+                json!({"overrides": {"x": {"scheme": "int8", "options": {"granularity": 3}}}})
+            )),
+            "overrides.x.options.granularity"
+        );
+        assert_eq!(
+            field_of(parse("int8", json!({"overrides": {"x": {"options": {}}}}))),
+            "overrides.x.scheme"
+        );
+        assert!(matches!(
+            parse("int8", json!({"overrides": {"x": {"scheme": "int5"}}})),
+            Err(SpecError::UnknownScheme { .. })
+        ));
+        assert!(JobSpec::parse("int8", Some(&json!([1])), None).is_err());
+        assert!(matches!(
+            JobSpec::parse("int8", None, Some("onnx")),
+            Err(SpecError::UnknownFormat { .. })
+        ));
     }
 }

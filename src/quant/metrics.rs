@@ -156,3 +156,93 @@ mod tests {
         assert_eq!(metrics.rel_rmse, 0.0);
     }
 }
+
+/// Error statistics of `approx` against `reference` (same length), for schemes whose kernels do
+/// not fuse them (block formats: quantize, dequantize a chunk, compare).
+///
+/// Sums run in 16 independent f32 lanes over blocks of at most 1024 elements (so the compiler
+/// vectorizes them) and are folded into f64 per block, which keeps the relative error of each
+/// sum near f32 epsilon whatever the tensor size.
+pub fn compare(reference: &[f32], approx: &[f32]) -> ErrorStats {
+    assert_eq!(reference.len(), approx.len(), "compare: lengths differ");
+    const LANES: usize = 16;
+    const BLOCK: usize = 1024;
+    let mut stats = ErrorStats {
+        n: reference.len() as u64,
+        ..ErrorStats::default()
+    };
+    for (ref_block, approx_block) in reference.chunks(BLOCK).zip(approx.chunks(BLOCK)) {
+        let mut sq_err = [0f32; LANES];
+        let mut sq_ref = [0f32; LANES];
+        let mut sq_deq = [0f32; LANES];
+        let mut dot = [0f32; LANES];
+        let mut max_err = [0f32; LANES];
+        let mut ref_chunks = ref_block.chunks_exact(LANES);
+        let mut approx_chunks = approx_block.chunks_exact(LANES);
+        for (r, a) in (&mut ref_chunks).zip(&mut approx_chunks) {
+            for lane in 0..LANES {
+                let err = a[lane] - r[lane];
+                sq_err[lane] += err * err;
+                sq_ref[lane] += r[lane] * r[lane];
+                sq_deq[lane] += a[lane] * a[lane];
+                dot[lane] += r[lane] * a[lane];
+                max_err[lane] = max_err[lane].max(err.abs());
+            }
+        }
+        for (lane, (&r, &a)) in ref_chunks
+            .remainder()
+            .iter()
+            .zip(approx_chunks.remainder())
+            .enumerate()
+        {
+            let err = a - r;
+            sq_err[lane] += err * err;
+            sq_ref[lane] += r * r;
+            sq_deq[lane] += a * a;
+            dot[lane] += r * a;
+            max_err[lane] = max_err[lane].max(err.abs());
+        }
+        let fold = |lanes: &[f32; LANES]| lanes.iter().map(|&v| f64::from(v)).sum::<f64>();
+        stats.sum_sq_err += fold(&sq_err);
+        stats.sum_sq_ref += fold(&sq_ref);
+        stats.sum_sq_deq += fold(&sq_deq);
+        stats.dot += fold(&dot);
+        stats.max_abs_err = max_err.iter().fold(stats.max_abs_err, |m, &v| m.max(v));
+    }
+    stats
+}
+
+#[cfg(test)]
+mod compare_tests {
+    use super::*;
+
+    #[test]
+    fn compare_matches_a_plain_f64_computation() {
+        let reference: Vec<f32> = (0..5000)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let approx: Vec<f32> = reference
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + ((i % 7) as f32 - 3.0) * 1e-3)
+            .collect();
+        let stats = compare(&reference, &approx);
+        let exact_err: f64 = reference
+            .iter()
+            .zip(&approx)
+            .map(|(r, a)| (f64::from(*a) - f64::from(*r)).powi(2))
+            .sum();
+        let exact_dot: f64 = reference
+            .iter()
+            .zip(&approx)
+            .map(|(r, a)| f64::from(*a) * f64::from(*r))
+            .sum();
+        assert_eq!(stats.n, 5000);
+        assert!((stats.sum_sq_err - exact_err).abs() / exact_err < 1e-3);
+        assert!((stats.dot - exact_dot).abs() / exact_dot < 1e-5);
+        assert!((stats.max_abs_err - 3e-3).abs() < 1e-5);
+        let metrics = TensorMetrics::from(&stats);
+        assert!(metrics.cosine > 0.9999 && metrics.sqnr_db > 40.0);
+        assert_eq!(compare(&[], &[]).n, 0);
+    }
+}

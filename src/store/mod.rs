@@ -123,6 +123,8 @@ pub struct JobRecord {
     /// Canonical options: every default filled in.
     #[schema(value_type = Object)]
     pub options: serde_json::Value,
+    /// Output format of the artifact.
+    pub format: String,
     pub state: JobState,
     pub progress: Progress,
     /// Attempts started so far (a crash or transient error leads to another, up to `max_attempts`).
@@ -201,6 +203,7 @@ pub struct NewJob {
     pub model_id: Uuid,
     pub scheme: String,
     pub options: serde_json::Value,
+    pub format: String,
     pub max_attempts: u32,
 }
 

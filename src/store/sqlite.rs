@@ -20,7 +20,7 @@ use super::{
 };
 
 /// Column list shared by every query that returns a job.
-const JOB_COLUMNS: &str = "id, model_id, scheme, options, state, attempt, max_attempts, \
+const JOB_COLUMNS: &str = "id, model_id, scheme, options, format, state, attempt, max_attempts, \
     cancel_requested, tensors_done, tensors_total, bytes_done, bytes_total, artifact_id, error, \
     created_at, started_at, finished_at, updated_at";
 
@@ -158,6 +158,7 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<JobRecord> {
         model_id: uuid_col(row, "model_id")?,
         scheme: row.try_get("scheme")?,
         options: json_col(row, "options")?,
+        format: row.try_get("format")?,
         state,
         progress: Progress {
             tensors_done: u64_col(row, "tensors_done")?,
@@ -318,8 +319,8 @@ impl MetadataStore for SqliteStore {
     async fn enqueue_job(&self, job: &NewJob, max_queued: u64) -> StoreResult<EnqueueOutcome> {
         let now = rfc3339(now());
         let row = sqlx::query(&format!(
-            "INSERT INTO jobs (id, model_id, scheme, options, state, max_attempts, created_at, updated_at) \
-             SELECT ?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?6 \
+            "INSERT INTO jobs (id, model_id, scheme, options, format, state, max_attempts, created_at, updated_at) \
+             SELECT ?1, ?2, ?3, ?4, ?8, 'queued', ?5, ?6, ?6 \
              WHERE EXISTS (SELECT 1 FROM models WHERE id = ?2) \
              AND (SELECT COUNT(*) FROM jobs WHERE state = 'queued') < ?7 \
              RETURNING {JOB_COLUMNS}"
@@ -331,6 +332,7 @@ impl MetadataStore for SqliteStore {
         .bind(i64::from(job.max_attempts))
         .bind(&now)
         .bind(to_i64(max_queued))
+        .bind(&job.format)
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = row {

@@ -264,3 +264,142 @@ async fn non_float_and_half_precision_tensors_are_handled() {
     }
     app.stop().await;
 }
+
+async fn run_job(app: &crate::helpers::TestApp, body: Value) -> (Value, Vec<u8>, Value) {
+    let response = app
+        .client
+        .post(app.url("/api/v1/jobs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    let job: Value = response.json().await.unwrap();
+    let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let artifact_id = job["artifact_id"].as_str().unwrap();
+    let artifact = app
+        .get_json(&format!("/api/v1/artifacts/{artifact_id}"))
+        .await;
+    let bytes = app
+        .download(&format!("/api/v1/artifacts/{artifact_id}/download"))
+        .await;
+    (job, bytes, artifact)
+}
+
+#[tokio::test]
+async fn skip_patterns_and_overrides_mix_schemes_in_one_job() {
+    let app = spawn_app().await;
+    let model = app.upload_digits().await;
+    let options = json!({
+        "granularity": "channel",
+        "symmetric": true,
+        "skip": ["^fc3\\."],
+        "overrides": {"^fc2\\.": {"scheme": "int8", "options": {"granularity": "tensor", "symmetric": false}}}
+    });
+    let (job, bytes, artifact) = run_job(
+        &app,
+        json!({"model_id": model["id"], "scheme": "int8", "options": options}),
+    )
+    .await;
+    assert_eq!(
+        job["options"], options,
+        "canonical options keep skip and overrides"
+    );
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(file.tensor("fc1.weight_scale").unwrap().shape(), &[128, 1]);
+    assert!(file.tensor("fc1.weight_zero_point").is_err());
+    assert_eq!(file.tensor("fc2.weight_scale").unwrap().shape(), &[1]);
+    assert_eq!(file.tensor("fc2.weight_zero_point").unwrap().shape(), &[1]);
+    assert_eq!(
+        file.tensor("fc3.weight").unwrap().dtype(),
+        safetensors::Dtype::F32
+    );
+    let original_bytes = digits_model_bytes();
+    let original = SafeTensors::deserialize(&original_bytes).unwrap();
+    assert_eq!(
+        file.tensor("fc3.weight").unwrap().data(),
+        original.tensor("fc3.weight").unwrap().data()
+    );
+    let report = artifact["report"]["tensors"].as_array().unwrap();
+    let by_name = |name: &str| report.iter().find(|t| t["name"] == name).unwrap().clone();
+    assert_eq!(by_name("fc3.weight")["action"], "kept");
+    assert_eq!(by_name("fc3.weight")["reason"], "matches a skip pattern");
+    assert_eq!(by_name("fc2.weight")["scheme"], "int8");
+
+    // config.json: one compressed-tensors group per distinct scheme, targeting modules by name.
+    let config: Value = serde_json::from_slice(
+        &app.download(&format!(
+            "/api/v1/artifacts/{}/files/config.json",
+            artifact["id"].as_str().unwrap()
+        ))
+        .await,
+    )
+    .unwrap();
+    let groups = &config["quantization_config"]["config_groups"];
+    assert_eq!(groups["group_0"]["targets"], json!(["fc1"]));
+    assert_eq!(groups["group_0"]["weights"]["strategy"], "channel");
+    assert_eq!(groups["group_1"]["targets"], json!(["fc2"]));
+    assert_eq!(groups["group_1"]["weights"]["strategy"], "tensor");
+    assert_eq!(groups["group_1"]["weights"]["symmetric"], false);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn dequantized_output_is_plain_float_with_the_error_baked_in() {
+    let app = spawn_app().await;
+    let model = app.upload_digits().await;
+    let original_bytes = digits_model_bytes();
+    let original = SafeTensors::deserialize(&original_bytes).unwrap();
+    for (format, dtype) in [
+        ("dequantized", safetensors::Dtype::F32),
+        ("dequantized-f16", safetensors::Dtype::F16),
+    ] {
+        let (_, bytes, artifact) = run_job(
+            &app,
+            json!({"model_id": model["id"], "scheme": "int8", "format": format}),
+        )
+        .await;
+        assert_eq!(artifact["format"], format);
+        // No quantization_config: the model had no config.json and the output needs none.
+        assert_eq!(artifact["files"].as_array().unwrap().len(), 1);
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        let decode = |name: &str| -> Vec<f32> {
+            let tensor = file.tensor(name).unwrap();
+            match tensor.dtype() {
+                safetensors::Dtype::F32 => f32s(tensor.data()),
+                _ => tensor
+                    .data()
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            }
+        };
+        for name in ["fc1.weight", "fc2.weight", "fc3.weight"] {
+            assert_eq!(file.tensor(name).unwrap().dtype(), dtype);
+            let values = decode(name);
+            let reference = f32s(original.tensor(name).unwrap().data());
+            let max_abs = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // Half an int8 step of the largest row scale, plus f16 rounding where it applies.
+            let bound = max_abs / 127.0 * 0.5 + max_abs * 1e-3;
+            for (value, expected) in values.iter().zip(&reference) {
+                assert!(
+                    (value - expected).abs() <= bound,
+                    "{name}: {value} vs {expected}"
+                );
+            }
+        }
+        let accuracy = digits_accuracy(&|name| {
+            if name.ends_with(".weight") {
+                decode(name)
+            } else {
+                f32s(file.tensor(name).unwrap().data())
+            }
+        });
+        assert!(
+            (accuracy - FP32_ACCURACY).abs() <= 0.005,
+            "{format}: accuracy {accuracy}"
+        );
+    }
+    app.stop().await;
+}

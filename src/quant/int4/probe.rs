@@ -1,0 +1,1 @@
+#[test] fn probe_ok() {}
