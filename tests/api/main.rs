@@ -4,6 +4,7 @@
 mod helpers;
 
 mod downloads;
+mod interop;
 mod jobs;
 mod openapi;
 mod process;

@@ -1,0 +1,169 @@
+//! Interop: files quantd writes, read back by independent tools from PyPI (see
+//! tests/interop/requirements.txt). The venv is created on first use under
+//! `target/interop-venv` (override with `QUANTD_INTEROP_VENV`), so `cargo test` alone suffices.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use safetensors::SafeTensors;
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app, TestApp};
+
+static VENV_LOCK: Mutex<()> = Mutex::new(());
+
+fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// The venv's python, creating the venv and installing the readers when they are missing or the
+/// requirements changed.
+pub fn interop_python() -> PathBuf {
+    let _guard = VENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let venv = std::env::var_os("QUANTD_INTEROP_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_path("target/interop-venv"));
+    let python = venv.join("bin/python");
+    let requirements =
+        std::fs::read_to_string(repo_path("tests/interop/requirements.txt")).unwrap();
+    let marker = venv.join("quantd-requirements.txt");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(requirements.as_str())
+        && python.exists()
+    {
+        return python;
+    }
+    let system_python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let status = Command::new(&system_python)
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 runs");
+    assert!(status.success(), "creating the interop venv failed");
+    let output = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(repo_path("tests/interop/requirements.txt"))
+        .output()
+        .expect("pip runs");
+    assert!(
+        output.status.success(),
+        "installing the interop readers failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::write(&marker, requirements).unwrap();
+    python
+}
+
+/// Runs a script from tests/interop with arguments; returns its stdout parsed as JSON.
+pub fn run_interop_script(script: &str, args: &[&Path]) -> Value {
+    let python = interop_python();
+    let output = Command::new(python)
+        .arg(repo_path("tests/interop").join(script))
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the script prints JSON")
+}
+
+/// Runs a job on the digits model and saves the artifact's primary file under the test's data dir.
+async fn artifact_file(
+    app: &TestApp,
+    model_id: &str,
+    scheme: &str,
+    options: Value,
+    format: &str,
+) -> (PathBuf, Vec<u8>) {
+    let response = app
+        .client
+        .post(app.url("/api/v1/jobs"))
+        .json(
+            &json!({"model_id": model_id, "scheme": scheme, "options": options, "format": format}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.unwrap();
+    let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let bytes = app
+        .download(&format!(
+            "/api/v1/artifacts/{}/download",
+            job["artifact_id"].as_str().unwrap()
+        ))
+        .await;
+    let path = app
+        .data_dir
+        .path()
+        .join(format!("{}.safetensors", job["id"].as_str().unwrap()));
+    std::fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
+#[tokio::test]
+async fn the_safetensors_package_reads_int8_artifacts_and_agrees_on_values() {
+    let app = spawn_app().await;
+    let model = app.upload_digits().await;
+    let id = model["id"].as_str().unwrap();
+    for options in [
+        json!({"granularity": "channel", "symmetric": true}),
+        json!({"granularity": "channel", "symmetric": false}),
+        json!({"granularity": "tensor", "symmetric": true}),
+        json!({"granularity": "tensor", "symmetric": false}),
+    ] {
+        let (quantized_path, quantized_bytes) =
+            artifact_file(&app, id, "int8", options.clone(), "safetensors").await;
+        let (dequantized_path, dequantized_bytes) =
+            artifact_file(&app, id, "int8", options.clone(), "dequantized").await;
+        let described =
+            run_interop_script("read_safetensors.py", &[&quantized_path, &dequantized_path]);
+        let quantized = &described[quantized_path.to_str().unwrap()];
+        let ours = SafeTensors::deserialize(&quantized_bytes).unwrap();
+        // Same tensors, dtypes and shapes as we wrote.
+        assert_eq!(
+            quantized["tensors"].as_object().unwrap().len(),
+            ours.names().len()
+        );
+        for (name, view) in ours.tensors() {
+            let theirs = &quantized["tensors"][&name];
+            assert_eq!(theirs["shape"], json!(view.shape()), "{name}");
+            let dtype = match view.dtype() {
+                safetensors::Dtype::I8 => "int8",
+                safetensors::Dtype::F32 => "float32",
+                other => panic!("unexpected dtype {other:?}"),
+            };
+            assert_eq!(theirs["dtype"], dtype, "{name}");
+        }
+        // numpy's (q - zero_point) * scale equals the values of our dequantized artifact.
+        let dequantized = SafeTensors::deserialize(&dequantized_bytes).unwrap();
+        for name in ["fc1.weight", "fc2.weight", "fc3.weight"] {
+            let theirs: Vec<f32> = quantized["dequantized"][name]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let ours: Vec<f32> = dequantized
+                .tensor(name)
+                .unwrap()
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            assert_eq!(theirs, ours, "{name} with {options}");
+        }
+    }
+    app.stop().await;
+}
