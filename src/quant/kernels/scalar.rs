@@ -86,9 +86,7 @@ pub(crate) fn quantize_element(x: f32, params: &I8Params) -> Element {
     let zero_point = params.zero_point as f32;
     let lowest_step = -128.0 - zero_point;
     let highest_step = 127.0 - zero_point;
-    let steps = (x * params.inv_scale)
-        .clamp(lowest_step, highest_step)
-        .round_ties_even();
+    let steps = round_ties_even_small((x * params.inv_scale).clamp(lowest_step, highest_step));
     // `steps` is an integer in -255..=255 and `steps + zero_point` one in -128..=127, so both
     // casts are exact.
     Element {
@@ -96,6 +94,18 @@ pub(crate) fn quantize_element(x: f32, params: &I8Params) -> Element {
         steps: steps as i32,
         deq: steps * params.scale,
     }
+}
+
+/// `v.round_ties_even()` for |v| ≤ 2^22 (and NaN), without the libm call that
+/// `f32::round_ties_even` becomes on baseline x86-64 (no SSE4.1 `roundss`).
+///
+/// Adding and subtracting 1.5·2^23 pushes the fraction bits out of the significand, so the
+/// hardware's default round-to-nearest-even does the rounding; Rust never reassociates float
+/// arithmetic, so the two operations stay. Callers clamp to ±255 first.
+#[inline(always)]
+pub(crate) fn round_ties_even_small(v: f32) -> f32 {
+    const SHIFTER: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + SHIFTER) - SHIFTER
 }
 
 /// Interleaved f32 accumulators per sum in [`quantize_run`].
@@ -159,4 +169,30 @@ pub fn quantize_i8_streaming(
     _prefetch: &[f32],
 ) -> ErrorStats {
     quantize_i8(src, params, dst)
+}
+
+#[cfg(test)]
+mod rounding_tests {
+    use super::round_ties_even_small;
+
+    #[test]
+    fn the_shifter_rounds_like_round_ties_even() {
+        // Every quarter step in the clamped range (hits every .5 tie and .25/.75 point), plus
+        // values a few ulps around each tie.
+        for quarter in -1100..=1100 {
+            let v = quarter as f32 * 0.25;
+            assert_eq!(round_ties_even_small(v), v.round_ties_even(), "{v}");
+            for ulps in [-2i32, -1, 1, 2] {
+                let w = f32::from_bits((v.to_bits() as i32 + ulps) as u32);
+                if w.is_nan() {
+                    continue; // the bits next to ±0.0 wrap around
+                }
+                assert_eq!(round_ties_even_small(w), w.round_ties_even(), "{w}");
+            }
+        }
+        for v in [0.0f32, -0.0, 1e-30, -1e-30, 254.5, -254.5, 255.0, -255.0] {
+            assert_eq!(round_ties_even_small(v), v.round_ties_even(), "{v}");
+        }
+        assert!(round_ties_even_small(f32::NAN).is_nan());
+    }
 }
