@@ -149,6 +149,12 @@ fn int4_kernels(kernels: &Kernels) -> &'static Int4Kernels {
     }
 }
 
+/// The ISA the int4 quantize-and-pack loop runs on when given `kernels` (for logs and reports):
+/// the same as `kernels.isa` where this module has a version for it, scalar otherwise.
+pub fn int4_isa(kernels: &Kernels) -> Isa {
+    int4_kernels(kernels).isa
+}
+
 /// Symmetric parameters of a group with finite `absmax` (`calculate_qparams`, symmetric).
 pub(crate) fn symmetric_params(absmax: f32) -> GroupParams {
     let scale = absmax / 7.5;

@@ -1,4 +1,1 @@
 //! stub
-#[cfg(test)]
-#[path = "int4/probe.rs"]
-mod probe;

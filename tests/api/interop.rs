@@ -85,6 +85,18 @@ async fn artifact_file(
     options: Value,
     format: &str,
 ) -> (PathBuf, Vec<u8>) {
+    let (path, bytes, _) = artifact_files(app, model_id, scheme, options, format).await;
+    (path, bytes)
+}
+
+/// Like [`artifact_file`], also saving `config.json` when the artifact has one.
+async fn artifact_files(
+    app: &TestApp,
+    model_id: &str,
+    scheme: &str,
+    options: Value,
+    format: &str,
+) -> (PathBuf, Vec<u8>, Option<PathBuf>) {
     let response = app
         .client
         .post(app.url("/api/v1/jobs"))
@@ -98,18 +110,84 @@ async fn artifact_file(
     let job: Value = response.json().await.unwrap();
     let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
     assert_eq!(job["state"], "succeeded", "{job}");
+    let job_id = job["id"].as_str().unwrap();
+    let artifact_id = job["artifact_id"].as_str().unwrap();
     let bytes = app
-        .download(&format!(
-            "/api/v1/artifacts/{}/download",
-            job["artifact_id"].as_str().unwrap()
-        ))
+        .download(&format!("/api/v1/artifacts/{artifact_id}/download"))
         .await;
-    let path = app
-        .data_dir
-        .path()
-        .join(format!("{}.safetensors", job["id"].as_str().unwrap()));
+    let path = app.data_dir.path().join(format!("{job_id}.safetensors"));
     std::fs::write(&path, &bytes).unwrap();
-    (path, bytes)
+    let artifact = app
+        .get_json(&format!("/api/v1/artifacts/{artifact_id}"))
+        .await;
+    let has_config = artifact["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["filename"] == "config.json");
+    let config = if has_config {
+        let config_path = app.data_dir.path().join(format!("{job_id}.config.json"));
+        let config_bytes = app
+            .download(&format!(
+                "/api/v1/artifacts/{artifact_id}/files/config.json"
+            ))
+            .await;
+        std::fs::write(&config_path, config_bytes).unwrap();
+        Some(config_path)
+    } else {
+        None
+    };
+    (path, bytes, config)
+}
+
+fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn compressed_tensors_decompresses_int8_artifacts_to_our_values() {
+    let app = spawn_app().await;
+    let model = app.upload_digits().await;
+    let id = model["id"].as_str().unwrap();
+    for options in [
+        json!({"granularity": "channel", "symmetric": true}),
+        json!({"granularity": "channel", "symmetric": false}),
+        json!({"granularity": "tensor", "symmetric": true}),
+        json!({"granularity": "tensor", "symmetric": false, "overrides": {"^fc2": {"scheme": "int8", "options": {"granularity": "channel"}}}}),
+    ] {
+        let (model_path, _, config) =
+            artifact_files(&app, id, "int8", options.clone(), "safetensors").await;
+        let (_, dequantized_bytes) =
+            artifact_file(&app, id, "int8", options.clone(), "dequantized").await;
+        let decompressed = run_interop_script("ct_decompress.py", &[&model_path, &config.unwrap()]);
+        assert_eq!(decompressed["format"], "int-quantized");
+        let dequantized = SafeTensors::deserialize(&dequantized_bytes).unwrap();
+        let weights = decompressed["weights"].as_object().unwrap();
+        assert_eq!(
+            weights.len(),
+            3,
+            "every quantized module is in a config group: {options}"
+        );
+        for module in ["fc1", "fc2", "fc3"] {
+            let theirs: Vec<f32> = weights[module]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let ours = f32_values(
+                dequantized
+                    .tensor(&format!("{module}.weight"))
+                    .unwrap()
+                    .data(),
+            );
+            assert_eq!(theirs, ours, "{module} with {options}");
+        }
+    }
+    app.stop().await;
 }
 
 #[tokio::test]

@@ -16,8 +16,8 @@ pub(super) struct Cursor<'file> {
 
 impl<'file> Cursor<'file> {
     pub(super) fn new(file: &'file [u8], max_metadata_bytes: u64) -> Cursor<'file> {
-        let window_len = usize::try_from(max_metadata_bytes)
-            .map_or(file.len(), |limit| limit.min(file.len()));
+        let window_len =
+            usize::try_from(max_metadata_bytes).map_or(file.len(), |limit| limit.min(file.len()));
         Cursor {
             window: &file[..window_len],
             position: 0,

@@ -18,7 +18,9 @@ pub enum GgufError {
     UnsupportedVersion { version: u32 },
 
     /// The version reads as `N << 16`: a big-endian file, which this reader does not parse.
-    #[error("GGUF version field reads {version:#010x}: the file is big-endian, which is not supported")]
+    #[error(
+        "GGUF version field reads {version:#010x}: the file is big-endian, which is not supported"
+    )]
     BigEndian { version: u32 },
 
     /// The file ends inside the header, the metadata or the tensor infos.
@@ -32,8 +34,14 @@ pub enum GgufError {
 
     /// A tensor's data (at its aligned offset after the tensor infos) runs past the end of the
     /// file.
-    #[error("tensor {name:?}: data ends at file byte {end}, but the file is {file_len} bytes long")]
-    TensorDataOutOfBounds { name: String, end: u64, file_len: u64 },
+    #[error(
+        "tensor {name:?}: data ends at file byte {end}, but the file is {file_len} bytes long"
+    )]
+    TensorDataOutOfBounds {
+        name: String,
+        end: u64,
+        file_len: u64,
+    },
 
     /// A count or size exceeds the caller's [`GgufLimits`](super::GgufLimits).
     #[error("{what} is {value}, above the limit of {limit}")]

@@ -166,13 +166,12 @@ pub fn read_gguf(file: &[u8], limits: &GgufLimits) -> Result<GgufFile, GgufError
     let metadata = read_metadata(&mut cursor, metadata_count, limits)?;
     let alignment = alignment_of(&metadata)?;
     let (tensors, n_bytes) = read_tensor_infos(&mut cursor, tensor_count, alignment, limits)?;
-    let data_start = align_up(cursor.position(), alignment).ok_or_else(|| {
-        GgufError::LimitExceeded {
+    let data_start =
+        align_up(cursor.position(), alignment).ok_or_else(|| GgufError::LimitExceeded {
             what: "data section start",
             value: cursor.position(),
             limit: u64::MAX,
-        }
-    })?;
+        })?;
     check_tensor_data_in_file(&tensors, &n_bytes, data_start, file.len() as u64)?;
     Ok(GgufFile {
         version,
@@ -249,10 +248,7 @@ fn alignment_of(metadata: &[(String, GgufValue)]) -> Result<u32, GgufError> {
             None => return Ok(*alignment),
             Some(reason) => format!("alignment {alignment}: {reason}"),
         },
-        other => format!(
-            "must be a u32, but is a {}",
-            other.value_type().name()
-        ),
+        other => format!("must be a u32, but is a {}", other.value_type().name()),
     };
     Err(GgufError::InvalidMetadata {
         key: key.clone(),

@@ -67,7 +67,8 @@ fn read_array(
     // The elements fit in the bytes left, so the count fits in usize and every product below
     // stays within the file's length.
     let n_elements = count as usize;
-    let mut take = |element_bytes: usize| cursor.take((n_elements * element_bytes) as u64, &context);
+    let mut take =
+        |element_bytes: usize| cursor.take((n_elements * element_bytes) as u64, &context);
     let array = match element_type {
         GgufValueType::U8 => GgufArray::U8(take(1)?.to_vec()),
         GgufValueType::I8 => GgufArray::I8(decode_numbers(take(1)?, i8::from_le_bytes)),

