@@ -31,6 +31,8 @@ pub enum Command {
     Migrate(Settings),
     /// Print the OpenAPI document generated from the code and exit.
     Openapi,
+    /// Quantize a local safetensors file offline (no server, no database).
+    Quantize(crate::offline::QuantizeArgs),
 }
 
 /// How log lines are written.

@@ -19,4 +19,5 @@ pub mod jobs;
 
 // Layer 3 — delivery.
 pub mod http;
+pub mod offline;
 pub mod startup;

@@ -17,6 +17,10 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Some(Command::Quantize(args)) => {
+            quantd::telemetry::init(LogFormat::Text);
+            quantd::offline::run(args)
+        }
         Some(Command::Openapi) => {
             quantd::telemetry::init(LogFormat::Text);
             println!("{}", quantd::http::openapi().to_pretty_json()?);

@@ -206,3 +206,80 @@ async fn sigterm_hands_running_jobs_back_and_exits_cleanly() {
         "a job handed back at shutdown does not use up an attempt"
     );
 }
+
+/// `quantd quantize` runs the same pipeline offline: byte-identical output to a server job.
+#[tokio::test]
+async fn offline_quantize_matches_the_service_byte_for_byte() {
+    let app = crate::helpers::spawn_app().await;
+    let model = app.upload_digits().await;
+    let options = json!({"granularity": "channel", "symmetric": false, "skip": ["^fc3\\."]});
+    let response = app
+        .client
+        .post(app.url("/api/v1/jobs"))
+        .json(&json!({"model_id": model["id"], "scheme": "int8", "options": options}))
+        .send()
+        .await
+        .unwrap();
+    let job: Value = response.json().await.unwrap();
+    let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
+    let artifact = app
+        .get_json(&format!(
+            "/api/v1/artifacts/{}",
+            job["artifact_id"].as_str().unwrap()
+        ))
+        .await;
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let output = out_dir.path().join("digits-int8.safetensors");
+    let status = Command::new(env!("CARGO_BIN_EXE_quantd"))
+        .args([
+            "quantize",
+            crate::helpers::fixture("digits/digits_mlp_fp32.safetensors")
+                .to_str()
+                .unwrap(),
+        ])
+        .args([
+            "--scheme",
+            "int8",
+            "--options",
+            &options.to_string(),
+            "-o",
+            output.to_str().unwrap(),
+        ])
+        .arg("--report")
+        .arg(out_dir.path().join("report.json"))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(&output).unwrap();
+    assert_eq!(
+        quantd::store::blobs::sha256_hex(&bytes),
+        artifact["sha256"].as_str().unwrap()
+    );
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["quantization_config"]["format"], "int-quantized");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["n_quantized"], 2);
+
+    // A bad option is refused before any work, with a non-zero exit.
+    let status = Command::new(env!("CARGO_BIN_EXE_quantd"))
+        .args([
+            "quantize",
+            "/nonexistent.safetensors",
+            "--scheme",
+            "int3",
+            "-o",
+            "/tmp/never-written",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success());
+    app.stop().await;
+}
