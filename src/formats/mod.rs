@@ -7,8 +7,11 @@
 //!
 //! - `safetensors`: reading untrusted safetensors headers (whole files and upload streams) and
 //!   writing safetensors files tensor by tensor.
+//! - `gguf`: writing GGUF v3 files for llama.cpp / gguf-py, and reading untrusted ones under
+//!   limits.
 //! - `compressed_tensors`: the `quantization_config` JSON that accompanies a compressed-tensors
 //!   safetensors file.
 
 pub mod compressed_tensors;
+pub mod gguf;
 pub mod safetensors;

@@ -16,8 +16,8 @@ use super::rules::{
 };
 use super::value_decode::read_value;
 use super::{
-    type_size_info, GgufError, GgufValue, DEFAULT_ALIGNMENT, GGUF_MAGIC, KEY_GENERAL_ALIGNMENT,
-    KEY_GENERAL_ARCHITECTURE,
+    type_size_info, GgufError, GgufTensorSpec, GgufValue, DEFAULT_ALIGNMENT, GGUF_MAGIC,
+    KEY_GENERAL_ALIGNMENT, KEY_GENERAL_ARCHITECTURE,
 };
 
 /// Size limits applied while reading an untrusted file. There is deliberately no `Default`: the
@@ -25,7 +25,9 @@ use super::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GgufLimits {
     /// Largest metadata region: every byte from the magic to the end of the tensor infos. Real
-    /// models need a few MiB here, mostly the tokenizer's vocabulary and merges.
+    /// models need a few MiB here, mostly the tokenizer's vocabulary and merges. Parsed
+    /// metadata takes at most about three times this in memory (an array of empty strings
+    /// costs 8 bytes each on disk and 24 as `String`s).
     pub max_metadata_bytes: u64,
     /// Most key-value pairs.
     pub max_metadata_entries: u64,
@@ -83,6 +85,18 @@ impl GgufTensorInfo {
     pub fn n_bytes(&self) -> Option<u64> {
         let (block_elements, block_bytes) = type_size_info(self.ggml_type)?;
         tensor_byte_len(&self.dims, block_elements, block_bytes).ok()
+    }
+
+    /// The declaration that makes [`GgufWriter`](super::GgufWriter) write this tensor again
+    /// (for passing tensors of a file read into a file written); `None` when
+    /// [`n_bytes`](Self::n_bytes) is.
+    pub fn to_spec(&self) -> Option<GgufTensorSpec> {
+        Some(GgufTensorSpec {
+            name: self.name.clone(),
+            shape: self.shape(),
+            ggml_type: self.ggml_type,
+            n_bytes: self.n_bytes()?,
+        })
     }
 }
 
@@ -166,12 +180,9 @@ pub fn read_gguf(file: &[u8], limits: &GgufLimits) -> Result<GgufFile, GgufError
     let metadata = read_metadata(&mut cursor, metadata_count, limits)?;
     let alignment = alignment_of(&metadata)?;
     let (tensors, n_bytes) = read_tensor_infos(&mut cursor, tensor_count, alignment, limits)?;
-    let data_start =
-        align_up(cursor.position(), alignment).ok_or_else(|| GgufError::LimitExceeded {
-            what: "data section start",
-            value: cursor.position(),
-            limit: u64::MAX,
-        })?;
+    // The position is inside a slice in memory and the alignment at most 1 MiB, so this cannot
+    // overflow; if it did, the saturated start would fail the bounds check below.
+    let data_start = align_up(cursor.position(), alignment).unwrap_or(u64::MAX);
     check_tensor_data_in_file(&tensors, &n_bytes, data_start, file.len() as u64)?;
     Ok(GgufFile {
         version,

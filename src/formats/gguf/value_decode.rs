@@ -87,7 +87,9 @@ fn read_array(
                 .collect::<Result<_, _>>()?,
         ),
         GgufValueType::String => {
-            let mut strings = Vec::with_capacity(n_elements);
+            // Grown as strings arrive rather than reserved: a `String` takes 24 bytes in memory
+            // for each 8-byte empty string on disk.
+            let mut strings = Vec::with_capacity(n_elements.min(4096));
             for _ in 0..n_elements {
                 strings.push(read_string(cursor, key, limits)?);
             }

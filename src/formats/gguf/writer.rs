@@ -125,7 +125,7 @@ impl<W: Write> GgufWriter<W> {
             .zip(self.byte_lengths.last())
             .and_then(|(tensor, &n_bytes)| align_up(tensor.offset + n_bytes, self.alignment))
             .unwrap_or(0);
-        self.data_start + data_len
+        self.data_start.saturating_add(data_len)
     }
 
     /// Appends `bytes` to tensor `name`. Calls must follow the declared order; a tensor may

@@ -102,12 +102,7 @@ fn rewriting_tiny_gguf_reproduces_its_bytes() {
     let specs: Vec<GgufTensorSpec> = parsed
         .tensors
         .iter()
-        .map(|tensor| GgufTensorSpec {
-            name: tensor.name.clone(),
-            shape: tensor.shape(),
-            ggml_type: tensor.ggml_type,
-            n_bytes: tensor.n_bytes().unwrap(),
-        })
+        .map(|tensor| tensor.to_spec().unwrap())
         .collect();
     let mut writer =
         GgufWriter::new(Vec::new(), parsed.metadata.clone(), specs, parsed.alignment).unwrap();
