@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use quantd::formats::safetensors::{Dtype, Limits, SafetensorsWriter};
+use quantd::jobs::output::ModelInfo;
 use quantd::jobs::pipeline::{quantize_file, PipelineContext, ProgressCounters};
 use quantd::jobs::spec::JobSpec;
 use quantd::quant::kernels::{self, KernelChoice};
@@ -141,31 +142,69 @@ fn main() {
         max_file_bytes: u64::MAX,
     };
     let output = dir.path().join("out.safetensors");
-    for (label, choice, options) in [
+    for (label, choice, scheme, options, format) in [
         (
             "int8 per-channel sym (auto ISA)",
             KernelChoice::Auto,
+            "int8",
             r#"{"granularity":"channel","symmetric":true}"#,
+            "safetensors",
         ),
         (
             "int8 per-channel asym (auto ISA)",
             KernelChoice::Auto,
+            "int8",
             r#"{"granularity":"channel","symmetric":false}"#,
+            "safetensors",
         ),
         (
             "int8 per-tensor sym (auto ISA)",
             KernelChoice::Auto,
+            "int8",
             r#"{"granularity":"tensor","symmetric":true}"#,
+            "safetensors",
         ),
         (
             "int8 per-channel sym (scalar)",
             KernelChoice::Scalar,
+            "int8",
             r#"{"granularity":"channel","symmetric":true}"#,
+            "safetensors",
+        ),
+        (
+            "q8_0 -> GGUF (auto ISA)",
+            KernelChoice::Auto,
+            "q8_0",
+            "{}",
+            "gguf",
+        ),
+        (
+            "q4_0 -> GGUF (auto ISA)",
+            KernelChoice::Auto,
+            "q4_0",
+            "{}",
+            "gguf",
+        ),
+        (
+            "q4_1 -> GGUF (auto ISA)",
+            KernelChoice::Auto,
+            "q4_1",
+            "{}",
+            "gguf",
+        ),
+        (
+            "q5_0 -> GGUF (auto ISA)",
+            KernelChoice::Auto,
+            "q5_0",
+            "{}",
+            "gguf",
         ),
     ] {
         let kernels = kernels::select(choice).unwrap();
+        let ggml_kernels = quantd::quant::ggml::select(choice).unwrap();
         let options: serde_json::Value = serde_json::from_str(options).unwrap();
-        let spec = JobSpec::parse("int8", Some(&options), None).unwrap();
+        let spec = JobSpec::parse(scheme, Some(&options), Some(format)).unwrap();
+        let model = ModelInfo::default();
         let cancel = AtomicBool::new(false);
         reset_peak_rss();
         let rss_before = peak_rss_bytes();
@@ -173,12 +212,13 @@ fn main() {
             let progress = ProgressCounters::default();
             let ctx = PipelineContext {
                 kernels,
+                ggml_kernels,
                 limits,
                 cancel: &cancel,
                 progress: &progress,
                 tensor_delay: Duration::ZERO,
             };
-            quantize_file(&input, &output, &spec, &ctx).unwrap()
+            quantize_file(&input, &output, &spec, &model, &ctx).unwrap()
         });
         let peak = peak_rss_bytes();
         println!(

@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::formats::compressed_tensors::merge_into_config;
 use crate::formats::safetensors::Limits;
+use crate::jobs::output::ModelInfo;
 use crate::jobs::pipeline::{quantize_file, PipelineContext, PipelineError, ProgressCounters};
 use crate::jobs::spec::JobSpec;
 use crate::quant::kernels::{self, KernelChoice};
@@ -58,10 +59,29 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         .context("--options is not valid JSON")?;
     let spec = JobSpec::parse(&args.scheme, options.as_ref(), Some(&args.format))?;
     let kernels = kernels::select(args.kernels)?;
+    let ggml_kernels = crate::quant::ggml::select(args.kernels)?;
+    let model_config = args
+        .config
+        .as_ref()
+        .map(std::fs::read)
+        .transpose()
+        .context("reading --config")?;
+    let model = ModelInfo {
+        name: args
+            .input
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned()),
+        config: model_config
+            .as_deref()
+            .map(serde_json::from_slice)
+            .transpose()
+            .context("--config is not valid JSON")?,
+    };
     let cancel = AtomicBool::new(false);
     let progress = ProgressCounters::default();
     let ctx = PipelineContext {
         kernels,
+        ggml_kernels,
         limits: Limits {
             max_header_bytes: args.max_header_bytes,
             max_file_bytes: u64::MAX,
@@ -70,18 +90,12 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         progress: &progress,
         tensor_delay: Duration::ZERO,
     };
-    let output = match quantize_file(&args.input, &args.output, &spec, &ctx) {
+    let output = match quantize_file(&args.input, &args.output, &spec, &model, &ctx) {
         Ok(output) => output,
         Err(PipelineError::InvalidInput { slug, detail }) => anyhow::bail!("{slug}: {detail}"),
         Err(e) => return Err(e.into()),
     };
     if let Some(quantization_config) = output.quantization_config.clone() {
-        let model_config = args
-            .config
-            .as_ref()
-            .map(std::fs::read)
-            .transpose()
-            .context("reading --config")?;
         let merged = merge_into_config(model_config.as_deref(), quantization_config)
             .map_err(anyhow::Error::msg)?;
         let config_out = args.config_out.clone().unwrap_or_else(|| {

@@ -45,6 +45,7 @@ impl Application {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
         let kernels = kernels::select(settings.kernels).context("selecting kernels")?;
+        let ggml_kernels = crate::quant::ggml::select(settings.kernels).context("selecting ggml kernels")?;
         info!(
             isa = %kernels.isa,
             available = ?kernels::available().iter().map(|i| i.to_string()).collect::<Vec<_>>(),
@@ -61,6 +62,7 @@ impl Application {
             blobs.clone(),
             pool.clone(),
             kernels,
+            ggml_kernels,
             RunnerSettings {
                 lease: settings.lease(),
                 limits: Limits {

@@ -6,7 +6,12 @@
 //! safetensors and GGUF write their header first; [`Encoder::encode`] then emits the bytes in
 //! exactly the declared order.
 
+use crate::formats::gguf::{
+    GGML_TYPE_BF16, GGML_TYPE_F16, GGML_TYPE_F32, GGML_TYPE_F64, GGML_TYPE_I16, GGML_TYPE_I32,
+    GGML_TYPE_I64, GGML_TYPE_I8,
+};
 use crate::formats::safetensors::{Dtype, TensorInfo};
+use crate::quant::ggml::{self, GgmlKernels, GgmlType};
 use crate::quant::int8::{quantize_int8_into, Granularity, QuantError};
 use crate::quant::kernels::{ErrorStats, Kernels};
 use crate::quant::metrics::compare;
@@ -19,16 +24,25 @@ use super::spec::{JobSpec, OutputFormat, Scheme, TensorChoice};
 pub enum TensorPlan {
     /// Stored exactly as uploaded.
     Keep { reason: String },
-    /// Quantized with this scheme.
-    Quantize { scheme: Scheme },
+    /// Quantized with this scheme; `note` says why it is not the scheme asked for (fallback).
+    Quantize { scheme: Scheme, note: Option<String> },
+}
+
+/// How an output tensor is typed in its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredAs {
+    Safetensors(Dtype),
+    /// A ggml type id (GGUF).
+    Ggml(u32),
 }
 
 /// One tensor of the output file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputTensor {
     pub name: String,
-    pub dtype: Dtype,
+    pub stored_as: StoredAs,
     pub shape: Vec<usize>,
+    pub n_bytes: u64,
 }
 
 /// Whether a name looks like an embedding table (a lookup, not a Linear layer).
@@ -37,94 +51,140 @@ fn is_embedding(name: &str) -> bool {
     lower.contains("embed") || lower.ends_with("wte.weight") || lower.ends_with("wpe.weight")
 }
 
-/// Decides what the job does with `tensor`. Rules, in order: non-float, skip patterns, 1-D and
-/// empty tensors are kept; an override that matches quantizes (even an embedding table); the
-/// default scheme quantizes everything else except embedding tables, which compressed-tensors
-/// loaders expect in float.
-pub fn plan_tensor(tensor: &TensorInfo, spec: &JobSpec) -> TensorPlan {
-    let keep = |reason: &str| TensorPlan::Keep {
-        reason: reason.to_owned(),
-    };
-    if !tensor.dtype.is_float() {
-        return keep("not a floating-point tensor");
-    }
-    let scheme = match spec.choice_for(&tensor.name) {
-        TensorChoice::Skip => return keep("matches a skip pattern"),
-        TensorChoice::Quantize(scheme) => scheme,
-    };
-    if tensor.shape.len() < 2 {
-        return keep("1-D tensor (bias or norm) kept in source precision");
-    }
-    if tensor.shape.contains(&0) {
-        return keep("empty tensor");
-    }
-    let overridden = spec
-        .overrides
-        .iter()
-        .any(|(pattern, _)| pattern.matches(&tensor.name));
-    if !overridden && is_embedding(&tensor.name) {
-        return keep("embedding table kept in source precision (quantize it with an override)");
-    }
-    TensorPlan::Quantize { scheme: *scheme }
-}
-
-/// Rows and row length of a tensor quantized per channel: the first dimension, and the product
-/// of the others.
+/// Rows and row length of a tensor quantized per row: the first dimension and the product of
+/// the others (GGUF rows are the last dimension; for the 2-D weights a job quantizes these agree,
+/// and for N-D tensors the row length is still the product of all but the first dimension, a
+/// multiple of the last).
 fn rows_and_cols(shape: &[usize]) -> (usize, usize) {
     (shape[0], shape[1..].iter().product())
 }
 
-/// The output tensors `tensor` becomes under `plan` in `format`, in the order they are emitted.
-pub fn output_tensors(
-    tensor: &TensorInfo,
-    plan: &TensorPlan,
-    format: OutputFormat,
-) -> Vec<OutputTensor> {
-    let same = |dtype: Dtype| OutputTensor {
-        name: tensor.name.clone(),
-        dtype,
-        shape: tensor.shape.clone(),
-    };
-    let scheme = match plan {
-        TensorPlan::Keep { .. } => return vec![same(tensor.dtype)],
-        TensorPlan::Quantize { scheme } => scheme,
-    };
-    match format {
-        OutputFormat::Dequantized { f16 } => vec![same(if f16 { Dtype::F16 } else { Dtype::F32 })],
-        OutputFormat::Safetensors => match scheme {
-            Scheme::Int8(options) => {
-                let scale_shape = match options.granularity {
-                    Granularity::Channel => vec![tensor.shape[0], 1],
-                    Granularity::Tensor => vec![1],
-                };
-                let mut outputs = vec![
-                    same(Dtype::I8),
-                    OutputTensor {
-                        name: format!("{}_scale", tensor.name),
-                        dtype: Dtype::F32,
-                        shape: scale_shape.clone(),
-                    },
-                ];
-                if !options.symmetric {
-                    outputs.push(OutputTensor {
-                        name: format!("{}_zero_point", tensor.name),
-                        dtype: Dtype::I8,
-                        shape: scale_shape,
-                    });
-                }
-                outputs
-            }
-        },
+/// Decides what the job does with `tensor`. Rules, in order: non-float, skip patterns, 1-D and
+/// empty tensors are kept; an override that matches quantizes (even an embedding table); the
+/// default scheme quantizes everything else except embedding tables, which compressed-tensors
+/// loaders expect in float. A tensor whose last dimension is not a whole number of 32-element
+/// blocks cannot take a ggml block type: it becomes F16 in GGUF output and is kept as uploaded
+/// in other formats; the report names the fallback.
+pub fn plan_tensor(tensor: &TensorInfo, spec: &JobSpec) -> TensorPlan {
+    let keep = |reason: String| TensorPlan::Keep { reason };
+    if !tensor.dtype.is_float() {
+        return keep("not a floating-point tensor".into());
     }
+    let scheme = match spec.choice_for(&tensor.name) {
+        TensorChoice::Skip => return keep("matches a skip pattern".into()),
+        TensorChoice::Quantize(scheme) => *scheme,
+    };
+    if tensor.shape.len() < 2 {
+        return keep("1-D tensor (bias or norm) kept in source precision".into());
+    }
+    if tensor.shape.contains(&0) {
+        return keep("empty tensor".into());
+    }
+    let overridden = spec.overrides.iter().any(|(pattern, _)| pattern.matches(&tensor.name));
+    if !overridden && is_embedding(&tensor.name) {
+        return keep("embedding table kept in source precision (quantize it with an override)".into());
+    }
+    if let Scheme::Ggml(ty) = scheme {
+        let last = *tensor.shape.last().expect("rank >= 2");
+        if !last.is_multiple_of(ty.block_size()) {
+            let why = format!("last dimension {last} is not a multiple of the {}-element {} block", ty.block_size(), ty.name());
+            return match spec.format {
+                OutputFormat::Gguf => TensorPlan::Quantize {
+                    scheme: Scheme::F16,
+                    note: Some(format!("{why}: stored as F16")),
+                },
+                _ => keep(format!("{why}: kept in source precision")),
+            };
+        }
+    }
+    TensorPlan::Quantize { scheme, note: None }
 }
 
-/// Where encoded bytes go: called once per declared output tensor, in order.
+/// The ggml type a kept tensor has in GGUF, if GGUF can hold its dtype.
+pub fn ggml_type_of(dtype: Dtype) -> Option<u32> {
+    Some(match dtype {
+        Dtype::F32 => GGML_TYPE_F32,
+        Dtype::F16 => GGML_TYPE_F16,
+        Dtype::BF16 => GGML_TYPE_BF16,
+        Dtype::F64 => GGML_TYPE_F64,
+        Dtype::I8 => GGML_TYPE_I8,
+        Dtype::I16 => GGML_TYPE_I16,
+        Dtype::I32 => GGML_TYPE_I32,
+        Dtype::I64 => GGML_TYPE_I64,
+        _ => return None,
+    })
+}
+
+/// The output tensors `tensor` becomes under `plan` in `format`, in the order they are emitted.
+/// Fails for a kept tensor whose dtype the format cannot hold (GGUF has no unsigned types).
+pub fn output_tensors(tensor: &TensorInfo, plan: &TensorPlan, format: OutputFormat) -> Result<Vec<OutputTensor>, PipelineError> {
+    let n_elements: usize = tensor.shape.iter().product();
+    let named = |name: String, stored_as: StoredAs, shape: Vec<usize>, n_bytes: usize| OutputTensor {
+        name,
+        stored_as,
+        shape,
+        n_bytes: n_bytes as u64,
+    };
+    let same = |stored_as: StoredAs, element_bytes: usize| named(tensor.name.clone(), stored_as, tensor.shape.clone(), n_elements * element_bytes);
+    let scheme = match plan {
+        TensorPlan::Keep { .. } => {
+            let stored_as = match format {
+                OutputFormat::Gguf => StoredAs::Ggml(ggml_type_of(tensor.dtype).ok_or_else(|| PipelineError::InvalidInput {
+                    slug: "unsupported-dtype",
+                    detail: format!("tensor '{}' has dtype {}, which GGUF cannot store", tensor.name, tensor.dtype.as_str()),
+                })?),
+                _ => StoredAs::Safetensors(tensor.dtype),
+            };
+            return Ok(vec![same(stored_as, tensor.dtype.size_bytes())]);
+        }
+        TensorPlan::Quantize { scheme, .. } => scheme,
+    };
+    Ok(match (format, scheme) {
+        (OutputFormat::Dequantized { f16 }, _) => {
+            vec![if f16 { same(StoredAs::Safetensors(Dtype::F16), 2) } else { same(StoredAs::Safetensors(Dtype::F32), 4) }]
+        }
+        (_, Scheme::F16) => vec![same(
+            match format {
+                OutputFormat::Gguf => StoredAs::Ggml(GGML_TYPE_F16),
+                _ => StoredAs::Safetensors(Dtype::F16),
+            },
+            2,
+        )],
+        (OutputFormat::Gguf, Scheme::Ggml(ty)) => {
+            let (rows, cols) = rows_and_cols(&tensor.shape);
+            let row_bytes = ty.row_bytes(cols).expect("plan_tensor checked the block fit");
+            vec![named(tensor.name.clone(), StoredAs::Ggml(ty.id()), tensor.shape.clone(), rows * row_bytes)]
+        }
+        (OutputFormat::Safetensors, Scheme::Int8(options)) => {
+            let scale_shape = match options.granularity {
+                Granularity::Channel => vec![tensor.shape[0], 1],
+                Granularity::Tensor => vec![1],
+            };
+            let n_scales: usize = scale_shape.iter().product();
+            let mut outputs = vec![
+                same(StoredAs::Safetensors(Dtype::I8), 1),
+                named(format!("{}_scale", tensor.name), StoredAs::Safetensors(Dtype::F32), scale_shape.clone(), n_scales * 4),
+            ];
+            if !options.symmetric {
+                outputs.push(named(format!("{}_zero_point", tensor.name), StoredAs::Safetensors(Dtype::I8), scale_shape, n_scales));
+            }
+            outputs
+        }
+        (OutputFormat::Gguf, Scheme::Int8(_)) | (OutputFormat::Safetensors, Scheme::Ggml(_)) => {
+            unreachable!("JobSpec::parse refuses scheme/format pairs that cannot be expressed")
+        }
+    })
+}
+
+/// Where encoded bytes go: called with each declared output tensor's bytes, in declared order,
+/// possibly in several consecutive pieces per tensor.
 pub type Emit<'a> = dyn FnMut(&str, &[u8]) -> Result<(), PipelineError> + 'a;
 
 /// Encodes tensors, reusing its scratch buffers across the tensors of a job (fresh pages cost a
 /// fault each on first write, which would otherwise rival the quantization itself).
 pub struct Encoder<'a> {
     kernels: &'static Kernels,
+    ggml_kernels: &'static GgmlKernels,
     should_continue: &'a dyn Fn() -> bool,
     q_buffer: Vec<i8>,
     f32_buffer: Vec<f32>,
@@ -141,10 +201,7 @@ fn grow<T: Clone + Default>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
 fn quant_error(tensor: &TensorInfo, error: QuantError) -> PipelineError {
     match error {
         QuantError::Cancelled => PipelineError::Cancelled,
-        QuantError::NonFinite { .. } => PipelineError::InvalidInput {
-            slug: "non-finite-weights",
-            detail: format!("tensor '{}' contains NaN or infinite values", tensor.name),
-        },
+        QuantError::NonFinite { .. } => non_finite(tensor),
         other => PipelineError::InvalidInput {
             slug: "unquantizable-tensor",
             detail: format!("tensor '{}': {other}", tensor.name),
@@ -152,20 +209,29 @@ fn quant_error(tensor: &TensorInfo, error: QuantError) -> PipelineError {
     }
 }
 
-/// Little-endian bytes of f32 values into `out` (cleared first).
-fn f32_le_bytes(values: &[f32], out: &mut Vec<u8>) {
-    out.clear();
+fn non_finite(tensor: &TensorInfo) -> PipelineError {
+    PipelineError::InvalidInput {
+        slug: "non-finite-weights",
+        detail: format!("tensor '{}' contains NaN or infinite values", tensor.name),
+    }
+}
+
+/// Little-endian bytes of f32 values appended to `out`.
+fn push_f32_le(values: &[f32], out: &mut Vec<u8>) {
     out.reserve(values.len() * 4);
     for value in values {
         out.extend_from_slice(&value.to_le_bytes());
     }
 }
 
-fn f16_le_bytes(values: &[f32], out: &mut Vec<u8>) {
-    out.clear();
+/// f16 bytes of `values` appended to `out`, and `values` replaced by what those f16 hold (so a
+/// report compares against what the file stores).
+fn push_f16_le(values: &mut [f32], out: &mut Vec<u8>) {
     out.reserve(values.len() * 2);
-    for value in values {
-        out.extend_from_slice(&half::f16::from_f32(*value).to_le_bytes());
+    for value in values.iter_mut() {
+        let half = half::f16::from_f32(*value);
+        out.extend_from_slice(&half.to_le_bytes());
+        *value = half.to_f32();
     }
 }
 
@@ -174,10 +240,17 @@ fn i8_as_bytes(values: &[i8]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len()) }
 }
 
+/// Rows processed per piece by the block and conversion paths: about 1 Mi elements, so scratch
+/// buffers stay small and cancellation is checked often.
+fn rows_per_piece(cols: usize) -> usize {
+    ((1 << 20) / cols.max(1)).max(1)
+}
+
 impl<'a> Encoder<'a> {
-    pub fn new(kernels: &'static Kernels, should_continue: &'a dyn Fn() -> bool) -> Self {
+    pub fn new(kernels: &'static Kernels, ggml_kernels: &'static GgmlKernels, should_continue: &'a dyn Fn() -> bool) -> Self {
         Encoder {
             kernels,
+            ggml_kernels,
             should_continue,
             q_buffer: Vec::new(),
             f32_buffer: Vec::new(),
@@ -186,71 +259,112 @@ impl<'a> Encoder<'a> {
     }
 
     /// Quantizes `values` (the tensor as f32) with `scheme` and emits its output tensors in the
-    /// order [`output_tensors`] declares. Returns the error statistics of the dequantized values.
-    pub fn encode(
-        &mut self,
-        tensor: &TensorInfo,
-        values: &[f32],
-        scheme: &Scheme,
-        format: OutputFormat,
-        emit: &mut Emit<'_>,
-    ) -> Result<ErrorStats, PipelineError> {
+    /// order [`output_tensors`] declares. Returns the error statistics of what the file stores
+    /// (dequantized) against `values`.
+    pub fn encode(&mut self, tensor: &TensorInfo, values: &[f32], scheme: &Scheme, format: OutputFormat, emit: &mut Emit<'_>) -> Result<ErrorStats, PipelineError> {
         match scheme {
-            Scheme::Int8(options) => {
-                let q = grow(&mut self.q_buffer, values.len());
-                let quantized = quantize_int8_into(
-                    self.kernels,
-                    values,
-                    &tensor.shape,
-                    *options,
-                    q,
-                    self.should_continue,
-                )
-                .map_err(|e| quant_error(tensor, e))?;
-                let q = &self.q_buffer[..values.len()];
-                match format {
-                    OutputFormat::Safetensors => {
-                        emit(&tensor.name, i8_as_bytes(q))?;
-                        f32_le_bytes(&quantized.scales, &mut self.byte_buffer);
-                        emit(&format!("{}_scale", tensor.name), &self.byte_buffer)?;
-                        if !options.symmetric {
-                            emit(
-                                &format!("{}_zero_point", tensor.name),
-                                i8_as_bytes(&quantized.zero_points),
-                            )?;
-                        }
-                    }
-                    OutputFormat::Dequantized { f16 } => {
-                        let (rows, cols) = rows_and_cols(&tensor.shape);
-                        let dequantized = grow(&mut self.f32_buffer, values.len());
-                        for row in 0..rows {
-                            let index = if quantized.scales.len() == 1 { 0 } else { row };
-                            let scale = quantized.scales[index];
-                            let zero = quantized
-                                .zero_points
-                                .get(index)
-                                .map_or(0.0, |&z| f32::from(z));
-                            for col in 0..cols {
-                                let at = row * cols + col;
-                                dequantized[at] = (f32::from(q[at]) - zero) * scale;
-                            }
-                        }
-                        let dequantized = &mut self.f32_buffer[..values.len()];
-                        if f16 {
-                            // The file holds f16: the report must include that rounding too.
-                            for value in dequantized.iter_mut() {
-                                *value = half::f16::from_f32(*value).to_f32();
-                            }
-                            f16_le_bytes(dequantized, &mut self.byte_buffer);
-                            emit(&tensor.name, &self.byte_buffer)?;
-                            return Ok(compare(values, dequantized));
-                        }
-                        f32_le_bytes(dequantized, &mut self.byte_buffer);
-                        emit(&tensor.name, &self.byte_buffer)?;
-                    }
-                }
-                Ok(quantized.stats)
+            Scheme::Int8(options) => self.encode_int8(tensor, values, *options, format, emit),
+            Scheme::Ggml(ty) => self.encode_ggml(tensor, values, *ty, format, emit),
+            Scheme::F16 => self.encode_f16(tensor, values, format, emit),
+        }
+    }
+
+    fn encode_int8(&mut self, tensor: &TensorInfo, values: &[f32], options: crate::quant::int8::Int8Options, format: OutputFormat, emit: &mut Emit<'_>) -> Result<ErrorStats, PipelineError> {
+        let q = grow(&mut self.q_buffer, values.len());
+        let quantized = quantize_int8_into(self.kernels, values, &tensor.shape, options, q, self.should_continue).map_err(|e| quant_error(tensor, e))?;
+        let q = &self.q_buffer[..values.len()];
+        let OutputFormat::Dequantized { f16 } = format else {
+            emit(&tensor.name, i8_as_bytes(q))?;
+            self.byte_buffer.clear();
+            push_f32_le(&quantized.scales, &mut self.byte_buffer);
+            emit(&format!("{}_scale", tensor.name), &self.byte_buffer)?;
+            if !options.symmetric {
+                emit(&format!("{}_zero_point", tensor.name), i8_as_bytes(&quantized.zero_points))?;
+            }
+            return Ok(quantized.stats);
+        };
+        let (rows, cols) = rows_and_cols(&tensor.shape);
+        let dequantized = grow(&mut self.f32_buffer, values.len());
+        for row in 0..rows {
+            let index = if quantized.scales.len() == 1 { 0 } else { row };
+            let scale = quantized.scales[index];
+            let zero = quantized.zero_points.get(index).map_or(0.0, |&z| f32::from(z));
+            for col in 0..cols {
+                let at = row * cols + col;
+                dequantized[at] = (f32::from(q[at]) - zero) * scale;
             }
         }
+        self.byte_buffer.clear();
+        if f16 {
+            push_f16_le(dequantized, &mut self.byte_buffer);
+            emit(&tensor.name, &self.byte_buffer)?;
+            return Ok(compare(values, dequantized));
+        }
+        push_f32_le(dequantized, &mut self.byte_buffer);
+        emit(&tensor.name, &self.byte_buffer)?;
+        Ok(quantized.stats)
+    }
+
+    fn encode_ggml(&mut self, tensor: &TensorInfo, values: &[f32], ty: GgmlType, format: OutputFormat, emit: &mut Emit<'_>) -> Result<ErrorStats, PipelineError> {
+        // Block quantizers take whatever they are given; NaN and Inf are refused here.
+        if !(self.kernels.absmax)(values).is_finite() {
+            return Err(non_finite(tensor));
+        }
+        let (_, cols) = rows_and_cols(&tensor.shape);
+        let row_bytes = ty.row_bytes(cols).expect("plan_tensor checked the block fit");
+        let mut stats = ErrorStats::default();
+        for piece in values.chunks(rows_per_piece(cols) * cols) {
+            if !(self.should_continue)() {
+                return Err(PipelineError::Cancelled);
+            }
+            let rows = piece.len() / cols;
+            let blocks = grow(&mut self.byte_buffer, rows * row_bytes);
+            ggml::quantize(self.ggml_kernels, ty, piece, blocks);
+            let dequantized = grow(&mut self.f32_buffer, piece.len());
+            ggml::dequantize(ty, &self.byte_buffer[..rows * row_bytes], dequantized);
+            match format {
+                OutputFormat::Gguf => {
+                    emit(&tensor.name, &self.byte_buffer[..rows * row_bytes])?;
+                    stats.merge(&compare(piece, &self.f32_buffer[..piece.len()]));
+                }
+                OutputFormat::Dequantized { f16 } => {
+                    let dequantized = &mut self.f32_buffer[..piece.len()];
+                    let mut bytes = Vec::with_capacity(piece.len() * if f16 { 2 } else { 4 });
+                    if f16 {
+                        push_f16_le(dequantized, &mut bytes);
+                    } else {
+                        push_f32_le(dequantized, &mut bytes);
+                    }
+                    emit(&tensor.name, &bytes)?;
+                    stats.merge(&compare(piece, dequantized));
+                }
+                OutputFormat::Safetensors => unreachable!("JobSpec::parse refuses ggml types in safetensors"),
+            }
+        }
+        Ok(stats)
+    }
+
+    fn encode_f16(&mut self, tensor: &TensorInfo, values: &[f32], format: OutputFormat, emit: &mut Emit<'_>) -> Result<ErrorStats, PipelineError> {
+        if !(self.kernels.absmax)(values).is_finite() {
+            return Err(non_finite(tensor));
+        }
+        let (_, cols) = rows_and_cols(&tensor.shape);
+        let mut stats = ErrorStats::default();
+        for piece in values.chunks(rows_per_piece(cols) * cols) {
+            if !(self.should_continue)() {
+                return Err(PipelineError::Cancelled);
+            }
+            let rounded = grow(&mut self.f32_buffer, piece.len());
+            rounded.copy_from_slice(piece);
+            self.byte_buffer.clear();
+            push_f16_le(rounded, &mut self.byte_buffer);
+            if format == (OutputFormat::Dequantized { f16: false }) {
+                self.byte_buffer.clear();
+                push_f32_le(&self.f32_buffer[..piece.len()], &mut self.byte_buffer);
+            }
+            emit(&tensor.name, &self.byte_buffer)?;
+            stats.merge(&compare(piece, &self.f32_buffer[..piece.len()]));
+        }
+        Ok(stats)
     }
 }

@@ -3,6 +3,7 @@
 //! the outcome ([`runner`]).
 
 pub mod encode;
+pub mod output;
 pub mod pipeline;
 pub mod runner;
 pub mod spec;

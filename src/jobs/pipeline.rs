@@ -7,7 +7,6 @@
 //! Runs on a worker-pool thread, never on the async executor.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -18,12 +17,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::encode::{output_tensors, plan_tensor, Encoder, TensorPlan};
+use super::encode::{output_tensors, plan_tensor, Encoder, OutputTensor, TensorPlan};
+use super::output::{ModelInfo, OutputWriter};
 use super::spec::{JobSpec, OutputFormat, Scheme};
 use crate::formats::compressed_tensors::{int_quantization_config, IntWeightArgs};
-use crate::formats::safetensors::{
-    Dtype, Header, Limits, SafetensorsWriteError, SafetensorsWriter, TensorInfo,
-};
+use crate::formats::safetensors::{Dtype, Header, Limits, TensorInfo};
+use crate::quant::ggml::GgmlKernels;
 use crate::quant::int8::Granularity;
 use crate::quant::kernels::Kernels;
 use crate::quant::metrics::TensorMetrics;
@@ -52,6 +51,8 @@ impl ProgressCounters {
 /// What the pipeline needs besides the files.
 pub struct PipelineContext<'a> {
     pub kernels: &'static Kernels,
+    /// Block quantizers for the ggml types, chosen with the same instruction-set setting.
+    pub ggml_kernels: &'static GgmlKernels,
     pub limits: Limits,
     /// Set by the job runner when the user cancels, the lease is lost or the service stops.
     pub cancel: &'a AtomicBool,
@@ -180,17 +181,6 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-impl From<SafetensorsWriteError> for PipelineError {
-    fn from(error: SafetensorsWriteError) -> Self {
-        match error {
-            SafetensorsWriteError::Io(io) => PipelineError::Io(io),
-            // Anything else means the declared layout and the data disagree: a bug, reported
-            // as an internal error rather than blamed on the model.
-            other => PipelineError::Io(std::io::Error::other(other.to_string())),
-        }
-    }
-}
-
 fn invalid(slug: &'static str, detail: impl Into<String>) -> PipelineError {
     PipelineError::InvalidInput {
         slug,
@@ -203,6 +193,7 @@ pub fn quantize_file(
     input: &Path,
     output: &Path,
     spec: &JobSpec,
+    model: &ModelInfo,
     ctx: &PipelineContext<'_>,
 ) -> Result<PipelineOutput, PipelineError> {
     let started = Instant::now();
@@ -233,30 +224,19 @@ pub fn quantize_file(
         .iter()
         .map(|t| plan_tensor(t, spec))
         .collect();
-    let mut declared: Vec<(String, Dtype, Vec<usize>)> = Vec::new();
+    let mut declared: Vec<OutputTensor> = Vec::new();
     for (tensor, plan) in header.tensors.iter().zip(&plans) {
-        for out in output_tensors(tensor, plan, spec.format) {
-            declared.push((out.name, out.dtype, out.shape));
-        }
+        declared.extend(output_tensors(tensor, plan, spec.format)?);
     }
     let mut seen = std::collections::HashSet::new();
-    for (name, _, _) in &declared {
-        if !seen.insert(name.as_str()) {
+    for out in &declared {
+        if !seen.insert(out.name.as_str()) {
             return Err(invalid(
                 "tensor-name-collision",
-                format!("the output would contain '{name}' twice: the model already has a tensor with a name quantd adds"),
+                format!("the output would contain '{}' twice: the model already has a tensor with a name quantd adds", out.name),
             ));
         }
     }
-
-    let mut metadata: BTreeMap<String, String> = header.metadata.clone();
-    // transformers refuses safetensors whose metadata names another framework.
-    metadata.insert("format".into(), "pt".into());
-    metadata.insert(
-        "quantized_by".into(),
-        format!("quantd {}", env!("CARGO_PKG_VERSION")),
-    );
-    metadata.insert("quantization_scheme".into(), spec.scheme.name().into());
 
     let out_file = File::create(output)?;
     let sink = HashingWriter {
@@ -264,9 +244,9 @@ pub fn quantize_file(
         hasher: Sha256::new(),
         written: 0,
     };
-    let mut writer = SafetensorsWriter::new(sink, declared, metadata)?;
+    let mut writer = OutputWriter::new(sink, spec, declared, &header.metadata, model)?;
     let should_continue = || !ctx.cancel.load(Ordering::Relaxed);
-    let mut encoder = Encoder::new(ctx.kernels, &should_continue);
+    let mut encoder = Encoder::new(ctx.kernels, ctx.ggml_kernels, &should_continue);
 
     let mut reports = Vec::with_capacity(header.tensors.len());
     for (tensor, plan) in header.tensors.iter().zip(&plans) {
@@ -283,8 +263,7 @@ pub fn quantize_file(
         let mut bytes_after = 0u64;
         let mut emit = |name: &str, data: &[u8]| -> Result<(), PipelineError> {
             bytes_after += data.len() as u64;
-            writer.write_tensor_data(name, data)?;
-            Ok(())
+            writer.write_tensor_data(name, data)
         };
 
         let report = match plan {
@@ -307,7 +286,7 @@ pub fn quantize_file(
                     bytes_after: bytes_before,
                 }
             }
-            TensorPlan::Quantize { scheme } => {
+            TensorPlan::Quantize { scheme, note } => {
                 let values = tensor_as_f32(bytes, tensor.dtype);
                 let stats = encoder.encode(tensor, &values, scheme, spec.format, &mut emit)?;
                 let n_values = values.len();
@@ -319,7 +298,7 @@ pub fn quantize_file(
                     shape: tensor.shape.clone(),
                     action: "quantized".into(),
                     scheme: Some(scheme.name().to_owned()),
-                    reason: None,
+                    reason: note.clone(),
                     mse: finite(metrics.mse),
                     sqnr_db: finite(metrics.sqnr_db),
                     max_abs_error: Some(metrics.max_abs_err),
@@ -375,7 +354,7 @@ pub fn quantize_file(
     };
     let quantization_config = match spec.format {
         OutputFormat::Safetensors => Some(compressed_tensors_config(&header.tensors, &plans)),
-        OutputFormat::Dequantized { .. } => None,
+        OutputFormat::Gguf | OutputFormat::Dequantized { .. } => None,
     };
     Ok(PipelineOutput {
         sha256: hex::encode(hasher.finalize()),
@@ -390,7 +369,11 @@ pub fn quantize_file(
 fn compressed_tensors_config(tensors: &[TensorInfo], plans: &[TensorPlan]) -> serde_json::Value {
     let mut groups: Vec<(Scheme, Vec<String>)> = Vec::new();
     for (tensor, plan) in tensors.iter().zip(plans) {
-        if let TensorPlan::Quantize { scheme } = plan {
+        if let TensorPlan::Quantize {
+            scheme: scheme @ Scheme::Int8(_),
+            ..
+        } = plan
+        {
             let module = tensor
                 .name
                 .strip_suffix(".weight")
@@ -404,8 +387,8 @@ fn compressed_tensors_config(tensors: &[TensorInfo], plans: &[TensorPlan]) -> se
     }
     let groups = groups
         .into_iter()
-        .map(|(scheme, modules)| match scheme {
-            Scheme::Int8(options) => (
+        .filter_map(|(scheme, modules)| match scheme {
+            Scheme::Int8(options) => Some((
                 IntWeightArgs {
                     num_bits: 8,
                     symmetric: options.symmetric,
@@ -415,7 +398,9 @@ fn compressed_tensors_config(tensors: &[TensorInfo], plans: &[TensorPlan]) -> se
                     },
                 },
                 modules,
-            ),
+            )),
+            // F16 tensors are plain half-precision tensors to compressed-tensors.
+            Scheme::Ggml(_) | Scheme::F16 => None,
         })
         .collect::<Vec<_>>();
     int_quantization_config(&groups)

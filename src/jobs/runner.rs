@@ -24,7 +24,9 @@ use super::spec::JobSpec;
 use crate::formats::compressed_tensors::merge_into_config;
 use crate::formats::safetensors::Limits;
 use crate::pool::{PoolError, WorkerPool, WorkerSlot};
+use crate::quant::ggml::GgmlKernels;
 use crate::quant::kernels::Kernels;
+use super::output::ModelInfo;
 use crate::store::{
     now, ArtifactRecord, BlobStore, HeartbeatOutcome, JobRecord, Lease, SharedMetadataStore,
     StoredFile,
@@ -52,6 +54,7 @@ pub struct JobRunner {
     blobs: BlobStore,
     pool: Arc<WorkerPool>,
     kernels: &'static Kernels,
+    ggml_kernels: &'static GgmlKernels,
     settings: RunnerSettings,
     /// Identifies this process's leases in the jobs table.
     owner: String,
@@ -65,6 +68,7 @@ impl JobRunner {
         blobs: BlobStore,
         pool: Arc<WorkerPool>,
         kernels: &'static Kernels,
+        ggml_kernels: &'static GgmlKernels,
         settings: RunnerSettings,
         wake: Arc<Notify>,
     ) -> Arc<Self> {
@@ -73,6 +77,7 @@ impl JobRunner {
             blobs,
             pool,
             kernels,
+            ggml_kernels,
             settings,
             owner: format!("quantd-{}-{}", std::process::id(), Uuid::new_v4().simple()),
             wake,
@@ -155,7 +160,7 @@ impl JobRunner {
         };
         info!(scheme = %job.scheme, model_id = %job.model_id, "job started");
         let prepared = self.prepare(&job).await;
-        let (spec, model_sha, model_files) = match prepared {
+        let (spec, model_sha, model_files, model_info) = match prepared {
             Ok(prepared) => prepared,
             Err(problem) => {
                 drop(slot);
@@ -185,18 +190,20 @@ impl JobRunner {
             let (cancel, progress, staged) = (cancel.clone(), progress.clone(), staged.clone());
             let spec = spec.clone();
             let kernels = self.kernels;
+            let ggml_kernels = self.ggml_kernels;
             let limits = self.settings.limits;
             let tensor_delay = self.settings.tensor_delay;
             self.pool
                 .run(slot, move || {
                     let ctx = PipelineContext {
                         kernels,
+                        ggml_kernels,
                         limits,
                         cancel: &cancel,
                         progress: &progress,
                         tensor_delay,
                     };
-                    quantize_file(&input, &staged, &spec, &ctx)
+                    quantize_file(&input, &staged, &spec, &model_info, &ctx)
                 })
                 .await
         };
@@ -285,7 +292,7 @@ impl JobRunner {
     async fn prepare(
         &self,
         job: &JobRecord,
-    ) -> Result<(JobSpec, String, Vec<StoredFile>), serde_json::Value> {
+    ) -> Result<(JobSpec, String, Vec<StoredFile>, ModelInfo), serde_json::Value> {
         let spec =
             JobSpec::parse(&job.scheme, Some(&job.options), Some(&job.format)).map_err(|e| {
                 job_problem(
@@ -314,7 +321,27 @@ impl JobRunner {
                 ))
             }
         };
-        Ok((spec, model.sha256, model.files))
+        // The model's config.json (validated as a JSON object on upload) names the architecture
+        // for GGUF output.
+        let config = match model.files.iter().find(|f| f.filename == "config.json") {
+            Some(file) => match self.blobs.read_small(&file.sha256).await {
+                Ok(bytes) => serde_json::from_slice(&bytes).ok(),
+                Err(e) => {
+                    return Err(job_problem(
+                        "job-io-error",
+                        "Storage error while reading the model's config.json",
+                        500,
+                        &e.to_string(),
+                    ))
+                }
+            },
+            None => None,
+        };
+        let info = ModelInfo {
+            name: Some(model.name.clone()),
+            config,
+        };
+        Ok((spec, model.sha256, model.files, info))
     }
 
     async fn heartbeat_loop(

@@ -6,12 +6,13 @@ use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::quant::ggml::GgmlType;
 use crate::quant::int8::{Granularity, Int8Options};
 
 /// Schemes this build can run.
-pub const KNOWN_SCHEMES: &[&str] = &["int8"];
+pub const KNOWN_SCHEMES: &[&str] = &["int8", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16"];
 /// Output formats this build can write.
-pub const KNOWN_FORMATS: &[&str] = &["safetensors", "dequantized", "dequantized-f16"];
+pub const KNOWN_FORMATS: &[&str] = &["safetensors", "gguf", "dequantized", "dequantized-f16"];
 
 /// Most skip patterns plus overrides one job may carry.
 const MAX_PATTERNS: usize = 256;
@@ -46,6 +47,8 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
 pub enum OutputFormat {
     /// safetensors in the compressed-tensors layout plus `config.json` `quantization_config`.
     Safetensors,
+    /// GGUF v3 for llama.cpp and gguf-py.
+    Gguf,
     /// safetensors with every quantized tensor dequantized back to f32 (or f16): the error is
     /// baked in and any framework loads it, for evaluation.
     Dequantized { f16: bool },
@@ -55,6 +58,7 @@ impl OutputFormat {
     pub fn parse(format: Option<&str>) -> Result<Self, SpecError> {
         match format.unwrap_or("safetensors") {
             "safetensors" => Ok(OutputFormat::Safetensors),
+            "gguf" => Ok(OutputFormat::Gguf),
             "dequantized" | "dequantized-f32" => Ok(OutputFormat::Dequantized { f16: false }),
             "dequantized-f16" => Ok(OutputFormat::Dequantized { f16: true }),
             other => Err(SpecError::UnknownFormat {
@@ -66,6 +70,7 @@ impl OutputFormat {
     pub fn name(self) -> &'static str {
         match self {
             OutputFormat::Safetensors => "safetensors",
+            OutputFormat::Gguf => "gguf",
             OutputFormat::Dequantized { f16: false } => "dequantized",
             OutputFormat::Dequantized { f16: true } => "dequantized-f16",
         }
@@ -76,7 +81,17 @@ impl OutputFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
     Int8(Int8Options),
+    /// One of ggml's legacy 32-element block types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1).
+    Ggml(GgmlType),
+    /// Half precision: a plain conversion (also the documented fallback for tensors whose rows
+    /// do not fit a block type in GGUF output).
+    F16,
 }
+
+/// Schemes without options accept only an empty options object.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoOptions {}
 
 /// Wire form of the int8 options; every field optional, unknown fields refused.
 #[derive(Debug, Deserialize)]
@@ -129,6 +144,17 @@ impl Scheme {
                     symmetric: wire.symmetric.unwrap_or(true),
                 }))
             }
+            "q8_0" | "q4_0" | "q4_1" | "q5_0" | "q5_1" | "f16" => {
+                let _: NoOptions = from_options(options, prefix)?;
+                Ok(match name {
+                    "q8_0" => Scheme::Ggml(GgmlType::Q8_0),
+                    "q4_0" => Scheme::Ggml(GgmlType::Q4_0),
+                    "q4_1" => Scheme::Ggml(GgmlType::Q4_1),
+                    "q5_0" => Scheme::Ggml(GgmlType::Q5_0),
+                    "q5_1" => Scheme::Ggml(GgmlType::Q5_1),
+                    _ => Scheme::F16,
+                })
+            }
             other => Err(SpecError::UnknownScheme {
                 scheme: other.to_owned(),
             }),
@@ -138,6 +164,8 @@ impl Scheme {
     pub fn name(&self) -> &'static str {
         match self {
             Scheme::Int8(_) => "int8",
+            Scheme::Ggml(ty) => ty.name(),
+            Scheme::F16 => "f16",
         }
     }
 
@@ -151,6 +179,7 @@ impl Scheme {
                 },
                 "symmetric": options.symmetric,
             }),
+            Scheme::Ggml(_) | Scheme::F16 => json!({}),
         };
         match value {
             Value::Object(map) => map,
@@ -161,7 +190,13 @@ impl Scheme {
     /// Why this scheme cannot be written in `format`, if it cannot.
     pub fn unsupported_in(&self, format: OutputFormat) -> Option<&'static str> {
         match (self, format) {
-            (Scheme::Int8(_), OutputFormat::Safetensors | OutputFormat::Dequantized { .. }) => None,
+            (Scheme::Int8(_), OutputFormat::Gguf) => Some(
+                "GGUF has no per-channel or per-tensor int8 type; use q8_0 (int8 in blocks of 32)",
+            ),
+            (Scheme::Ggml(_), OutputFormat::Safetensors) => Some(
+                "ggml block types are read from GGUF files; use format gguf (or dequantized to evaluate)",
+            ),
+            _ => None,
         }
     }
 }

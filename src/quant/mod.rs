@@ -13,6 +13,7 @@
 //! - [`int8`]: the int8 scheme over one tensor (per-channel or per-tensor, symmetric or
 //!   asymmetric), built on a kernel table.
 
+pub mod ggml;
 pub mod int8;
 pub mod kernels;
 pub mod metrics;

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod downloads;
+mod gguf;
 mod interop;
 mod jobs;
 mod openapi;

@@ -49,6 +49,9 @@ type GroupFn = unsafe fn(&Group, &mut [u8]);
 /// what the scalar path gives for its NaN.
 const JUST_BELOW_HALF: f32 = 0.499_999_97;
 
+/// Truth table of `(a & b) | c` for `vpternlogd` (bit `4a + 2b + c` of the immediate).
+const SIGN_OR_CONSTANT: i32 = 0b1110_1010;
+
 /// Embedded rounding for f32 → f16: nearest even, no exceptions (as `half` and numpy).
 const F16_ROUNDING: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
@@ -112,27 +115,32 @@ fn combine<const MAX: bool>(a: __m512, b: __m512) -> __m512 {
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn reduce_per_vector<const MAX: bool>(vectors: &[__m512; GROUP]) -> __m512 {
+    // Plain loops, not closures: a closure would not inherit the target features and would
+    // be compiled as an out-of-line call per vector.
     // Per quarter: [a0|a2, b0|b2, a1|a3, b1|b3] for the pair (a, b).
-    let pairs: [__m512; 8] = std::array::from_fn(|idx| {
+    let mut pairs = [_mm512_setzero_ps(); 8];
+    for (idx, pair) in pairs.iter_mut().enumerate() {
         let (a, b) = (vectors[2 * idx], vectors[2 * idx + 1]);
-        combine::<MAX>(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
-    });
+        *pair = combine::<MAX>(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    }
     // Per quarter: [a, b, c, d] partials of four consecutive vectors.
-    let quads: [__m512; 4] = std::array::from_fn(|idx| {
+    let mut quads = [_mm512_setzero_ps(); 4];
+    for (idx, quad) in quads.iter_mut().enumerate() {
         let (a, b) = (_mm512_castps_pd(pairs[2 * idx]), _mm512_castps_pd(pairs[2 * idx + 1]));
-        combine::<MAX>(
+        *quad = combine::<MAX>(
             _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
             _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
-        )
-    });
+        );
+    }
     // Quarters (0|1, 2|3) of two quads: [q0 low, q0 high, q1 low, q1 high].
-    let halves: [__m512; 2] = std::array::from_fn(|idx| {
+    let mut halves = [_mm512_setzero_ps(); 2];
+    for (idx, half) in halves.iter_mut().enumerate() {
         let (a, b) = (quads[2 * idx], quads[2 * idx + 1]);
-        combine::<MAX>(
+        *half = combine::<MAX>(
             _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
             _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
-        )
-    });
+        );
+    }
     combine::<MAX>(
         _mm512_shuffle_f32x4::<0b10_00_10_00>(halves[0], halves[1]),
         _mm512_shuffle_f32x4::<0b11_01_11_01>(halves[0], halves[1]),
@@ -193,10 +201,8 @@ fn signed_maxima(blocks: &[Block]) -> [f32; GROUP] {
     let low_wins = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(high, negated_low);
     let ties = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(high, negated_low);
     let mut maxima = to_array(_mm512_mask_blend_ps(low_wins, high, low));
-    for (block_idx, maximum) in maxima.iter_mut().enumerate() {
-        if ties >> block_idx & 1 == 1 {
-            *maximum = scalar::signed_absmax(&blocks[block_idx]);
-        }
+    if ties != 0 {
+        resolve_signed_maxima(blocks, ties as u32, &mut maxima);
     }
     maxima
 }
@@ -220,12 +226,39 @@ fn minima_maxima(blocks: &[Block]) -> ([f32; GROUP], [f32; GROUP]) {
     let zero_minima = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(low, _mm512_setzero_ps());
     let mut minima = to_array(low);
     let mut maxima = to_array(high);
+    if zero_minima != 0 {
+        resolve_min_max(blocks, zero_minima as u32, &mut minima, &mut maxima);
+    }
+    (minima, maxima)
+}
+
+/// The scalar signed maximum of the blocks flagged in `flags` (bit `b` for block `b`). Kept
+/// out of line: it is rare, and inlined it would bloat the hot loop 16-fold.
+#[cold]
+#[inline(never)]
+fn resolve_signed_maxima(blocks: &[Block], flags: u32, maxima: &mut [f32; GROUP]) {
+    for (block_idx, maximum) in maxima.iter_mut().enumerate() {
+        if flags >> block_idx & 1 == 1 {
+            *maximum = scalar::signed_absmax(&blocks[block_idx]);
+        }
+    }
+}
+
+/// The scalar `(min, max)` of the blocks flagged in `flags`; out of line like
+/// [`resolve_signed_maxima`].
+#[cold]
+#[inline(never)]
+fn resolve_min_max(
+    blocks: &[Block],
+    flags: u32,
+    minima: &mut [f32; GROUP],
+    maxima: &mut [f32; GROUP],
+) {
     for block_idx in 0..GROUP {
-        if zero_minima >> block_idx & 1 == 1 {
+        if flags >> block_idx & 1 == 1 {
             (minima[block_idx], maxima[block_idx]) = scalar::block_min_max(&blocks[block_idx]);
         }
     }
-    (minima, maxima)
 }
 
 /// `truncated_low_byte(value)` for 16 lanes, clamped to `limit` (15 or 31) as the scalar
@@ -281,26 +314,34 @@ fn output_blocks<const N: usize>(out: &mut [u8]) -> &mut [[u8; N]] {
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn q8_0_group(group: &Group, out: &mut [u8]) {
     let blocks = group.as_chunks::<QK>().0;
-    let magnitudes: [__m512; GROUP] = std::array::from_fn(|block_idx| {
-        let [first, second] = load_block(&blocks[block_idx]);
-        _mm512_max_ps(_mm512_abs_ps(first), _mm512_abs_ps(second))
-    });
+    let mut magnitudes = [_mm512_setzero_ps(); GROUP];
+    for (magnitude, block) in magnitudes.iter_mut().zip(blocks) {
+        let [first, second] = load_block(block);
+        *magnitude = _mm512_max_ps(_mm512_abs_ps(first), _mm512_abs_ps(second));
+    }
     let d = _mm512_div_ps(
         reduce_per_vector::<true>(&magnitudes),
         _mm512_set1_ps(127.0),
     );
     let ids = to_array(inverse_or_zero(d));
     let d_bits = f16_bits(d);
-    let sign_mask = _mm512_set1_ps(-0.0);
-    let just_below_half = _mm512_set1_ps(JUST_BELOW_HALF);
+    let sign_mask = _mm512_set1_epi32(i32::MIN);
+    let just_below_half = _mm512_set1_epi32(JUST_BELOW_HALF.to_bits() as i32);
     for (block_idx, (block, out)) in blocks.iter().zip(output_blocks::<34>(out)).enumerate() {
         let id = _mm512_set1_ps(ids[block_idx]);
-        let halves = load_block(block).map(|values| {
+        let mut halves = [_mm_setzero_si128(); 2];
+        for (bytes, values) in halves.iter_mut().zip(load_block(block)) {
             let scaled = _mm512_mul_ps(values, id);
-            // round_half_away: add 0.49999997 with the sign of `scaled`, then truncate.
-            let bias = _mm512_or_ps(_mm512_and_ps(scaled, sign_mask), just_below_half);
-            _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(_mm512_add_ps(scaled, bias)))
-        });
+            // round_half_away: add 0.49999997 with the sign of `scaled`, then truncate. The
+            // bias is `(scaled & sign) | 0.49999997` on bits, one ternary-logic instruction.
+            let bias = _mm512_ternarylogic_epi32::<SIGN_OR_CONSTANT>(
+                _mm512_castps_si512(scaled),
+                sign_mask,
+                just_below_half,
+            );
+            let biased = _mm512_add_ps(scaled, _mm512_castsi512_ps(bias));
+            *bytes = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(biased));
+        }
         out[..2].copy_from_slice(&d_bits[block_idx].to_le_bytes());
         store_16(out, Q8_0_QS, halves[0]);
         store_16(out, Q8_0_QS + 16, halves[1]);
@@ -313,8 +354,11 @@ unsafe fn q8_0_group(group: &Group, out: &mut [u8]) {
 fn symmetric_quants(block: &Block, id: f32, offset: f32, limit: __m128i) -> [__m128i; 2] {
     let id = _mm512_set1_ps(id);
     let offset = _mm512_set1_ps(offset);
-    load_block(block)
-        .map(|values| clamped_low_bytes(_mm512_add_ps(_mm512_mul_ps(values, id), offset), limit))
+    let [first, second] = load_block(block);
+    [
+        clamped_low_bytes(_mm512_add_ps(_mm512_mul_ps(first, id), offset), limit),
+        clamped_low_bytes(_mm512_add_ps(_mm512_mul_ps(second, id), offset), limit),
+    ]
 }
 
 /// `clamped_low_bytes((x - min) * id + 0.5)` for both halves of a block (Q4_1, Q5_1).
@@ -324,10 +368,13 @@ fn affine_quants(block: &Block, min: f32, id: f32, limit: __m128i) -> [__m128i; 
     let min = _mm512_set1_ps(min);
     let id = _mm512_set1_ps(id);
     let half = _mm512_set1_ps(0.5);
-    load_block(block).map(|values| {
-        let scaled = _mm512_mul_ps(_mm512_sub_ps(values, min), id);
-        clamped_low_bytes(_mm512_add_ps(scaled, half), limit)
-    })
+    let [first, second] = load_block(block);
+    let first = _mm512_mul_ps(_mm512_sub_ps(first, min), id);
+    let second = _mm512_mul_ps(_mm512_sub_ps(second, min), id);
+    [
+        clamped_low_bytes(_mm512_add_ps(first, half), limit),
+        clamped_low_bytes(_mm512_add_ps(second, half), limit),
+    ]
 }
 
 /// # Safety
