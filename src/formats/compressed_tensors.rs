@@ -10,53 +10,105 @@
 
 use serde_json::{json, Map, Value};
 
-/// Weight-quantization arguments of one config group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IntWeightArgs {
-    pub num_bits: u8,
-    pub symmetric: bool,
-    /// `"channel"` or `"tensor"` (compressed-tensors `QuantizationStrategy`).
-    pub strategy: &'static str,
+/// One config group: the compression format of its modules, their weight quantization
+/// arguments (`QuantizationArgs`) and the module names it targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigGroup {
+    /// `int-quantized`, `pack-quantized` or `float-quantized`.
+    pub format: &'static str,
+    pub weights: Value,
+    pub targets: Vec<String>,
 }
 
-/// The `quantization_config` object for weight-only integer quantization: one config group per
-/// distinct set of arguments, each targeting its modules by name.
-pub fn int_quantization_config(groups: &[(IntWeightArgs, Vec<String>)]) -> Value {
+/// `QuantizationArgs` of integer weights: `strategy` is `channel`, `tensor` or `group` (with
+/// `group_size`).
+pub fn int_weight_args(
+    num_bits: u8,
+    symmetric: bool,
+    strategy: &str,
+    group_size: Option<usize>,
+) -> Value {
+    json!({
+        "num_bits": num_bits,
+        "type": "int",
+        "symmetric": symmetric,
+        "strategy": strategy,
+        "group_size": group_size,
+        "block_structure": null,
+        "dynamic": false,
+        "actorder": null,
+        "observer": "minmax",
+        "observer_kwargs": {}
+    })
+}
+
+/// `QuantizationArgs` of FP8 (E4M3) weights with a per-channel or per-tensor scale.
+pub fn float_weight_args(strategy: &str) -> Value {
+    json!({
+        "num_bits": 8,
+        "type": "float",
+        "symmetric": true,
+        "strategy": strategy,
+        "group_size": null,
+        "block_structure": null,
+        "dynamic": false,
+        "actorder": null,
+        "observer": "minmax",
+        "observer_kwargs": {}
+    })
+}
+
+/// The `quantization_config` object for weight-only quantization, one config group per distinct
+/// scheme, each targeting its modules by name. Each group names its own `format`; the top-level
+/// `format` is the common one, or `mixed-precision` when groups differ (compressed-tensors'
+/// `CompressionFormat.mixed_precision`).
+pub fn quantization_config(groups: &[ConfigGroup]) -> Value {
+    let formats: Vec<&str> = groups.iter().map(|g| g.format).collect();
+    let format = match formats.first() {
+        Some(first) if formats.iter().all(|f| f == first) => *first,
+        Some(_) => "mixed-precision",
+        None => "dense",
+    };
     let config_groups: Map<String, Value> = groups
         .iter()
         .enumerate()
-        .map(|(index, (args, targets))| {
+        .map(|(index, group)| {
             (
                 format!("group_{index}"),
                 json!({
-                    "targets": targets,
-                    "weights": {
-                        "num_bits": args.num_bits,
-                        "type": "int",
-                        "symmetric": args.symmetric,
-                        "strategy": args.strategy,
-                        "group_size": null,
-                        "block_structure": null,
-                        "dynamic": false,
-                        "actorder": null,
-                        "observer": "minmax",
-                        "observer_kwargs": {}
-                    },
+                    "targets": group.targets,
+                    "weights": group.weights,
                     "input_activations": null,
-                    "output_activations": null
+                    "output_activations": null,
+                    "format": group.format,
                 }),
             )
         })
         .collect();
     json!({
         "quant_method": "compressed-tensors",
-        "format": "int-quantized",
+        "format": format,
         "quantization_status": "compressed",
         "config_groups": config_groups,
         "ignore": [],
         "kv_cache_scheme": null,
         "global_compression_ratio": null,
         "sparsity_config": {}
+    })
+}
+
+/// transformers' `BitsAndBytesConfig` for NF4 weights (`quant_method: bitsandbytes`).
+/// `skip_modules` are the Linear modules kept in float.
+pub fn bitsandbytes_nf4_config(double_quant: bool, skip_modules: &[String]) -> Value {
+    json!({
+        "quant_method": "bitsandbytes",
+        "load_in_4bit": true,
+        "load_in_8bit": false,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": double_quant,
+        "bnb_4bit_compute_dtype": "float32",
+        "bnb_4bit_quant_storage": "uint8",
+        "llm_int8_skip_modules": skip_modules,
     })
 }
 
@@ -89,14 +141,14 @@ mod tests {
 
     #[test]
     fn merging_keeps_the_model_config_and_adds_the_block() {
-        let args = IntWeightArgs {
-            num_bits: 8,
-            symmetric: true,
-            strategy: "channel",
+        let group = ConfigGroup {
+            format: "int-quantized",
+            weights: int_weight_args(8, true, "channel", None),
+            targets: vec!["fc1".into()],
         };
         let merged = merge_into_config(
             Some(br#"{"model_type": "bert", "hidden_size": 384}"#),
-            int_quantization_config(&[(args, vec!["fc1".into()])]),
+            quantization_config(&[group]),
         )
         .unwrap();
         let value: Value = serde_json::from_slice(&merged).unwrap();

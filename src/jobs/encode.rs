@@ -11,10 +11,13 @@ use crate::formats::gguf::{
     GGML_TYPE_I64, GGML_TYPE_I8,
 };
 use crate::formats::safetensors::{Dtype, TensorInfo};
+use crate::quant::fp8::{dequantize_fp8, quantize_fp8, Fp8Format};
 use crate::quant::ggml::{self, GgmlKernels, GgmlType};
+use crate::quant::int4::{dequantize_int4, quantize_int4, Int4Error, Int4Options};
 use crate::quant::int8::{quantize_int8_into, Granularity, QuantError};
 use crate::quant::kernels::{ErrorStats, Kernels};
 use crate::quant::metrics::compare;
+use crate::quant::nf4::{self, dequantize_nf4, quantize_nf4, Nf4Absmax, Nf4Output};
 
 use super::pipeline::PipelineError;
 use super::spec::{JobSpec, OutputFormat, Scheme, TensorChoice};
@@ -25,7 +28,10 @@ pub enum TensorPlan {
     /// Stored exactly as uploaded.
     Keep { reason: String },
     /// Quantized with this scheme; `note` says why it is not the scheme asked for (fallback).
-    Quantize { scheme: Scheme, note: Option<String> },
+    Quantize {
+        scheme: Scheme,
+        note: Option<String>,
+    },
 }
 
 /// How an output tensor is typed in its file.
@@ -80,14 +86,38 @@ pub fn plan_tensor(tensor: &TensorInfo, spec: &JobSpec) -> TensorPlan {
     if tensor.shape.contains(&0) {
         return keep("empty tensor".into());
     }
-    let overridden = spec.overrides.iter().any(|(pattern, _)| pattern.matches(&tensor.name));
+    let overridden = spec
+        .overrides
+        .iter()
+        .any(|(pattern, _)| pattern.matches(&tensor.name));
     if !overridden && is_embedding(&tensor.name) {
-        return keep("embedding table kept in source precision (quantize it with an override)".into());
+        return keep(
+            "embedding table kept in source precision (quantize it with an override)".into(),
+        );
+    }
+    if let Scheme::Int4(options) = scheme {
+        let (_, cols) = rows_and_cols(&tensor.shape);
+        if !cols.is_multiple_of(options.group_size) {
+            return TensorPlan::Quantize {
+                scheme: Scheme::Int8(crate::quant::int8::Int8Options {
+                    granularity: Granularity::Channel,
+                    symmetric: true,
+                }),
+                note: Some(format!(
+                    "row length {cols} is not a multiple of the int4 group size {}: int8 per-channel symmetric instead",
+                    options.group_size
+                )),
+            };
+        }
     }
     if let Scheme::Ggml(ty) = scheme {
         let last = *tensor.shape.last().expect("rank >= 2");
         if !last.is_multiple_of(ty.block_size()) {
-            let why = format!("last dimension {last} is not a multiple of the {}-element {} block", ty.block_size(), ty.name());
+            let why = format!(
+                "last dimension {last} is not a multiple of the {}-element {} block",
+                ty.block_size(),
+                ty.name()
+            );
             return match spec.format {
                 OutputFormat::Gguf => TensorPlan::Quantize {
                     scheme: Scheme::F16,
@@ -117,22 +147,42 @@ pub fn ggml_type_of(dtype: Dtype) -> Option<u32> {
 
 /// The output tensors `tensor` becomes under `plan` in `format`, in the order they are emitted.
 /// Fails for a kept tensor whose dtype the format cannot hold (GGUF has no unsigned types).
-pub fn output_tensors(tensor: &TensorInfo, plan: &TensorPlan, format: OutputFormat) -> Result<Vec<OutputTensor>, PipelineError> {
+pub fn output_tensors(
+    tensor: &TensorInfo,
+    plan: &TensorPlan,
+    format: OutputFormat,
+) -> Result<Vec<OutputTensor>, PipelineError> {
     let n_elements: usize = tensor.shape.iter().product();
-    let named = |name: String, stored_as: StoredAs, shape: Vec<usize>, n_bytes: usize| OutputTensor {
-        name,
-        stored_as,
-        shape,
-        n_bytes: n_bytes as u64,
+    let named =
+        |name: String, stored_as: StoredAs, shape: Vec<usize>, n_bytes: usize| OutputTensor {
+            name,
+            stored_as,
+            shape,
+            n_bytes: n_bytes as u64,
+        };
+    let same = |stored_as: StoredAs, element_bytes: usize| {
+        named(
+            tensor.name.clone(),
+            stored_as,
+            tensor.shape.clone(),
+            n_elements * element_bytes,
+        )
     };
-    let same = |stored_as: StoredAs, element_bytes: usize| named(tensor.name.clone(), stored_as, tensor.shape.clone(), n_elements * element_bytes);
     let scheme = match plan {
         TensorPlan::Keep { .. } => {
             let stored_as = match format {
-                OutputFormat::Gguf => StoredAs::Ggml(ggml_type_of(tensor.dtype).ok_or_else(|| PipelineError::InvalidInput {
-                    slug: "unsupported-dtype",
-                    detail: format!("tensor '{}' has dtype {}, which GGUF cannot store", tensor.name, tensor.dtype.as_str()),
-                })?),
+                OutputFormat::Gguf => {
+                    StoredAs::Ggml(ggml_type_of(tensor.dtype).ok_or_else(|| {
+                        PipelineError::InvalidInput {
+                            slug: "unsupported-dtype",
+                            detail: format!(
+                                "tensor '{}' has dtype {}, which GGUF cannot store",
+                                tensor.name,
+                                tensor.dtype.as_str()
+                            ),
+                        }
+                    })?)
+                }
                 _ => StoredAs::Safetensors(tensor.dtype),
             };
             return Ok(vec![same(stored_as, tensor.dtype.size_bytes())]);
@@ -141,7 +191,11 @@ pub fn output_tensors(tensor: &TensorInfo, plan: &TensorPlan, format: OutputForm
     };
     Ok(match (format, scheme) {
         (OutputFormat::Dequantized { f16 }, _) => {
-            vec![if f16 { same(StoredAs::Safetensors(Dtype::F16), 2) } else { same(StoredAs::Safetensors(Dtype::F32), 4) }]
+            vec![if f16 {
+                same(StoredAs::Safetensors(Dtype::F16), 2)
+            } else {
+                same(StoredAs::Safetensors(Dtype::F32), 4)
+            }]
         }
         (_, Scheme::F16) => vec![same(
             match format {
@@ -152,8 +206,15 @@ pub fn output_tensors(tensor: &TensorInfo, plan: &TensorPlan, format: OutputForm
         )],
         (OutputFormat::Gguf, Scheme::Ggml(ty)) => {
             let (rows, cols) = rows_and_cols(&tensor.shape);
-            let row_bytes = ty.row_bytes(cols).expect("plan_tensor checked the block fit");
-            vec![named(tensor.name.clone(), StoredAs::Ggml(ty.id()), tensor.shape.clone(), rows * row_bytes)]
+            let row_bytes = ty
+                .row_bytes(cols)
+                .expect("plan_tensor checked the block fit");
+            vec![named(
+                tensor.name.clone(),
+                StoredAs::Ggml(ty.id()),
+                tensor.shape.clone(),
+                rows * row_bytes,
+            )]
         }
         (OutputFormat::Safetensors, Scheme::Int8(options)) => {
             let scale_shape = match options.granularity {
@@ -163,17 +224,193 @@ pub fn output_tensors(tensor: &TensorInfo, plan: &TensorPlan, format: OutputForm
             let n_scales: usize = scale_shape.iter().product();
             let mut outputs = vec![
                 same(StoredAs::Safetensors(Dtype::I8), 1),
-                named(format!("{}_scale", tensor.name), StoredAs::Safetensors(Dtype::F32), scale_shape.clone(), n_scales * 4),
+                named(
+                    format!("{}_scale", tensor.name),
+                    StoredAs::Safetensors(Dtype::F32),
+                    scale_shape.clone(),
+                    n_scales * 4,
+                ),
             ];
             if !options.symmetric {
-                outputs.push(named(format!("{}_zero_point", tensor.name), StoredAs::Safetensors(Dtype::I8), scale_shape, n_scales));
+                outputs.push(named(
+                    format!("{}_zero_point", tensor.name),
+                    StoredAs::Safetensors(Dtype::I8),
+                    scale_shape,
+                    n_scales,
+                ));
             }
             outputs
         }
-        (OutputFormat::Gguf, Scheme::Int8(_)) | (OutputFormat::Safetensors, Scheme::Ggml(_)) => {
+        (OutputFormat::Safetensors, Scheme::Int4(options)) => {
+            let (rows, cols) = rows_and_cols(&tensor.shape);
+            let groups = cols / options.group_size;
+            let st = StoredAs::Safetensors;
+            let mut outputs = vec![
+                named(
+                    format!("{}_packed", tensor.name),
+                    st(Dtype::I32),
+                    vec![rows, cols / 8],
+                    rows * cols / 8 * 4,
+                ),
+                named(
+                    format!("{}_scale", tensor.name),
+                    st(Dtype::F32),
+                    vec![rows, groups],
+                    rows * groups * 4,
+                ),
+            ];
+            if !options.symmetric {
+                let packed_rows = rows.div_ceil(8);
+                outputs.push(named(
+                    format!("{}_zero_point", tensor.name),
+                    st(Dtype::I32),
+                    vec![packed_rows, groups],
+                    packed_rows * groups * 4,
+                ));
+            }
+            outputs.push(named(
+                format!("{}_shape", tensor.name),
+                st(Dtype::I64),
+                vec![2],
+                16,
+            ));
+            outputs
+        }
+        (
+            OutputFormat::Safetensors,
+            Scheme::Fp8 {
+                format: fp8_format,
+                per_channel,
+            },
+        ) => {
+            let scale_shape = if *per_channel {
+                vec![tensor.shape[0], 1]
+            } else {
+                vec![1]
+            };
+            let n_scales: usize = scale_shape.iter().product();
+            let dtype = match fp8_format {
+                Fp8Format::E4M3 => Dtype::F8_E4M3,
+                Fp8Format::E5M2 => Dtype::F8_E5M2,
+            };
+            vec![
+                same(StoredAs::Safetensors(dtype), 1),
+                named(
+                    format!("{}_scale", tensor.name),
+                    StoredAs::Safetensors(Dtype::F32),
+                    scale_shape,
+                    n_scales * 4,
+                ),
+            ]
+        }
+        (OutputFormat::Safetensors, Scheme::Nf4(options)) => {
+            let st = StoredAs::Safetensors;
+            let n_blocks = n_elements.div_ceil(nf4::BLOCK_SIZE);
+            let mut outputs = vec![named(
+                tensor.name.clone(),
+                st(Dtype::U8),
+                vec![n_elements.div_ceil(2), 1],
+                n_elements.div_ceil(2),
+            )];
+            if options.double_quant {
+                let n_nested = n_blocks.div_ceil(nf4::NESTED_BLOCK_SIZE);
+                outputs.push(named(
+                    format!("{}.absmax", tensor.name),
+                    st(Dtype::U8),
+                    vec![n_blocks],
+                    n_blocks,
+                ));
+                outputs.push(named(
+                    format!("{}.quant_map", tensor.name),
+                    st(Dtype::F32),
+                    vec![16],
+                    64,
+                ));
+                outputs.push(named(
+                    format!("{}.nested_absmax", tensor.name),
+                    st(Dtype::F32),
+                    vec![n_nested],
+                    n_nested * 4,
+                ));
+                outputs.push(named(
+                    format!("{}.nested_quant_map", tensor.name),
+                    st(Dtype::F32),
+                    vec![256],
+                    1024,
+                ));
+            } else {
+                outputs.push(named(
+                    format!("{}.absmax", tensor.name),
+                    st(Dtype::F32),
+                    vec![n_blocks],
+                    n_blocks * 4,
+                ));
+                outputs.push(named(
+                    format!("{}.quant_map", tensor.name),
+                    st(Dtype::F32),
+                    vec![16],
+                    64,
+                ));
+            }
+            let json_len = nf4_state_len(tensor, options.double_quant);
+            outputs.push(named(
+                format!("{}.quant_state.bitsandbytes__nf4", tensor.name),
+                st(Dtype::U8),
+                vec![json_len],
+                json_len,
+            ));
+            outputs
+        }
+        (
+            OutputFormat::Gguf,
+            Scheme::Int8(_) | Scheme::Int4(_) | Scheme::Nf4(_) | Scheme::Fp8 { .. },
+        )
+        | (OutputFormat::Safetensors, Scheme::Ggml(_)) => {
             unreachable!("JobSpec::parse refuses scheme/format pairs that cannot be expressed")
         }
     })
+}
+
+/// The dtype name bitsandbytes records for a weight's original dtype.
+fn torch_dtype_name(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::F16 => "float16",
+        Dtype::BF16 => "bfloat16",
+        Dtype::F64 => "float64",
+        _ => "float32",
+    }
+}
+
+/// Room reserved for `nested_offset` in the quant-state JSON: the longest Python float repr of an
+/// f32 (e.g. `-1.1754943508222875e-38`). The JSON is padded with spaces to the declared length,
+/// which `json.loads` ignores.
+const NESTED_OFFSET_RESERVE: usize = 24;
+
+/// Declared byte length of a tensor's `quant_state.bitsandbytes__nf4` JSON.
+fn nf4_state_len(tensor: &TensorInfo, double_quant: bool) -> usize {
+    let placeholder = Nf4Output {
+        packed: Vec::new(),
+        n_elements: 0,
+        absmax: if double_quant {
+            Nf4Absmax::DoubleQuantized(nf4::NestedAbsmax {
+                quantized: Vec::new(),
+                nested_absmax: Vec::new(),
+                nested_quant_map: Box::new([0.0; 256]),
+                offset: 0.0,
+            })
+        } else {
+            Nf4Absmax::Plain(Vec::new())
+        },
+        quant_map: nf4::NF4_CODE,
+        stats: ErrorStats::default(),
+    };
+    let json = nf4::quant_state_json(&placeholder, &tensor.shape, torch_dtype_name(tensor.dtype));
+    // The placeholder's offset prints as "0.0".
+    if double_quant {
+        json.len() - 3 + NESTED_OFFSET_RESERVE
+    } else {
+        json.len()
+    }
 }
 
 /// Where encoded bytes go: called with each declared output tensor's bytes, in declared order,
@@ -247,7 +484,11 @@ fn rows_per_piece(cols: usize) -> usize {
 }
 
 impl<'a> Encoder<'a> {
-    pub fn new(kernels: &'static Kernels, ggml_kernels: &'static GgmlKernels, should_continue: &'a dyn Fn() -> bool) -> Self {
+    pub fn new(
+        kernels: &'static Kernels,
+        ggml_kernels: &'static GgmlKernels,
+        should_continue: &'a dyn Fn() -> bool,
+    ) -> Self {
         Encoder {
             kernels,
             ggml_kernels,
@@ -261,17 +502,191 @@ impl<'a> Encoder<'a> {
     /// Quantizes `values` (the tensor as f32) with `scheme` and emits its output tensors in the
     /// order [`output_tensors`] declares. Returns the error statistics of what the file stores
     /// (dequantized) against `values`.
-    pub fn encode(&mut self, tensor: &TensorInfo, values: &[f32], scheme: &Scheme, format: OutputFormat, emit: &mut Emit<'_>) -> Result<ErrorStats, PipelineError> {
+    pub fn encode(
+        &mut self,
+        tensor: &TensorInfo,
+        values: &[f32],
+        scheme: &Scheme,
+        format: OutputFormat,
+        emit: &mut Emit<'_>,
+    ) -> Result<ErrorStats, PipelineError> {
         match scheme {
             Scheme::Int8(options) => self.encode_int8(tensor, values, *options, format, emit),
             Scheme::Ggml(ty) => self.encode_ggml(tensor, values, *ty, format, emit),
             Scheme::F16 => self.encode_f16(tensor, values, format, emit),
+            Scheme::Int4(options) => self.encode_int4(tensor, values, *options, format, emit),
+            Scheme::Fp8 {
+                format: fp8_format,
+                per_channel,
+            } => self.encode_fp8(tensor, values, *fp8_format, *per_channel, format, emit),
+            Scheme::Nf4(options) => {
+                let quantized =
+                    quantize_nf4(values, *options).map_err(|e| quant_error(tensor, e))?;
+                match format {
+                    OutputFormat::Dequantized { f16 } => self.emit_dequantized(
+                        tensor,
+                        values,
+                        dequantize_nf4(&quantized),
+                        f16,
+                        quantized.stats,
+                        emit,
+                    ),
+                    _ => {
+                        emit(&tensor.name, &quantized.packed)?;
+                        self.byte_buffer.clear();
+                        match &quantized.absmax {
+                            Nf4Absmax::Plain(absmax) => {
+                                push_f32_le(absmax, &mut self.byte_buffer);
+                                emit(&format!("{}.absmax", tensor.name), &self.byte_buffer)?;
+                                self.byte_buffer.clear();
+                                push_f32_le(&quantized.quant_map, &mut self.byte_buffer);
+                                emit(&format!("{}.quant_map", tensor.name), &self.byte_buffer)?;
+                            }
+                            Nf4Absmax::DoubleQuantized(nested) => {
+                                emit(&format!("{}.absmax", tensor.name), &nested.quantized)?;
+                                push_f32_le(&quantized.quant_map, &mut self.byte_buffer);
+                                emit(&format!("{}.quant_map", tensor.name), &self.byte_buffer)?;
+                                self.byte_buffer.clear();
+                                push_f32_le(&nested.nested_absmax, &mut self.byte_buffer);
+                                emit(&format!("{}.nested_absmax", tensor.name), &self.byte_buffer)?;
+                                self.byte_buffer.clear();
+                                push_f32_le(&nested.nested_quant_map[..], &mut self.byte_buffer);
+                                emit(
+                                    &format!("{}.nested_quant_map", tensor.name),
+                                    &self.byte_buffer,
+                                )?;
+                            }
+                        }
+                        let mut json = nf4::quant_state_json(
+                            &quantized,
+                            &tensor.shape,
+                            torch_dtype_name(tensor.dtype),
+                        )
+                        .into_bytes();
+                        let declared = nf4_state_len(
+                            tensor,
+                            matches!(quantized.absmax, Nf4Absmax::DoubleQuantized(_)),
+                        );
+                        json.resize(declared, b' ');
+                        emit(
+                            &format!("{}.quant_state.bitsandbytes__nf4", tensor.name),
+                            &json,
+                        )?;
+                        Ok(quantized.stats)
+                    }
+                }
+            }
         }
     }
 
-    fn encode_int8(&mut self, tensor: &TensorInfo, values: &[f32], options: crate::quant::int8::Int8Options, format: OutputFormat, emit: &mut Emit<'_>) -> Result<ErrorStats, PipelineError> {
+    /// Emits `dequantized` (what a scheme stores, decoded) as the dequantized format's f32 or f16
+    /// tensor; the statistics are `stats`, or recomputed when f16 rounding changes the values.
+    fn emit_dequantized(
+        &mut self,
+        tensor: &TensorInfo,
+        values: &[f32],
+        mut dequantized: Vec<f32>,
+        f16: bool,
+        stats: ErrorStats,
+        emit: &mut Emit<'_>,
+    ) -> Result<ErrorStats, PipelineError> {
+        self.byte_buffer.clear();
+        if f16 {
+            push_f16_le(&mut dequantized, &mut self.byte_buffer);
+            emit(&tensor.name, &self.byte_buffer)?;
+            return Ok(compare(values, &dequantized));
+        }
+        push_f32_le(&dequantized, &mut self.byte_buffer);
+        emit(&tensor.name, &self.byte_buffer)?;
+        Ok(stats)
+    }
+
+    fn encode_int4(
+        &mut self,
+        tensor: &TensorInfo,
+        values: &[f32],
+        options: Int4Options,
+        format: OutputFormat,
+        emit: &mut Emit<'_>,
+    ) -> Result<ErrorStats, PipelineError> {
+        let (rows, cols) = rows_and_cols(&tensor.shape);
+        let quantized =
+            quantize_int4(self.kernels, values, rows, cols, options).map_err(|e| match e {
+                Int4Error::Quant(q) => quant_error(tensor, q),
+                other => PipelineError::InvalidInput {
+                    slug: "unquantizable-tensor",
+                    detail: format!("tensor '{}': {other}", tensor.name),
+                },
+            })?;
+        if let OutputFormat::Dequantized { f16 } = format {
+            let dequantized = dequantize_int4(&quantized, options);
+            return self.emit_dequantized(tensor, values, dequantized, f16, quantized.stats, emit);
+        }
+        let mut bytes = Vec::with_capacity(quantized.weight_packed.len() * 4);
+        for word in &quantized.weight_packed {
+            bytes.extend_from_slice(&word.to_le_bytes());
+        }
+        emit(&format!("{}_packed", tensor.name), &bytes)?;
+        bytes.clear();
+        push_f32_le(&quantized.weight_scale, &mut bytes);
+        emit(&format!("{}_scale", tensor.name), &bytes)?;
+        if !options.symmetric {
+            bytes.clear();
+            for word in &quantized.weight_zero_point {
+                bytes.extend_from_slice(&word.to_le_bytes());
+            }
+            emit(&format!("{}_zero_point", tensor.name), &bytes)?;
+        }
+        bytes.clear();
+        for dim in quantized.weight_shape {
+            bytes.extend_from_slice(&dim.to_le_bytes());
+        }
+        emit(&format!("{}_shape", tensor.name), &bytes)?;
+        Ok(quantized.stats)
+    }
+
+    fn encode_fp8(
+        &mut self,
+        tensor: &TensorInfo,
+        values: &[f32],
+        fp8_format: Fp8Format,
+        per_channel: bool,
+        format: OutputFormat,
+        emit: &mut Emit<'_>,
+    ) -> Result<ErrorStats, PipelineError> {
+        let (rows, cols) = rows_and_cols(&tensor.shape);
+        let quantized = quantize_fp8(self.kernels, values, rows, cols, fp8_format, per_channel)
+            .map_err(|e| quant_error(tensor, e))?;
+        if let OutputFormat::Dequantized { f16 } = format {
+            let dequantized =
+                dequantize_fp8(&quantized.bytes, &quantized.scales, rows, cols, fp8_format);
+            return self.emit_dequantized(tensor, values, dequantized, f16, quantized.stats, emit);
+        }
+        emit(&tensor.name, &quantized.bytes)?;
+        self.byte_buffer.clear();
+        push_f32_le(&quantized.scales, &mut self.byte_buffer);
+        emit(&format!("{}_scale", tensor.name), &self.byte_buffer)?;
+        Ok(quantized.stats)
+    }
+
+    fn encode_int8(
+        &mut self,
+        tensor: &TensorInfo,
+        values: &[f32],
+        options: crate::quant::int8::Int8Options,
+        format: OutputFormat,
+        emit: &mut Emit<'_>,
+    ) -> Result<ErrorStats, PipelineError> {
         let q = grow(&mut self.q_buffer, values.len());
-        let quantized = quantize_int8_into(self.kernels, values, &tensor.shape, options, q, self.should_continue).map_err(|e| quant_error(tensor, e))?;
+        let quantized = quantize_int8_into(
+            self.kernels,
+            values,
+            &tensor.shape,
+            options,
+            q,
+            self.should_continue,
+        )
+        .map_err(|e| quant_error(tensor, e))?;
         let q = &self.q_buffer[..values.len()];
         let OutputFormat::Dequantized { f16 } = format else {
             emit(&tensor.name, i8_as_bytes(q))?;
@@ -279,7 +694,10 @@ impl<'a> Encoder<'a> {
             push_f32_le(&quantized.scales, &mut self.byte_buffer);
             emit(&format!("{}_scale", tensor.name), &self.byte_buffer)?;
             if !options.symmetric {
-                emit(&format!("{}_zero_point", tensor.name), i8_as_bytes(&quantized.zero_points))?;
+                emit(
+                    &format!("{}_zero_point", tensor.name),
+                    i8_as_bytes(&quantized.zero_points),
+                )?;
             }
             return Ok(quantized.stats);
         };
@@ -288,7 +706,10 @@ impl<'a> Encoder<'a> {
         for row in 0..rows {
             let index = if quantized.scales.len() == 1 { 0 } else { row };
             let scale = quantized.scales[index];
-            let zero = quantized.zero_points.get(index).map_or(0.0, |&z| f32::from(z));
+            let zero = quantized
+                .zero_points
+                .get(index)
+                .map_or(0.0, |&z| f32::from(z));
             for col in 0..cols {
                 let at = row * cols + col;
                 dequantized[at] = (f32::from(q[at]) - zero) * scale;
@@ -305,13 +726,22 @@ impl<'a> Encoder<'a> {
         Ok(quantized.stats)
     }
 
-    fn encode_ggml(&mut self, tensor: &TensorInfo, values: &[f32], ty: GgmlType, format: OutputFormat, emit: &mut Emit<'_>) -> Result<ErrorStats, PipelineError> {
+    fn encode_ggml(
+        &mut self,
+        tensor: &TensorInfo,
+        values: &[f32],
+        ty: GgmlType,
+        format: OutputFormat,
+        emit: &mut Emit<'_>,
+    ) -> Result<ErrorStats, PipelineError> {
         // Block quantizers take whatever they are given; NaN and Inf are refused here.
         if !(self.kernels.absmax)(values).is_finite() {
             return Err(non_finite(tensor));
         }
         let (_, cols) = rows_and_cols(&tensor.shape);
-        let row_bytes = ty.row_bytes(cols).expect("plan_tensor checked the block fit");
+        let row_bytes = ty
+            .row_bytes(cols)
+            .expect("plan_tensor checked the block fit");
         let mut stats = ErrorStats::default();
         for piece in values.chunks(rows_per_piece(cols) * cols) {
             if !(self.should_continue)() {
@@ -338,13 +768,21 @@ impl<'a> Encoder<'a> {
                     emit(&tensor.name, &bytes)?;
                     stats.merge(&compare(piece, dequantized));
                 }
-                OutputFormat::Safetensors => unreachable!("JobSpec::parse refuses ggml types in safetensors"),
+                OutputFormat::Safetensors => {
+                    unreachable!("JobSpec::parse refuses ggml types in safetensors")
+                }
             }
         }
         Ok(stats)
     }
 
-    fn encode_f16(&mut self, tensor: &TensorInfo, values: &[f32], format: OutputFormat, emit: &mut Emit<'_>) -> Result<ErrorStats, PipelineError> {
+    fn encode_f16(
+        &mut self,
+        tensor: &TensorInfo,
+        values: &[f32],
+        format: OutputFormat,
+        emit: &mut Emit<'_>,
+    ) -> Result<ErrorStats, PipelineError> {
         if !(self.kernels.absmax)(values).is_finite() {
             return Err(non_finite(tensor));
         }

@@ -69,7 +69,12 @@ fn gguf_file_type(scheme: &Scheme) -> u32 {
         Scheme::Ggml(GgmlType::Q5_0) => LLAMA_FTYPE_MOSTLY_Q5_0,
         Scheme::Ggml(GgmlType::Q5_1) => LLAMA_FTYPE_MOSTLY_Q5_1,
         Scheme::Ggml(GgmlType::F16) | Scheme::F16 => LLAMA_FTYPE_MOSTLY_F16,
-        Scheme::Ggml(GgmlType::F32) | Scheme::Int8(_) => LLAMA_FTYPE_ALL_F32,
+        // The others cannot be written as GGUF (refused at job creation).
+        Scheme::Ggml(GgmlType::F32)
+        | Scheme::Int8(_)
+        | Scheme::Int4(_)
+        | Scheme::Nf4(_)
+        | Scheme::Fp8 { .. } => LLAMA_FTYPE_ALL_F32,
     }
 }
 
@@ -93,18 +98,27 @@ impl<W: Write> OutputWriter<W> {
                     .unwrap_or("quantd")
                     .to_owned();
                 let mut metadata = vec![
-                    (KEY_GENERAL_ARCHITECTURE.to_owned(), GgufValue::String(architecture)),
+                    (
+                        KEY_GENERAL_ARCHITECTURE.to_owned(),
+                        GgufValue::String(architecture),
+                    ),
                     (
                         KEY_GENERAL_QUANTIZATION_VERSION.to_owned(),
                         GgufValue::U32(GGML_QUANTIZATION_VERSION),
                     ),
-                    (KEY_GENERAL_FILE_TYPE.to_owned(), GgufValue::U32(gguf_file_type(&spec.scheme))),
+                    (
+                        KEY_GENERAL_FILE_TYPE.to_owned(),
+                        GgufValue::U32(gguf_file_type(&spec.scheme)),
+                    ),
                 ];
                 if let Some(name) = &model.name {
                     metadata.push((KEY_GENERAL_NAME.to_owned(), GgufValue::String(name.clone())));
                 }
                 metadata.push(("quantd.version".into(), GgufValue::String(version)));
-                metadata.push(("quantd.scheme".into(), GgufValue::String(spec.scheme.name().into())));
+                metadata.push((
+                    "quantd.scheme".into(),
+                    GgufValue::String(spec.scheme.name().into()),
+                ));
                 metadata.push((
                     "quantd.options".into(),
                     GgufValue::String(spec.canonical_options().to_string()),
@@ -114,14 +128,21 @@ impl<W: Write> OutputWriter<W> {
                     .map(|t| GgufTensorSpec {
                         ggml_type: match t.stored_as {
                             StoredAs::Ggml(id) => id,
-                            StoredAs::Safetensors(_) => unreachable!("GGUF output declares ggml types"),
+                            StoredAs::Safetensors(_) => {
+                                unreachable!("GGUF output declares ggml types")
+                            }
                         },
                         name: t.name,
                         shape: t.shape.iter().map(|&d| d as u64).collect(),
                         n_bytes: t.n_bytes,
                     })
                     .collect();
-                Ok(OutputWriter::Gguf(GgufWriter::new(sink, metadata, tensors, DEFAULT_ALIGNMENT)?))
+                Ok(OutputWriter::Gguf(GgufWriter::new(
+                    sink,
+                    metadata,
+                    tensors,
+                    DEFAULT_ALIGNMENT,
+                )?))
             }
             OutputFormat::Safetensors | OutputFormat::Dequantized { .. } => {
                 let mut metadata = source_metadata.clone();
@@ -136,7 +157,9 @@ impl<W: Write> OutputWriter<W> {
                         StoredAs::Ggml(_) => unreachable!("safetensors output declares dtypes"),
                     })
                     .collect();
-                Ok(OutputWriter::Safetensors(SafetensorsWriter::new(sink, tensors, metadata)?))
+                Ok(OutputWriter::Safetensors(SafetensorsWriter::new(
+                    sink, tensors, metadata,
+                )?))
             }
         }
     }

@@ -20,7 +20,9 @@ use utoipa::ToSchema;
 use super::encode::{output_tensors, plan_tensor, Encoder, OutputTensor, TensorPlan};
 use super::output::{ModelInfo, OutputWriter};
 use super::spec::{JobSpec, OutputFormat, Scheme};
-use crate::formats::compressed_tensors::{int_quantization_config, IntWeightArgs};
+use crate::formats::compressed_tensors::{
+    bitsandbytes_nf4_config, float_weight_args, int_weight_args, quantization_config, ConfigGroup,
+};
 use crate::formats::safetensors::{Dtype, Header, Limits, TensorInfo};
 use crate::quant::ggml::GgmlKernels;
 use crate::quant::int8::Granularity;
@@ -353,7 +355,7 @@ pub fn quantize_file(
         tensors: reports,
     };
     let quantization_config = match spec.format {
-        OutputFormat::Safetensors => Some(compressed_tensors_config(&header.tensors, &plans)),
+        OutputFormat::Safetensors => safetensors_quantization_config(&header.tensors, &plans),
         OutputFormat::Gguf | OutputFormat::Dequantized { .. } => None,
     };
     Ok(PipelineOutput {
@@ -364,46 +366,81 @@ pub fn quantize_file(
     })
 }
 
-/// The compressed-tensors `quantization_config` for the tensors quantized: one config group per
-/// distinct scheme, targeting the quantized modules by name (tensor name without `.weight`).
-fn compressed_tensors_config(tensors: &[TensorInfo], plans: &[TensorPlan]) -> serde_json::Value {
+/// The `quantization_config` for config.json: bitsandbytes' for NF4 checkpoints, else
+/// compressed-tensors' with one config group per distinct scheme, targeting the quantized modules
+/// by name (tensor name without `.weight`). `None` when nothing needs describing.
+fn safetensors_quantization_config(
+    tensors: &[TensorInfo],
+    plans: &[TensorPlan],
+) -> Option<serde_json::Value> {
+    let module_of = |tensor: &TensorInfo| {
+        tensor
+            .name
+            .strip_suffix(".weight")
+            .unwrap_or(&tensor.name)
+            .to_owned()
+    };
     let mut groups: Vec<(Scheme, Vec<String>)> = Vec::new();
     for (tensor, plan) in tensors.iter().zip(plans) {
-        if let TensorPlan::Quantize {
-            scheme: scheme @ Scheme::Int8(_),
-            ..
-        } = plan
-        {
-            let module = tensor
-                .name
-                .strip_suffix(".weight")
-                .unwrap_or(&tensor.name)
-                .to_owned();
+        if let TensorPlan::Quantize { scheme, .. } = plan {
+            if matches!(scheme, Scheme::F16 | Scheme::Ggml(_)) {
+                continue; // plain half-precision tensors to every loader
+            }
             match groups.iter_mut().find(|(s, _)| s == scheme) {
-                Some((_, modules)) => modules.push(module),
-                None => groups.push((*scheme, vec![module])),
+                Some((_, modules)) => modules.push(module_of(tensor)),
+                None => groups.push((*scheme, vec![module_of(tensor)])),
             }
         }
     }
-    let groups = groups
+    if let Some((Scheme::Nf4(options), _)) = groups.first() {
+        // JobSpec::parse keeps NF4 from sharing a checkpoint with compressed-tensors schemes.
+        let skipped: Vec<String> = tensors
+            .iter()
+            .zip(plans)
+            .filter(|(t, p)| {
+                matches!(p, TensorPlan::Keep { .. }) && t.shape.len() == 2 && t.dtype.is_float()
+            })
+            .map(|(t, _)| module_of(t))
+            .collect();
+        return Some(bitsandbytes_nf4_config(options.double_quant, &skipped));
+    }
+    if groups.is_empty() {
+        return None;
+    }
+    let groups: Vec<ConfigGroup> = groups
         .into_iter()
-        .filter_map(|(scheme, modules)| match scheme {
-            Scheme::Int8(options) => Some((
-                IntWeightArgs {
-                    num_bits: 8,
-                    symmetric: options.symmetric,
-                    strategy: match options.granularity {
-                        Granularity::Channel => "channel",
-                        Granularity::Tensor => "tensor",
-                    },
-                },
-                modules,
-            )),
-            // F16 tensors are plain half-precision tensors to compressed-tensors.
-            Scheme::Ggml(_) | Scheme::F16 => None,
+        .map(|(scheme, targets)| {
+            let (format, weights) = match scheme {
+                Scheme::Int8(options) => (
+                    "int-quantized",
+                    int_weight_args(
+                        8,
+                        options.symmetric,
+                        match options.granularity {
+                            Granularity::Channel => "channel",
+                            Granularity::Tensor => "tensor",
+                        },
+                        None,
+                    ),
+                ),
+                Scheme::Int4(options) => (
+                    "pack-quantized",
+                    int_weight_args(4, options.symmetric, "group", Some(options.group_size)),
+                ),
+                Scheme::Fp8 { per_channel, .. } => (
+                    "float-quantized",
+                    float_weight_args(if per_channel { "channel" } else { "tensor" }),
+                ),
+                Scheme::Nf4(_) | Scheme::Ggml(_) | Scheme::F16 => unreachable!("filtered above"),
+            };
+            ConfigGroup {
+                format,
+                weights,
+                targets,
+            }
         })
-        .collect::<Vec<_>>();
-    int_quantization_config(&groups)
+        .collect();
+    Some(quantization_config(&groups))
 }
 
 /// Drops the finished tensor's pages from this process's resident set, so that RSS stays near one

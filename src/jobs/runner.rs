@@ -17,6 +17,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 use uuid::Uuid;
 
 use super::job_problem;
+use super::output::ModelInfo;
 use super::pipeline::{
     quantize_file, PipelineContext, PipelineError, PipelineOutput, ProgressCounters, QuantReport,
 };
@@ -26,7 +27,6 @@ use crate::formats::safetensors::Limits;
 use crate::pool::{PoolError, WorkerPool, WorkerSlot};
 use crate::quant::ggml::GgmlKernels;
 use crate::quant::kernels::Kernels;
-use super::output::ModelInfo;
 use crate::store::{
     now, ArtifactRecord, BlobStore, HeartbeatOutcome, JobRecord, Lease, SharedMetadataStore,
     StoredFile,

@@ -6,11 +6,16 @@ use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::quant::fp8::Fp8Format;
 use crate::quant::ggml::GgmlType;
+use crate::quant::int4::Int4Options;
 use crate::quant::int8::{Granularity, Int8Options};
+use crate::quant::nf4::Nf4Options;
 
 /// Schemes this build can run.
-pub const KNOWN_SCHEMES: &[&str] = &["int8", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16"];
+pub const KNOWN_SCHEMES: &[&str] = &[
+    "int8", "int4", "nf4", "fp8", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16",
+];
 /// Output formats this build can write.
 pub const KNOWN_FORMATS: &[&str] = &["safetensors", "gguf", "dequantized", "dequantized-f16"];
 
@@ -81,11 +86,40 @@ impl OutputFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
     Int8(Int8Options),
+    /// Group-wise int4 (compressed-tensors `pack-quantized`).
+    Int4(Int4Options),
+    /// bitsandbytes NormalFloat-4, absmax blocks of 64.
+    Nf4(Nf4Options),
+    /// FP8 with a per-channel or per-tensor scale (compressed-tensors `float-quantized`).
+    Fp8 {
+        format: Fp8Format,
+        per_channel: bool,
+    },
     /// One of ggml's legacy 32-element block types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1).
     Ggml(GgmlType),
     /// Half precision: a plain conversion (also the documented fallback for tensors whose rows
     /// do not fit a block type in GGUF output).
     F16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Int4OptionsWire {
+    group_size: Option<usize>,
+    symmetric: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Nf4OptionsWire {
+    double_quant: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fp8OptionsWire {
+    format: Option<String>,
+    granularity: Option<String>,
 }
 
 /// Schemes without options accept only an empty options object.
@@ -144,6 +178,53 @@ impl Scheme {
                     symmetric: wire.symmetric.unwrap_or(true),
                 }))
             }
+            "int4" => {
+                let wire: Int4OptionsWire = from_options(options, prefix)?;
+                let group_size = wire.group_size.unwrap_or(128);
+                if ![32, 64, 128].contains(&group_size) {
+                    return Err(invalid(
+                        format!("{prefix}group_size"),
+                        format!("{group_size} is not one of: 32, 64, 128"),
+                    ));
+                }
+                Ok(Scheme::Int4(Int4Options {
+                    group_size,
+                    symmetric: wire.symmetric.unwrap_or(true),
+                }))
+            }
+            "nf4" => {
+                let wire: Nf4OptionsWire = from_options(options, prefix)?;
+                Ok(Scheme::Nf4(Nf4Options {
+                    double_quant: wire.double_quant.unwrap_or(false),
+                }))
+            }
+            "fp8" => {
+                let wire: Fp8OptionsWire = from_options(options, prefix)?;
+                let format = match wire.format.as_deref() {
+                    None | Some("e4m3") => Fp8Format::E4M3,
+                    Some("e5m2") => Fp8Format::E5M2,
+                    Some(other) => {
+                        return Err(invalid(
+                            format!("{prefix}format"),
+                            format!("'{other}' is not one of: e4m3, e5m2"),
+                        ))
+                    }
+                };
+                let per_channel = match wire.granularity.as_deref() {
+                    None | Some("channel") => true,
+                    Some("tensor") => false,
+                    Some(other) => {
+                        return Err(invalid(
+                            format!("{prefix}granularity"),
+                            format!("'{other}' is not one of: channel, tensor"),
+                        ))
+                    }
+                };
+                Ok(Scheme::Fp8 {
+                    format,
+                    per_channel,
+                })
+            }
             "q8_0" | "q4_0" | "q4_1" | "q5_0" | "q5_1" | "f16" => {
                 let _: NoOptions = from_options(options, prefix)?;
                 Ok(match name {
@@ -164,6 +245,9 @@ impl Scheme {
     pub fn name(&self) -> &'static str {
         match self {
             Scheme::Int8(_) => "int8",
+            Scheme::Int4(_) => "int4",
+            Scheme::Nf4(_) => "nf4",
+            Scheme::Fp8 { .. } => "fp8",
             Scheme::Ggml(ty) => ty.name(),
             Scheme::F16 => "f16",
         }
@@ -179,6 +263,21 @@ impl Scheme {
                 },
                 "symmetric": options.symmetric,
             }),
+            Scheme::Int4(options) => json!({
+                "group_size": options.group_size,
+                "symmetric": options.symmetric,
+            }),
+            Scheme::Nf4(options) => json!({"double_quant": options.double_quant}),
+            Scheme::Fp8 {
+                format,
+                per_channel,
+            } => json!({
+                "format": match format {
+                    Fp8Format::E4M3 => "e4m3",
+                    Fp8Format::E5M2 => "e5m2",
+                },
+                "granularity": if *per_channel { "channel" } else { "tensor" },
+            }),
             Scheme::Ggml(_) | Scheme::F16 => json!({}),
         };
         match value {
@@ -192,6 +291,14 @@ impl Scheme {
         match (self, format) {
             (Scheme::Int8(_), OutputFormat::Gguf) => Some(
                 "GGUF has no per-channel or per-tensor int8 type; use q8_0 (int8 in blocks of 32)",
+            ),
+            (Scheme::Int4(_), OutputFormat::Gguf) => Some(
+                "GGUF has no group-wise int4 type with compressed-tensors' layout; use q4_0 or q4_1",
+            ),
+            (Scheme::Nf4(_), OutputFormat::Gguf) => Some("GGUF has no NF4 type; use q4_0 or q4_1"),
+            (Scheme::Fp8 { .. }, OutputFormat::Gguf) => Some("GGUF has no FP8 type; use q8_0"),
+            (Scheme::Fp8 { format: Fp8Format::E5M2, .. }, OutputFormat::Safetensors) => Some(
+                "compressed-tensors defines FP8 weights as E4M3 only; use e4m3, or format dequantized to evaluate e5m2",
             ),
             (Scheme::Ggml(_), OutputFormat::Safetensors) => Some(
                 "ggml block types are read from GGUF files; use format gguf (or dequantized to evaluate)",
@@ -306,6 +413,25 @@ impl JobSpec {
                     reason: reason.to_owned(),
                 });
             }
+        }
+        let schemes = spec.schemes();
+        let has_nf4 = schemes.iter().any(|s| matches!(s, Scheme::Nf4(_)));
+        let has_compressed_tensors = schemes
+            .iter()
+            .any(|s| matches!(s, Scheme::Int8(_) | Scheme::Int4(_) | Scheme::Fp8 { .. }));
+        let nf4_variants = schemes
+            .iter()
+            .filter(|s| matches!(s, Scheme::Nf4(_)))
+            .count();
+        if format == OutputFormat::Safetensors
+            && has_nf4
+            && (has_compressed_tensors || nf4_variants > 1)
+        {
+            return Err(SpecError::Unsupported {
+                scheme: "nf4".into(),
+                format: format.name().into(),
+                reason: "a bitsandbytes NF4 checkpoint has one quantization config: it cannot mix with compressed-tensors schemes or other NF4 options".into(),
+            });
         }
         Ok(spec)
     }

@@ -17,7 +17,10 @@
 //!     convention of GPTQ).
 //!   - a zero scale (all-zero group) becomes `f32::EPSILON`, as the current `calculate_qparams`
 //!     does ("update any 0s with small values"); older releases clamped every scale below
-//!     epsilon, which only changes groups whose whole range is below ~1e-6.
+//!     epsilon, which only changes groups whose whole range is below ~1e-6. An all-zero
+//!     asymmetric group gets zero point -8 (from the epsilon scale, as older releases computed
+//!     it); the current release derives it from `0 / 0` before the epsilon swap and its int8 cast
+//!     of NaN gives 0 on x86. Either way every value of such a group reconstructs to 0.
 //! - values, `quantization/lifecycle/forward.py::_quantize`:
 //!   `q = round(clamp(x / scale + zero_point, -8, 7))` with `torch.round` (half to even), in f32,
 //!   dividing (not multiplying by a reciprocal) and adding the zero point *before* rounding;
@@ -62,8 +65,9 @@ use crate::quant::int8::QuantError;
 use crate::quant::kernels::{ErrorStats, Isa, Kernels};
 use crate::quant::metrics::compare;
 
-/// Smallest and largest stored integer (`calculate_range` for 4-bit ints).
+/// Smallest stored integer (`calculate_range` for 4-bit ints).
 const Q_MIN: f32 = -8.0;
+/// Largest stored integer.
 const Q_MAX: f32 = 7.0;
 /// `q + OFFSET` is the unsigned nibble `pack_to_int32` stores.
 const OFFSET: i32 = 8;
@@ -216,7 +220,7 @@ fn validate(
         }
         .into());
     }
-    if cols % options.group_size != 0 {
+    if !cols.is_multiple_of(options.group_size) {
         return Err(Int4Error::ColumnsNotDivisible {
             cols,
             group_size: options.group_size,
@@ -279,11 +283,12 @@ pub fn quantize_int4(
     for (row_idx, (src_row, packed_row)) in rows_iter.enumerate() {
         params.clear();
         for (group_idx, group) in src_row.chunks_exact(options.group_size).enumerate() {
-            let group_params = group_params(kernels, group, options.symmetric).map_err(|offset| {
-                QuantError::NonFinite {
-                    index_hint: row_idx * cols + group_idx * options.group_size + offset,
-                }
-            })?;
+            let group_params =
+                group_params(kernels, group, options.symmetric).map_err(|offset| {
+                    QuantError::NonFinite {
+                        index_hint: row_idx * cols + group_idx * options.group_size + offset,
+                    }
+                })?;
             params.push(group_params);
         }
         (table.pack_row)(src_row, &params, packed_row);
@@ -335,12 +340,18 @@ fn unpacked_zero_point(packed: &[i32], n_groups: usize, row_idx: usize, group_id
 /// `x = (q - zero_point) · scale` for one packed row, in f32 as `_dequantize` computes it.
 fn dequantize_row(packed_row: &[i32], params: &[GroupParams], out: &mut [f32]) {
     let group_size = out.len() / params.len();
-    for (col, value) in out.iter_mut().enumerate() {
-        let word = packed_row[col / VALUES_PER_WORD] as u32;
-        let nibble = (word >> (4 * (col % VALUES_PER_WORD))) & 0xF;
-        let q = (nibble as i32 - OFFSET) as f32;
-        let GroupParams { scale, zero_point } = params[col / group_size];
-        *value = (q - zero_point) * scale;
+    let groups = out
+        .chunks_exact_mut(group_size)
+        .zip(packed_row.chunks_exact(group_size / VALUES_PER_WORD))
+        .zip(params);
+    for ((out_group, words), &GroupParams { scale, zero_point }) in groups {
+        for (values, &word) in out_group.chunks_exact_mut(VALUES_PER_WORD).zip(words) {
+            for (idx, value) in values.iter_mut().enumerate() {
+                let nibble = (word as u32 >> (4 * idx)) & 0xF;
+                let q = (nibble as i32 - OFFSET) as f32;
+                *value = (q - zero_point) * scale;
+            }
+        }
     }
 }
 

@@ -222,3 +222,113 @@ async fn scheme_and_format_pairs_that_cannot_be_expressed_are_refused_up_front()
     let _ = digits_model_bytes();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn four_bit_error_figures_agree_with_an_independent_numpy_computation() {
+    let app = spawn_app().await;
+    let model = app.upload_digits().await;
+    for (scheme, options, fixture_scheme) in [
+        (
+            "int4",
+            json!({"group_size": 32, "symmetric": true}),
+            "int4_g32_sym",
+        ),
+        (
+            "int4",
+            json!({"group_size": 32, "symmetric": false}),
+            "int4_g32_asym",
+        ),
+        ("nf4", json!({}), "nf4_b64"),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/api/v1/jobs"))
+            .json(&json!({"model_id": model["id"], "scheme": scheme, "options": options}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let job: Value = response.json().await.unwrap();
+        let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let artifact = app
+            .get_json(&format!(
+                "/api/v1/artifacts/{}",
+                job["artifact_id"].as_str().unwrap()
+            ))
+            .await;
+        assert_report_matches_fixture(&artifact, fixture_scheme);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nf4_artifacts_use_the_bitsandbytes_layout() {
+    let app = spawn_app().await;
+    let model = app.upload_digits().await;
+    for double_quant in [false, true] {
+        let response = app
+            .client
+            .post(app.url("/api/v1/jobs"))
+            .json(&json!({"model_id": model["id"], "scheme": "nf4", "options": {"double_quant": double_quant}}))
+            .send()
+            .await
+            .unwrap();
+        let job: Value = response.json().await.unwrap();
+        let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let artifact_id = job["artifact_id"].as_str().unwrap();
+        let bytes = app
+            .download(&format!("/api/v1/artifacts/{artifact_id}/download"))
+            .await;
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        let weight = file.tensor("fc1.weight").unwrap();
+        assert_eq!(weight.dtype(), safetensors::Dtype::U8);
+        assert_eq!(weight.shape(), &[128 * 64 / 2, 1]);
+        let state = file
+            .tensor("fc1.weight.quant_state.bitsandbytes__nf4")
+            .unwrap();
+        let state: Value = serde_json::from_slice(state.data()).unwrap();
+        assert_eq!(state["quant_type"], "nf4");
+        assert_eq!(state["blocksize"], 64);
+        assert_eq!(state["shape"], json!([128, 64]));
+        assert_eq!(state["dtype"], "float32");
+        assert_eq!(file.tensor("fc1.weight.quant_map").unwrap().shape(), &[16]);
+        assert_eq!(
+            file.tensor("fc1.weight.nested_absmax").is_ok(),
+            double_quant
+        );
+        if double_quant {
+            assert!(state["nested_offset"].is_number());
+            assert_eq!(
+                file.tensor("fc1.weight.absmax").unwrap().dtype(),
+                safetensors::Dtype::U8
+            );
+        }
+        let config: Value = serde_json::from_slice(
+            &app.download(&format!(
+                "/api/v1/artifacts/{artifact_id}/files/config.json"
+            ))
+            .await,
+        )
+        .unwrap();
+        assert_eq!(
+            config["quantization_config"]["quant_method"],
+            "bitsandbytes"
+        );
+        assert_eq!(
+            config["quantization_config"]["bnb_4bit_use_double_quant"],
+            double_quant
+        );
+    }
+    // NF4 cannot share a checkpoint with compressed-tensors schemes.
+    let response = app
+        .client
+        .post(app.url("/api/v1/jobs"))
+        .json(&json!({"model_id": model["id"], "scheme": "nf4", "options": {"overrides": {"fc1": {"scheme": "int8"}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 422, "unsupported-combination").await;
+    app.stop().await;
+}

@@ -245,3 +245,93 @@ async fn the_safetensors_package_reads_int8_artifacts_and_agrees_on_values() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn compressed_tensors_decompresses_int4_and_fp8_artifacts_to_our_values() {
+    let app = spawn_app().await;
+    let model = app.upload_digits().await;
+    let id = model["id"].as_str().unwrap();
+    // int4 with the default group of 128 fits only fc2 (rows of 128): fc1 and fc3 (rows of 64)
+    // fall back to int8 per channel, which makes a mixed-precision checkpoint.
+    for (scheme, options, top_format, n_modules) in [
+        (
+            "int4",
+            json!({"group_size": 32, "symmetric": true}),
+            "pack-quantized",
+            3,
+        ),
+        (
+            "int4",
+            json!({"group_size": 64, "symmetric": false}),
+            "pack-quantized",
+            3,
+        ),
+        ("int4", json!({}), "mixed-precision", 3),
+        (
+            "fp8",
+            json!({"granularity": "channel"}),
+            "float-quantized",
+            3,
+        ),
+        (
+            "fp8",
+            json!({"granularity": "tensor"}),
+            "float-quantized",
+            3,
+        ),
+    ] {
+        let (model_path, _, config) =
+            artifact_files(&app, id, scheme, options.clone(), "safetensors").await;
+        let (_, dequantized_bytes) =
+            artifact_file(&app, id, scheme, options.clone(), "dequantized").await;
+        let decompressed = run_interop_script("ct_decompress.py", &[&model_path, &config.unwrap()]);
+        assert_eq!(decompressed["format"], top_format, "{scheme} {options}");
+        let dequantized = SafeTensors::deserialize(&dequantized_bytes).unwrap();
+        let weights = decompressed["weights"].as_object().unwrap();
+        assert_eq!(weights.len(), n_modules, "{scheme} {options}");
+        for module in ["fc1", "fc2", "fc3"] {
+            let theirs: Vec<f32> = weights[module]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let ours = f32_values(
+                dequantized
+                    .tensor(&format!("{module}.weight"))
+                    .unwrap()
+                    .data(),
+            );
+            assert_eq!(theirs.len(), ours.len());
+            // compressed-tensors divides where we multiply by a stored reciprocal in places; both
+            // decode the same stored values, so allow only float rounding of the product.
+            for (i, (t, o)) in theirs.iter().zip(&ours).enumerate() {
+                assert!(
+                    (t - o).abs() <= 1e-6 * o.abs().max(1e-3),
+                    "{scheme} {options} {module}[{i}]: {t} vs {o}"
+                );
+            }
+        }
+        if scheme == "fp8" {
+            let original = crate::helpers::fixture("digits/digits_mlp_fp32.safetensors");
+            let checked = run_interop_script(
+                "check_fp8.py",
+                &[
+                    &model_path,
+                    &original,
+                    Path::new("fc1.weight"),
+                    Path::new("fc2.weight"),
+                    Path::new("fc3.weight"),
+                ],
+            );
+            for module in ["fc1.weight", "fc2.weight", "fc3.weight"] {
+                assert_eq!(
+                    checked[module]["mismatches"], 0,
+                    "ml_dtypes disagrees on fp8 bytes of {module}: {checked}"
+                );
+                assert!(checked[module]["n"].as_u64().unwrap() > 0);
+            }
+        }
+    }
+    app.stop().await;
+}

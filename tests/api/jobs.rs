@@ -129,7 +129,7 @@ async fn bad_job_requests_are_refused_up_front() {
     let response = app
         .client
         .post(app.url("/api/v1/jobs"))
-        .json(&json!({"model_id": id, "scheme": "int8", "format": "gguf"}))
+        .json(&json!({"model_id": id, "scheme": "int8", "format": "onnx"}))
         .send()
         .await
         .unwrap();

@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 def main(model_path, config_path):
     with open(config_path) as f:
         config = QuantizationConfig.model_validate(json.load(f)["quantization_config"])
-    compressor = BaseCompressor.get_value_from_registry(config.format)
     tensors = load_file(model_path)
     weights = {}
     for scheme in config.config_groups.values():
+        # mixed-precision checkpoints name the format per group
+        compressor = BaseCompressor.get_value_from_registry(scheme.format or config.format)
         for module in scheme.targets:
             prefix = module + "."
             state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

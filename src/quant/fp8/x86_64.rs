@@ -115,7 +115,11 @@ unsafe fn avx2_encode(src: &[f32], scale: f32, spec: FormatSpec, dst: &mut [u8])
         // SAFETY: `bytes` holds 32 bytes; storeu has no alignment requirement.
         unsafe { _mm256_storeu_si256(bytes.as_mut_ptr().cast(), ordered) };
     }
-    for (byte, &x) in dst_steps.into_remainder().iter_mut().zip(src_steps.remainder()) {
+    for (byte, &x) in dst_steps
+        .into_remainder()
+        .iter_mut()
+        .zip(src_steps.remainder())
+    {
         *byte = encode_with(x / scale, spec);
     }
 }
@@ -161,7 +165,11 @@ unsafe fn avx512_encode(src: &[f32], scale: f32, spec: FormatSpec, dst: &mut [u8
         // SAFETY: `bytes` holds 16 bytes, exactly one 128-bit store; no alignment requirement.
         unsafe { _mm_storeu_si128(bytes.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(codes)) };
     }
-    for (byte, &x) in dst_steps.into_remainder().iter_mut().zip(src_steps.remainder()) {
+    for (byte, &x) in dst_steps
+        .into_remainder()
+        .iter_mut()
+        .zip(src_steps.remainder())
+    {
         *byte = encode_with(x / scale, spec);
     }
 }

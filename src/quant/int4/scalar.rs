@@ -22,22 +22,25 @@ pub(super) fn nibble(x: f32, params: GroupParams) -> u32 {
 #[inline(always)]
 pub(super) fn pack_word(values: &[f32], params: GroupParams) -> i32 {
     debug_assert_eq!(values.len(), VALUES_PER_WORD);
-    let word = values
-        .iter()
-        .enumerate()
-        .fold(0u32, |word, (idx, &x)| word | nibble(x, params) << (4 * idx));
+    let word = values.iter().enumerate().fold(0u32, |word, (idx, &x)| {
+        word | nibble(x, params) << (4 * idx)
+    });
     word as i32
 }
 
 /// Quantizes and packs one row (see `PackRowFn` for the preconditions).
 pub(super) fn pack_row(src: &[f32], params: &[GroupParams], packed: &mut [i32]) {
-    assert_eq!(packed.len() * VALUES_PER_WORD, src.len(), "pack_row: lengths");
+    assert_eq!(
+        packed.len() * VALUES_PER_WORD,
+        src.len(),
+        "pack_row: lengths"
+    );
     if src.is_empty() {
         return;
     }
     let group_size = src.len() / params.len().max(1);
     assert!(
-        group_size % VALUES_PER_WORD == 0 && group_size * params.len() == src.len(),
+        group_size.is_multiple_of(VALUES_PER_WORD) && group_size * params.len() == src.len(),
         "pack_row: groups must be whole words"
     );
     let words_per_group = group_size / VALUES_PER_WORD;

@@ -75,7 +75,10 @@ fn naive_reference(src: &[f32], rows: usize, cols: usize, options: Int4Options) 
             } else {
                 let scale = (max - min) / 15.0;
                 let scale = if scale == 0.0 { f32::EPSILON } else { scale };
-                (scale, (-8.0 - min / scale).clamp(-8.0, 7.0).round_ties_even())
+                (
+                    scale,
+                    (-8.0 - min / scale).clamp(-8.0, 7.0).round_ties_even(),
+                )
             };
             if scale == 0.0 {
                 scale = f32::EPSILON;
@@ -137,11 +140,15 @@ fn check(src: &[f32], rows: usize, cols: usize, options: Int4Options) -> Int4Out
     let dequantized = dequantize_int4(&output, options);
     let n_groups = cols / options.group_size;
     for (idx, (&x, &deq)) in src.iter().zip(&dequantized).enumerate() {
-        let scale = output.weight_scale[(idx / cols) * n_groups + (idx % cols) / options.group_size];
+        let scale =
+            output.weight_scale[(idx / cols) * n_groups + (idx % cols) / options.group_size];
         // Symmetric: half a step. Asymmetric: the rounded zero point can add another half.
         let steps = if options.symmetric { 0.5 } else { 1.0 };
         let bound = steps * scale * (1.0 + 1e-5) + f32::MIN_POSITIVE;
-        assert!((deq - x).abs() <= bound, "{idx}: {x} -> {deq}, scale {scale}");
+        assert!(
+            (deq - x).abs() <= bound,
+            "{idx}: {x} -> {deq}, scale {scale}"
+        );
     }
     let stats = compare(src, &dequantized);
     assert_eq!(output.stats.n, src.len() as u64);
@@ -218,7 +225,10 @@ fn random_weights_match_the_reference_for_every_option_and_isa() {
                 .map(|v| v * 0.05)
                 .collect();
             let output = check(&src, rows, cols, options);
-            assert!(TensorMetrics::from(&output.stats).sqnr_db > 15.0, "{options:?}");
+            assert!(
+                TensorMetrics::from(&output.stats).sqnr_db > 15.0,
+                "{options:?}"
+            );
         }
     }
 }
@@ -247,8 +257,13 @@ fn edge_values_agree_across_isas() {
             .map(|i| specials[(i * 7 + i / cols) % specials.len()])
             .collect();
         let output = quantize_everywhere(&src, 4, cols, options);
-        assert!(output.weight_scale.iter().all(|s| s.is_finite() && *s > 0.0));
-        assert!(dequantize_int4(&output, options).iter().all(|v| v.is_finite()));
+        assert!(output
+            .weight_scale
+            .iter()
+            .all(|s| s.is_finite() && *s > 0.0));
+        assert!(dequantize_int4(&output, options)
+            .iter()
+            .all(|v| v.is_finite()));
     }
 }
 

@@ -46,13 +46,17 @@ pub(super) fn table(isa: Isa) -> Option<&'static Int4Kernels> {
 /// Checks the `PackRowFn` preconditions the unsafe code relies on; returns the group size
 /// (0 for an empty row).
 fn checked_group_size(src: &[f32], params: &[GroupParams], packed: &[i32]) -> usize {
-    assert_eq!(packed.len() * VALUES_PER_WORD, src.len(), "pack_row: lengths");
+    assert_eq!(
+        packed.len() * VALUES_PER_WORD,
+        src.len(),
+        "pack_row: lengths"
+    );
     if src.is_empty() {
         return 0;
     }
     let group_size = src.len() / params.len().max(1);
     assert!(
-        group_size % VALUES_PER_WORD == 0 && group_size * params.len() == src.len(),
+        group_size.is_multiple_of(VALUES_PER_WORD) && group_size * params.len() == src.len(),
         "pack_row: groups must be whole words"
     );
     group_size
@@ -129,9 +133,12 @@ unsafe fn avx2_pack(src: &[f32], params: &[GroupParams], packed: &mut [i32], gro
             let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(low, high), dword_order);
             let pairs = _mm256_maddubs_epi16(bytes, pair_weights);
             // Each lane now repeats its 8 bytes; keep lane 0's and lane 1's first halves.
-            let narrowed = _mm256_permute4x64_epi64::<0b00_00_10_00>(_mm256_packus_epi16(pairs, pairs));
+            let narrowed =
+                _mm256_permute4x64_epi64::<0b00_00_10_00>(_mm256_packus_epi16(pairs, pairs));
             // SAFETY: `words` holds 4 i32 (16 bytes); storeu has no alignment requirement.
-            unsafe { _mm_storeu_si128(words.as_mut_ptr().cast(), _mm256_castsi256_si128(narrowed)) };
+            unsafe {
+                _mm_storeu_si128(words.as_mut_ptr().cast(), _mm256_castsi256_si128(narrowed))
+            };
         }
         let leftover = src_steps.remainder().chunks_exact(VALUES_PER_WORD);
         for (word, values) in word_steps.into_remainder().iter_mut().zip(leftover) {

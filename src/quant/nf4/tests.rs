@@ -1,0 +1,342 @@
+//! NF4: the code choice against a literal transcription of `dQuantizeNF4`, packing order,
+//! padding and all-zero blocks, error bounds, double quantization (dynamic map, `dQuantize`
+//! against brute-force nearest, reconstruction) and the quant-state JSON.
+
+use proptest::prelude::*;
+
+use super::double_quant::{dynamic_index, quantize as double_quantize, reconstruct};
+use super::*;
+
+/// `dQuantizeNF4` from `csrc/kernels.cu`, branch for branch.
+#[allow(clippy::excessive_precision)]
+fn tree_index(x: f32) -> u8 {
+    if x > 0.03979014977812767 {
+        if x > 0.3893125355243683 {
+            if x > 0.6427869200706482 {
+                if x > 0.8614784181118011 {
+                    0b1111
+                } else {
+                    0b1110
+                }
+            } else if x > 0.5016634166240692 {
+                0b1101
+            } else {
+                0b1100
+            }
+        } else if x > 0.2035212516784668 {
+            if x > 0.2920137718319893 {
+                0b1011
+            } else {
+                0b1010
+            }
+        } else if x > 0.1202552504837513 {
+            0b1001
+        } else {
+            0b1000
+        }
+    } else if x > -0.33967943489551544 {
+        if x > -0.13791173323988914 {
+            if x > -0.045525018125772476 {
+                0b0111
+            } else {
+                0b0110
+            }
+        } else if x > -0.23460740596055984 {
+            0b0101
+        } else {
+            0b0100
+        }
+    } else if x > -0.6106329262256622 {
+        if x > -0.4599952697753906 {
+            0b0011
+        } else {
+            0b0010
+        }
+    } else if x > -0.8480964004993439 {
+        0b0001
+    } else {
+        0b0000
+    }
+}
+
+#[test]
+fn counting_thresholds_matches_the_decision_tree() {
+    let mut values = vec![
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        2.0,
+        -2.0,
+    ];
+    for &t in NF4_THRESHOLDS.iter().chain(NF4_CODE.iter()) {
+        values.extend([t, t.next_up(), t.next_down(), -t]);
+    }
+    values.extend((0..=u32::MAX).step_by(9973).map(f32::from_bits));
+    for x in values {
+        assert_eq!(nf4_index(x), tree_index(x), "{x:e}");
+    }
+}
+
+#[test]
+fn thresholds_are_midpoints_and_codes_decode_to_themselves() {
+    for (k, &t) in NF4_THRESHOLDS.iter().enumerate() {
+        let midpoint = (f64::from(NF4_CODE[k]) + f64::from(NF4_CODE[k + 1])) / 2.0;
+        assert!((f64::from(t) - midpoint).abs() < 1e-7, "threshold {k}");
+    }
+    for (code, &value) in NF4_CODE.iter().enumerate() {
+        assert_eq!(usize::from(nf4_index(value)), code);
+    }
+}
+
+#[test]
+fn first_element_goes_to_the_high_nibble_and_odd_lengths_pad_with_zero() {
+    let output = quantize_nf4(
+        &[1.0, -1.0, 0.5],
+        Nf4Options {
+            double_quant: false,
+        },
+    )
+    .unwrap();
+    // 1.0 -> 15, -1.0 -> 0; 0.5 -> 12 (0.4407 is nearer than 0.5626) with the padding 0.0
+    // -> 7 in the low nibble.
+    assert_eq!(output.packed, vec![0xF0, 0xC7]);
+    assert_eq!(output.absmax, Nf4Absmax::Plain(vec![1.0]));
+    assert_eq!(output.quant_map, NF4_CODE);
+    assert_eq!(dequantize_nf4(&output), vec![1.0, -1.0, NF4_CODE[12]]);
+}
+
+#[test]
+fn all_zero_blocks_take_code_zero_and_reconstruct_exactly() {
+    let mut src = vec![0.0f32; 130];
+    src[64] = -2.0;
+    let output = quantize_nf4(
+        &src,
+        Nf4Options {
+            double_quant: false,
+        },
+    )
+    .unwrap();
+    // Block 0 is all zero: NaN after 0 · (1 / 0), code 0 in both nibbles.
+    assert!(output.packed[..32].iter().all(|&b| b == 0));
+    // Block 2 (two zeros, partial) too.
+    assert_eq!(output.packed[64], 0);
+    assert_eq!(output.absmax, Nf4Absmax::Plain(vec![0.0, 2.0, 0.0]));
+    assert_eq!(dequantize_nf4(&output), src);
+    assert_eq!(output.stats.sum_sq_err, 0.0);
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (64-bit LCG, top bits).
+fn lcg_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(3);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Checks every code is the nearest NF4 value (up to the f32 rounding of the thresholds),
+/// the statistics, and returns the output.
+fn check(src: &[f32], options: Nf4Options) -> Nf4Output {
+    let output = quantize_nf4(src, options).expect("quantizes");
+    assert_eq!(output.packed.len(), src.len().div_ceil(2));
+    assert_eq!(output.n_elements, src.len());
+    let dequantized = dequantize_nf4(&output);
+    let effective = output.effective_absmax();
+    for (idx, &x) in src.iter().enumerate() {
+        let byte = output.packed[idx / 2];
+        let code = if idx % 2 == 0 { byte >> 4 } else { byte & 0xF };
+        let block_max = src[idx / BLOCK_SIZE * BLOCK_SIZE..]
+            .iter()
+            .take(BLOCK_SIZE)
+            .fold(0.0f32, |m, v| m.max(v.abs()));
+        if block_max > 0.0 {
+            let normalized = x * (1.0 / block_max);
+            assert_eq!(code, tree_index(normalized), "{idx}");
+            let chosen = (NF4_CODE[usize::from(code)] - normalized).abs();
+            let best = NF4_CODE
+                .iter()
+                .map(|c| (c - normalized).abs())
+                .fold(f32::INFINITY, f32::min);
+            assert!(chosen <= best + 1e-6, "{idx}: {normalized} -> code {code}");
+        }
+        let expected = NF4_CODE[usize::from(code)] * effective[idx / BLOCK_SIZE];
+        assert_eq!(dequantized[idx].to_bits(), expected.to_bits());
+    }
+    let stats = compare(src, &dequantized);
+    assert_eq!(output.stats, stats);
+    output
+}
+
+#[test]
+fn random_tensors_quantize_to_the_nearest_code() {
+    for (len, seed) in [
+        (0, 0),
+        (1, 1),
+        (63, 2),
+        (64, 3),
+        (65, 4),
+        (1000, 5),
+        (40_000, 6),
+    ] {
+        for double_quant in [false, true] {
+            let src: Vec<f32> = lcg_values(len, seed).iter().map(|v| v * 0.02).collect();
+            let output = check(&src, Nf4Options { double_quant });
+            if len >= 1000 {
+                let sqnr = crate::quant::metrics::TensorMetrics::from(&output.stats).sqnr_db;
+                assert!(sqnr > 15.0, "{len} {double_quant}: {sqnr}");
+            }
+        }
+    }
+}
+
+#[test]
+fn non_finite_values_are_rejected_with_their_index() {
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut src = vec![0.1f32; 200];
+        src[131] = bad;
+        assert_eq!(
+            quantize_nf4(&src, Nf4Options { double_quant: true }),
+            Err(QuantError::NonFinite { index_hint: 131 })
+        );
+    }
+}
+
+#[test]
+fn dynamic_map_has_bitsandbytes_shape() {
+    let map = dynamic_map();
+    assert!(map.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+    assert_eq!(map[127], 0.0);
+    assert_eq!(map[255], 1.0);
+    for k in 0..127 {
+        assert_eq!(map[k], -map[254 - k], "signed halves mirror each other");
+    }
+    // The largest fraction is the midpoint of linspace(0.1, 1, 65)'s last two points.
+    assert!((map[254] - 0.992_968_75).abs() < 1e-6);
+    assert!((map[0] + 0.992_968_75).abs() < 1e-6);
+    // The smallest magnitude: 1e-6 times the midpoint of (0.1, 1).
+    assert!((map[128] - 0.55e-6).abs() < 1e-12);
+}
+
+#[test]
+fn dynamic_quantize_picks_the_nearest_entry() {
+    let map = dynamic_map();
+    let mut values: Vec<f32> = lcg_values(20_000, 9);
+    for pair in map.windows(2) {
+        let middle = (pair[0] + pair[1]) * 0.5;
+        values.extend([
+            pair[0],
+            pair[1],
+            middle,
+            middle.next_up(),
+            middle.next_down(),
+        ]);
+    }
+    values.extend([-1.0, 1.0, 0.0, -0.0, 1e-9, -1e-9]);
+    for x in values {
+        let index = usize::from(dynamic_index(&map, x));
+        let chosen = (map[index] - x).abs();
+        let best = map
+            .iter()
+            .map(|c| (c - x).abs())
+            .fold(f32::INFINITY, f32::min);
+        // Nearest, except that a value on the f32-rounded midpoint of two entries may go to
+        // the farther one by an ulp, as in the kernel.
+        let slack = f32::EPSILON * x.abs().max(f32::MIN_POSITIVE);
+        assert!(chosen <= best + slack, "{x:e}: {index}");
+    }
+    assert_eq!(dynamic_index(&map, f32::NAN), 0);
+}
+
+#[test]
+fn double_quantization_reconstructs_absmax_closely() {
+    let absmax: Vec<f32> = lcg_values(700, 4).iter().map(|v| 0.03 + 0.02 * v).collect();
+    let nested = double_quantize(&absmax);
+    assert_eq!(nested.quantized.len(), 700);
+    assert_eq!(nested.nested_absmax.len(), 3);
+    let mean = absmax.iter().map(|&a| f64::from(a)).sum::<f64>() / 700.0;
+    assert_eq!(nested.offset, mean as f32);
+    let rebuilt = reconstruct(&nested);
+    for (idx, (&a, &r)) in absmax.iter().zip(&rebuilt).enumerate() {
+        let block_max = nested.nested_absmax[idx / NESTED_BLOCK_SIZE];
+        // The map's coarsest steps near the block maximum are about 1.4 % of it.
+        assert!(
+            (a - r).abs() <= 0.008 * block_max + 1e-9,
+            "{idx}: {a} vs {r}"
+        );
+    }
+    // One block, or equal values: nested absmax 0, index 0, exact reconstruction.
+    let single = double_quantize(&[0.25]);
+    assert_eq!(single.quantized, vec![0]);
+    assert_eq!(single.nested_absmax, vec![0.0]);
+    assert_eq!(reconstruct(&single), vec![0.25]);
+    let empty = double_quantize(&[]);
+    assert!(empty.quantized.is_empty() && empty.nested_absmax.is_empty());
+}
+
+#[test]
+fn quant_state_json_matches_what_bitsandbytes_writes() {
+    let src = lcg_values(256, 1);
+    let plain = quantize_nf4(
+        &src,
+        Nf4Options {
+            double_quant: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        quant_state_json(&plain, &[16, 16], "bfloat16"),
+        r#"{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [16, 16]}"#
+    );
+    let mut nested = quantize_nf4(&src, Nf4Options { double_quant: true }).unwrap();
+    if let Nf4Absmax::DoubleQuantized(state) = &mut nested.absmax {
+        state.offset = 0.1;
+    }
+    assert_eq!(
+        quant_state_json(&nested, &[256], "float32"),
+        concat!(
+            r#"{"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [256], "#,
+            r#""nested_blocksize": 256, "nested_dtype": "float32", "#,
+            r#""nested_offset": 0.10000000149011612}"#
+        )
+    );
+}
+
+#[test]
+fn floats_print_like_python_repr() {
+    for (value, expected) in [
+        (0.0, "0.0"),
+        (1.0, "1.0"),
+        (-2.5, "-2.5"),
+        (123.0, "123.0"),
+        (0.00025, "0.00025"),
+        (1e-4, "0.0001"),
+        (1e-5, "1e-05"),
+        (1.5e-7, "1.5e-07"),
+        (-3.25e-12, "-3.25e-12"),
+        (1e16, "1e+16"),
+        (1.2345e20, "1.2345e+20"),
+        (f64::from(0.1f32), "0.10000000149011612"),
+    ] {
+        assert_eq!(python_float_repr(value), expected);
+    }
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_tensors_round_trip_within_bounds(
+        len in 0usize..400,
+        magnitude in -30i32..30,
+        seed in any::<u64>(),
+        double_quant in any::<bool>(),
+    ) {
+        let scale = 2f32.powi(magnitude);
+        let src: Vec<f32> = lcg_values(len, seed).iter().map(|v| v * scale).collect();
+        check(&src, Nf4Options { double_quant });
+    }
+}
