@@ -45,7 +45,8 @@ impl Application {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
         let kernels = kernels::select(settings.kernels).context("selecting kernels")?;
-        let ggml_kernels = crate::quant::ggml::select(settings.kernels).context("selecting ggml kernels")?;
+        let ggml_kernels =
+            crate::quant::ggml::select(settings.kernels).context("selecting ggml kernels")?;
         info!(
             isa = %kernels.isa,
             available = ?kernels::available().iter().map(|i| i.to_string()).collect::<Vec<_>>(),

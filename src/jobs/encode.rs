@@ -11,19 +11,22 @@ use crate::formats::gguf::{
     GGML_TYPE_I64, GGML_TYPE_I8,
 };
 use crate::formats::safetensors::{Dtype, TensorInfo};
+use crate::quant::binary::{self, dequantize_binary, quantize_binary};
 use crate::quant::fp8::{dequantize_fp8, quantize_fp8, Fp8Format};
 use crate::quant::ggml::{self, GgmlKernels, GgmlType};
 use crate::quant::int4::{dequantize_int4, quantize_int4, Int4Error, Int4Options};
 use crate::quant::int8::{quantize_int8_into, Granularity, QuantError};
 use crate::quant::kernels::{ErrorStats, Kernels};
+use crate::quant::kmeans::{self, dequantize_kmeans, quantize_kmeans, KmeansError};
 use crate::quant::metrics::compare;
 use crate::quant::nf4::{self, dequantize_nf4, quantize_nf4, Nf4Absmax, Nf4Output};
+use crate::quant::ternary::{self, dequantize_ternary, quantize_ternary};
 
 use super::pipeline::PipelineError;
 use super::spec::{JobSpec, OutputFormat, Scheme, TensorChoice};
 
 /// What happens to one input tensor.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TensorPlan {
     /// Stored exactly as uploaded.
     Keep { reason: String },
@@ -361,14 +364,89 @@ pub fn output_tensors(
             ));
             outputs
         }
+        (OutputFormat::Safetensors, Scheme::Binary | Scheme::Ternary) => {
+            let (rows, cols) = rows_and_cols(&tensor.shape);
+            let row_bytes = if matches!(scheme, Scheme::Binary) {
+                binary::packed_row_bytes(cols)
+            } else {
+                ternary::packed_row_bytes(cols)
+            };
+            vec![
+                named(
+                    tensor.name.clone(),
+                    StoredAs::Safetensors(Dtype::U8),
+                    vec![rows, row_bytes],
+                    rows * row_bytes,
+                ),
+                named(
+                    format!("{}_scale", tensor.name),
+                    StoredAs::Safetensors(Dtype::F32),
+                    vec![rows],
+                    rows * 4,
+                ),
+            ]
+        }
+        (OutputFormat::Safetensors, Scheme::Kmeans(options)) => {
+            let packed = kmeans::packed_bytes(n_elements, options.bits);
+            let centroids = 1usize << options.bits;
+            vec![
+                named(
+                    tensor.name.clone(),
+                    StoredAs::Safetensors(Dtype::U8),
+                    vec![packed],
+                    packed,
+                ),
+                named(
+                    format!("{}_codebook", tensor.name),
+                    StoredAs::Safetensors(Dtype::F32),
+                    vec![centroids],
+                    centroids * 4,
+                ),
+            ]
+        }
         (
             OutputFormat::Gguf,
-            Scheme::Int8(_) | Scheme::Int4(_) | Scheme::Nf4(_) | Scheme::Fp8 { .. },
+            Scheme::Int8(_)
+            | Scheme::Int4(_)
+            | Scheme::Nf4(_)
+            | Scheme::Fp8 { .. }
+            | Scheme::Binary
+            | Scheme::Ternary
+            | Scheme::Kmeans(_),
         )
         | (OutputFormat::Safetensors, Scheme::Ggml(_)) => {
             unreachable!("JobSpec::parse refuses scheme/format pairs that cannot be expressed")
         }
     })
+}
+
+/// `__metadata__` entries the quantd layouts need (docs/quantd-layouts.md): scheme, original
+/// shape and, for k-means, the index width of every tensor stored that way.
+pub fn layout_metadata(
+    tensor: &TensorInfo,
+    plan: &TensorPlan,
+    format: OutputFormat,
+) -> Vec<(String, String)> {
+    let TensorPlan::Quantize { scheme, .. } = plan else {
+        return Vec::new();
+    };
+    if format != OutputFormat::Safetensors {
+        return Vec::new();
+    }
+    let shape = serde_json::to_string(&tensor.shape).expect("shapes serialize");
+    let key = |suffix: &str| format!("quantd.{}.{suffix}", tensor.name);
+    match scheme {
+        Scheme::Binary | Scheme::Ternary => vec![
+            (key("scheme"), scheme.name().to_owned()),
+            (key("shape"), shape),
+        ],
+        Scheme::Kmeans(options) => vec![
+            (key("scheme"), "kmeans".to_owned()),
+            (key("shape"), shape),
+            (key("bits"), options.bits.to_string()),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 /// The dtype name bitsandbytes records for a weight's original dtype.
@@ -515,6 +593,55 @@ impl<'a> Encoder<'a> {
             Scheme::Ggml(ty) => self.encode_ggml(tensor, values, *ty, format, emit),
             Scheme::F16 => self.encode_f16(tensor, values, format, emit),
             Scheme::Int4(options) => self.encode_int4(tensor, values, *options, format, emit),
+            Scheme::Binary | Scheme::Ternary => {
+                let (rows, cols) = rows_and_cols(&tensor.shape);
+                let (packed, scales, stats, dequantized) = if matches!(scheme, Scheme::Binary) {
+                    let t = quantize_binary(values, rows, cols, self.should_continue)
+                        .map_err(|e| quant_error(tensor, e))?;
+                    let dequantized = matches!(format, OutputFormat::Dequantized { .. })
+                        .then(|| dequantize_binary(&t.packed, &t.scales, rows, cols));
+                    (t.packed, t.scales, t.stats, dequantized)
+                } else {
+                    let t = quantize_ternary(values, rows, cols, self.should_continue)
+                        .map_err(|e| quant_error(tensor, e))?;
+                    let dequantized = matches!(format, OutputFormat::Dequantized { .. })
+                        .then(|| dequantize_ternary(&t.packed, &t.scales, rows, cols));
+                    (t.packed, t.scales, t.stats, dequantized)
+                };
+                match (format, dequantized) {
+                    (OutputFormat::Dequantized { f16 }, Some(dequantized)) => {
+                        self.emit_dequantized(tensor, values, dequantized, f16, stats, emit)
+                    }
+                    _ => {
+                        emit(&tensor.name, &packed)?;
+                        self.byte_buffer.clear();
+                        push_f32_le(&scales, &mut self.byte_buffer);
+                        emit(&format!("{}_scale", tensor.name), &self.byte_buffer)?;
+                        Ok(stats)
+                    }
+                }
+            }
+            Scheme::Kmeans(options) => {
+                let t = quantize_kmeans(values, *options, self.should_continue).map_err(
+                    |e| match e {
+                        KmeansError::Quant(q) => quant_error(tensor, q),
+                        other => PipelineError::InvalidInput {
+                            slug: "unquantizable-tensor",
+                            detail: format!("tensor '{}': {other}", tensor.name),
+                        },
+                    },
+                )?;
+                if let OutputFormat::Dequantized { f16 } = format {
+                    let dequantized =
+                        dequantize_kmeans(&t.packed, &t.codebook, options.bits, values.len());
+                    return self.emit_dequantized(tensor, values, dequantized, f16, t.stats, emit);
+                }
+                emit(&tensor.name, &t.packed)?;
+                self.byte_buffer.clear();
+                push_f32_le(&t.codebook, &mut self.byte_buffer);
+                emit(&format!("{}_codebook", tensor.name), &self.byte_buffer)?;
+                Ok(t.stats)
+            }
             Scheme::Fp8 {
                 format: fp8_format,
                 per_channel,

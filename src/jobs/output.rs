@@ -74,7 +74,10 @@ fn gguf_file_type(scheme: &Scheme) -> u32 {
         | Scheme::Int8(_)
         | Scheme::Int4(_)
         | Scheme::Nf4(_)
-        | Scheme::Fp8 { .. } => LLAMA_FTYPE_ALL_F32,
+        | Scheme::Fp8 { .. }
+        | Scheme::Binary
+        | Scheme::Ternary
+        | Scheme::Kmeans(_) => LLAMA_FTYPE_ALL_F32,
     }
 }
 
@@ -85,6 +88,7 @@ impl<W: Write> OutputWriter<W> {
         spec: &JobSpec,
         declared: Vec<OutputTensor>,
         source_metadata: &BTreeMap<String, String>,
+        layout_metadata: Vec<(String, String)>,
         model: &ModelInfo,
     ) -> Result<Self, PipelineError> {
         let version = format!("quantd {}", env!("CARGO_PKG_VERSION"));
@@ -150,6 +154,7 @@ impl<W: Write> OutputWriter<W> {
                 metadata.insert("format".into(), "pt".into());
                 metadata.insert("quantized_by".into(), version);
                 metadata.insert("quantization_scheme".into(), spec.scheme.name().into());
+                metadata.extend(layout_metadata);
                 let tensors = declared
                     .into_iter()
                     .map(|t| match t.stored_as {

@@ -17,7 +17,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::encode::{output_tensors, plan_tensor, Encoder, OutputTensor, TensorPlan};
+use super::encode::{
+    layout_metadata, output_tensors, plan_tensor, Encoder, OutputTensor, TensorPlan,
+};
 use super::output::{ModelInfo, OutputWriter};
 use super::spec::{JobSpec, OutputFormat, Scheme};
 use crate::formats::compressed_tensors::{
@@ -246,7 +248,20 @@ pub fn quantize_file(
         hasher: Sha256::new(),
         written: 0,
     };
-    let mut writer = OutputWriter::new(sink, spec, declared, &header.metadata, model)?;
+    let layout_metadata = header
+        .tensors
+        .iter()
+        .zip(&plans)
+        .flat_map(|(tensor, plan)| layout_metadata(tensor, plan, spec.format))
+        .collect();
+    let mut writer = OutputWriter::new(
+        sink,
+        spec,
+        declared,
+        &header.metadata,
+        layout_metadata,
+        model,
+    )?;
     let should_continue = || !ctx.cancel.load(Ordering::Relaxed);
     let mut encoder = Encoder::new(ctx.kernels, ctx.ggml_kernels, &should_continue);
 
@@ -383,8 +398,17 @@ fn safetensors_quantization_config(
     let mut groups: Vec<(Scheme, Vec<String>)> = Vec::new();
     for (tensor, plan) in tensors.iter().zip(plans) {
         if let TensorPlan::Quantize { scheme, .. } = plan {
-            if matches!(scheme, Scheme::F16 | Scheme::Ggml(_)) {
-                continue; // plain half-precision tensors to every loader
+            if matches!(
+                scheme,
+                Scheme::F16
+                    | Scheme::Ggml(_)
+                    | Scheme::Binary
+                    | Scheme::Ternary
+                    | Scheme::Kmeans(_)
+            ) {
+                // Half precision is plain to every loader; the quantd layouts are described by
+                // the file's __metadata__ (docs/quantd-layouts.md), not by config.json.
+                continue;
             }
             match groups.iter_mut().find(|(s, _)| s == scheme) {
                 Some((_, modules)) => modules.push(module_of(tensor)),
@@ -431,7 +455,12 @@ fn safetensors_quantization_config(
                     "float-quantized",
                     float_weight_args(if per_channel { "channel" } else { "tensor" }),
                 ),
-                Scheme::Nf4(_) | Scheme::Ggml(_) | Scheme::F16 => unreachable!("filtered above"),
+                Scheme::Nf4(_)
+                | Scheme::Ggml(_)
+                | Scheme::F16
+                | Scheme::Binary
+                | Scheme::Ternary
+                | Scheme::Kmeans(_) => unreachable!("filtered above"),
             };
             ConfigGroup {
                 format,

@@ -10,11 +10,13 @@ use crate::quant::fp8::Fp8Format;
 use crate::quant::ggml::GgmlType;
 use crate::quant::int4::Int4Options;
 use crate::quant::int8::{Granularity, Int8Options};
+use crate::quant::kmeans::KmeansOptions;
 use crate::quant::nf4::Nf4Options;
 
 /// Schemes this build can run.
 pub const KNOWN_SCHEMES: &[&str] = &[
-    "int8", "int4", "nf4", "fp8", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16",
+    "int8", "int4", "nf4", "fp8", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "binary", "ternary",
+    "kmeans", "f16",
 ];
 /// Output formats this build can write.
 pub const KNOWN_FORMATS: &[&str] = &["safetensors", "gguf", "dequantized", "dequantized-f16"];
@@ -83,8 +85,14 @@ impl OutputFormat {
 }
 
 /// One scheme with its validated options.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Scheme {
+    /// sign × per-row mean |w| (XNOR-Net), 8 signs per byte (quantd layout).
+    Binary,
+    /// {-1, 0, +1} × per-row scale with threshold 0.7·mean|w| (TWN), 4 codes per byte.
+    Ternary,
+    /// 2–8-bit indices into a per-tensor k-means codebook (Deep Compression).
+    Kmeans(KmeansOptions),
     Int8(Int8Options),
     /// Group-wise int4 (compressed-tensors `pack-quantized`).
     Int4(Int4Options),
@@ -107,6 +115,7 @@ pub enum Scheme {
 struct Int4OptionsWire {
     group_size: Option<usize>,
     symmetric: Option<bool>,
+    scale: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +129,14 @@ struct Nf4OptionsWire {
 struct Fp8OptionsWire {
     format: Option<String>,
     granularity: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KmeansOptionsWire {
+    bits: Option<u8>,
+    max_iterations: Option<u32>,
+    tolerance: Option<f64>,
 }
 
 /// Schemes without options accept only an empty options object.
@@ -187,9 +204,27 @@ impl Scheme {
                         format!("{group_size} is not one of: 32, 64, 128"),
                     ));
                 }
+                let symmetric = wire.symmetric.unwrap_or(true);
+                let restricted_range = match wire.scale.as_deref() {
+                    None | Some("absmax/7.5") => false,
+                    Some("absmax/7") if symmetric => true,
+                    Some("absmax/7") => {
+                        return Err(invalid(
+                            format!("{prefix}scale"),
+                            "absmax/7 applies to symmetric int4 only",
+                        ))
+                    }
+                    Some(other) => {
+                        return Err(invalid(
+                            format!("{prefix}scale"),
+                            format!("'{other}' is not one of: absmax/7.5, absmax/7"),
+                        ))
+                    }
+                };
                 Ok(Scheme::Int4(Int4Options {
                     group_size,
-                    symmetric: wire.symmetric.unwrap_or(true),
+                    symmetric,
+                    restricted_range,
                 }))
             }
             "nf4" => {
@@ -225,7 +260,30 @@ impl Scheme {
                     per_channel,
                 })
             }
-            "q8_0" | "q4_0" | "q4_1" | "q5_0" | "q5_1" | "f16" => {
+            "kmeans" => {
+                let wire: KmeansOptionsWire = from_options(options, prefix)?;
+                let bits = wire.bits.unwrap_or(4);
+                if !(2..=8).contains(&bits) {
+                    return Err(invalid(
+                        format!("{prefix}bits"),
+                        format!("{bits} is not between 2 and 8"),
+                    ));
+                }
+                let max_iterations = wire.max_iterations.unwrap_or(30);
+                if max_iterations > 1000 {
+                    return Err(invalid(format!("{prefix}max_iterations"), "at most 1000"));
+                }
+                let tolerance = wire.tolerance.unwrap_or(1e-4);
+                if !(tolerance.is_finite() && (0.0..1.0).contains(&tolerance)) {
+                    return Err(invalid(format!("{prefix}tolerance"), "must be in [0, 1)"));
+                }
+                Ok(Scheme::Kmeans(KmeansOptions {
+                    bits,
+                    max_iterations,
+                    tolerance,
+                }))
+            }
+            "binary" | "ternary" | "q8_0" | "q4_0" | "q4_1" | "q5_0" | "q5_1" | "f16" => {
                 let _: NoOptions = from_options(options, prefix)?;
                 Ok(match name {
                     "q8_0" => Scheme::Ggml(GgmlType::Q8_0),
@@ -233,6 +291,8 @@ impl Scheme {
                     "q4_1" => Scheme::Ggml(GgmlType::Q4_1),
                     "q5_0" => Scheme::Ggml(GgmlType::Q5_0),
                     "q5_1" => Scheme::Ggml(GgmlType::Q5_1),
+                    "binary" => Scheme::Binary,
+                    "ternary" => Scheme::Ternary,
                     _ => Scheme::F16,
                 })
             }
@@ -244,6 +304,9 @@ impl Scheme {
 
     pub fn name(&self) -> &'static str {
         match self {
+            Scheme::Binary => "binary",
+            Scheme::Ternary => "ternary",
+            Scheme::Kmeans(_) => "kmeans",
             Scheme::Int8(_) => "int8",
             Scheme::Int4(_) => "int4",
             Scheme::Nf4(_) => "nf4",
@@ -263,9 +326,14 @@ impl Scheme {
                 },
                 "symmetric": options.symmetric,
             }),
+            Scheme::Int4(options) if options.symmetric => json!({
+                "group_size": options.group_size,
+                "symmetric": true,
+                "scale": if options.restricted_range { "absmax/7" } else { "absmax/7.5" },
+            }),
             Scheme::Int4(options) => json!({
                 "group_size": options.group_size,
-                "symmetric": options.symmetric,
+                "symmetric": false,
             }),
             Scheme::Nf4(options) => json!({"double_quant": options.double_quant}),
             Scheme::Fp8 {
@@ -278,7 +346,12 @@ impl Scheme {
                 },
                 "granularity": if *per_channel { "channel" } else { "tensor" },
             }),
-            Scheme::Ggml(_) | Scheme::F16 => json!({}),
+            Scheme::Kmeans(options) => json!({
+                "bits": options.bits,
+                "max_iterations": options.max_iterations,
+                "tolerance": options.tolerance,
+            }),
+            Scheme::Ggml(_) | Scheme::F16 | Scheme::Binary | Scheme::Ternary => json!({}),
         };
         match value {
             Value::Object(map) => map,
@@ -296,6 +369,9 @@ impl Scheme {
                 "GGUF has no group-wise int4 type with compressed-tensors' layout; use q4_0 or q4_1",
             ),
             (Scheme::Nf4(_), OutputFormat::Gguf) => Some("GGUF has no NF4 type; use q4_0 or q4_1"),
+            (Scheme::Binary | Scheme::Ternary | Scheme::Kmeans(_), OutputFormat::Gguf) => {
+                Some("GGUF has no binary, ternary or codebook type; use format safetensors (quantd layout) or dequantized")
+            }
             (Scheme::Fp8 { .. }, OutputFormat::Gguf) => Some("GGUF has no FP8 type; use q8_0"),
             (Scheme::Fp8 { format: Fp8Format::E5M2, .. }, OutputFormat::Safetensors) => Some(
                 "compressed-tensors defines FP8 weights as E4M3 only; use e4m3, or format dequantized to evaluate e5m2",
@@ -345,7 +421,7 @@ pub struct JobSpec {
 }
 
 /// What a job does with one tensor, before shape rules apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TensorChoice<'a> {
     Skip,
     Quantize(&'a Scheme),

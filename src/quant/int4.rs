@@ -83,6 +83,11 @@ pub struct Int4Options {
     pub group_size: usize,
     /// `true`: zero point 0, `scale = absmax / 7.5`. `false`: a zero point per group.
     pub symmetric: bool,
+    /// Symmetric only: `scale = absmax / 7` so values stay in `-7..=7` (the convention of
+    /// restricted-range int4 and of the independent numpy table quantd is checked against)
+    /// instead of compressed-tensors' observer default `absmax / 7.5`, which also uses `-8` and
+    /// has slightly lower error. Both load identically: readers only use the stored scale.
+    pub restricted_range: bool,
 }
 
 /// The tensors compressed-tensors' `pack-quantized` format stores for one weight.
@@ -160,8 +165,12 @@ pub fn int4_isa(kernels: &Kernels) -> Isa {
 }
 
 /// Symmetric parameters of a group with finite `absmax` (`calculate_qparams`, symmetric).
-pub(crate) fn symmetric_params(absmax: f32) -> GroupParams {
-    let scale = absmax / 7.5;
+pub(crate) fn symmetric_params(absmax: f32, restricted_range: bool) -> GroupParams {
+    let scale = if restricted_range {
+        absmax / 7.0
+    } else {
+        absmax / 7.5
+    };
     GroupParams {
         scale: nonzero_scale(scale),
         zero_point: 0.0,
@@ -231,14 +240,19 @@ fn validate(
 
 /// Parameters of one group, or the offset of its first non-finite value. The `absmax` and
 /// `min_max` kernels let NaN and ±Inf through, so their result doubles as the check.
-fn group_params(kernels: &Kernels, group: &[f32], symmetric: bool) -> Result<GroupParams, usize> {
+fn group_params(
+    kernels: &Kernels,
+    group: &[f32],
+    symmetric: bool,
+    restricted_range: bool,
+) -> Result<GroupParams, usize> {
     let first_non_finite = || group.iter().position(|v| !v.is_finite()).unwrap_or(0);
     if symmetric {
         let absmax = (kernels.absmax)(group);
         if !absmax.is_finite() {
             return Err(first_non_finite());
         }
-        Ok(symmetric_params(absmax))
+        Ok(symmetric_params(absmax, restricted_range))
     } else {
         let (min, max) = (kernels.min_max)(group);
         if !(min.is_finite() && max.is_finite()) {
@@ -284,11 +298,11 @@ pub fn quantize_int4(
         params.clear();
         for (group_idx, group) in src_row.chunks_exact(options.group_size).enumerate() {
             let group_params =
-                group_params(kernels, group, options.symmetric).map_err(|offset| {
-                    QuantError::NonFinite {
+                group_params(kernels, group, options.symmetric, options.restricted_range).map_err(
+                    |offset| QuantError::NonFinite {
                         index_hint: row_idx * cols + group_idx * options.group_size + offset,
-                    }
-                })?;
+                    },
+                )?;
             params.push(group_params);
         }
         (table.pack_row)(src_row, &params, packed_row);

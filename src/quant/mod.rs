@@ -13,13 +13,16 @@
 //! - [`int8`]: the int8 scheme over one tensor (per-channel or per-tensor, symmetric or
 //!   asymmetric), built on a kernel table.
 
+pub mod binary;
 pub mod fp8;
 pub mod ggml;
 pub mod int4;
 pub mod int8;
 pub mod kernels;
+pub mod kmeans;
 pub mod metrics;
 pub mod nf4;
+pub mod ternary;
 
 pub use int8::{
     dequantize_int8, quantize_int8, quantize_int8_cancellable, quantize_int8_into, Granularity,

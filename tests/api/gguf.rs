@@ -80,12 +80,19 @@ async fn gguf_block_types_match_gguf_py_byte_for_byte() {
         let path = app.data_dir.path().join(format!("{scheme}.gguf"));
         std::fs::write(&path, &bytes).unwrap();
         let checked = run_interop_script("check_gguf.py", &[&path, &original_path]);
+        let expected_file_type = match scheme {
+            "q8_0" => 7,
+            "q4_0" => 2,
+            "q4_1" => 3,
+            "q5_0" => 8,
+            _ => 9,
+        };
         assert_eq!(
-            checked["metadata"]["general.file_type"].as_u64().is_some(),
-            true,
+            checked["metadata"]["general.file_type"], expected_file_type,
             "{}",
             checked["metadata"]
         );
+        assert_eq!(checked["metadata"]["general.architecture"], "quantd");
         assert_eq!(checked["metadata"]["general.quantization_version"], 2);
         assert_eq!(checked["metadata"]["general.name"], "digits");
         let tensors = checked["tensors"].as_object().unwrap();
@@ -230,7 +237,7 @@ async fn four_bit_error_figures_agree_with_an_independent_numpy_computation() {
     for (scheme, options, fixture_scheme) in [
         (
             "int4",
-            json!({"group_size": 32, "symmetric": true}),
+            json!({"group_size": 32, "symmetric": true, "scale": "absmax/7"}),
             "int4_g32_sym",
         ),
         (

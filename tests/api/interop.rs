@@ -25,8 +25,9 @@ pub fn interop_python() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_path("target/interop-venv"));
     let python = venv.join("bin/python");
-    let requirements =
-        std::fs::read_to_string(repo_path("tests/interop/requirements.txt")).unwrap();
+    let requirements = ["requirements.txt", "requirements-nodeps.txt"]
+        .map(|file| std::fs::read_to_string(repo_path("tests/interop").join(file)).unwrap())
+        .concat();
     let marker = venv.join("quantd-requirements.txt");
     if std::fs::read_to_string(&marker).ok().as_deref() == Some(requirements.as_str())
         && python.exists()
@@ -40,23 +41,29 @@ pub fn interop_python() -> PathBuf {
         .status()
         .expect("python3 runs");
     assert!(status.success(), "creating the interop venv failed");
-    let output = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-        ])
-        .arg(repo_path("tests/interop/requirements.txt"))
-        .output()
-        .expect("pip runs");
-    assert!(
-        output.status.success(),
-        "installing the interop readers failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    for (file, extra) in [
+        ("requirements.txt", None),
+        ("requirements-nodeps.txt", Some("--no-deps")),
+    ] {
+        let output = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(extra)
+            .arg("-r")
+            .arg(repo_path("tests/interop").join(file))
+            .output()
+            .expect("pip runs");
+        assert!(
+            output.status.success(),
+            "installing {file} into the interop venv failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     std::fs::write(&marker, requirements).unwrap();
     python
 }
@@ -331,6 +338,46 @@ async fn compressed_tensors_decompresses_int4_and_fp8_artifacts_to_our_values() 
                 );
                 assert!(checked[module]["n"].as_u64().unwrap() > 0);
             }
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_documented_decoders_read_binary_ternary_and_kmeans_artifacts() {
+    let app = spawn_app().await;
+    let model = app.upload_digits().await;
+    let id = model["id"].as_str().unwrap();
+    for (scheme, options) in [
+        ("binary", json!({})),
+        ("ternary", json!({})),
+        ("kmeans", json!({"bits": 3})),
+        ("kmeans", json!({"bits": 8, "max_iterations": 5})),
+    ] {
+        let (model_path, _, config) =
+            artifact_files(&app, id, scheme, options.clone(), "safetensors").await;
+        assert!(
+            config.is_none(),
+            "quantd layouts are described by __metadata__, not config.json"
+        );
+        let (_, dequantized_bytes) =
+            artifact_file(&app, id, scheme, options.clone(), "dequantized").await;
+        let decoded = run_interop_script("quantd_layouts.py", &[&model_path]);
+        let dequantized = SafeTensors::deserialize(&dequantized_bytes).unwrap();
+        let decoded = decoded.as_object().unwrap();
+        assert_eq!(decoded.len(), 3, "{scheme}: {decoded:?}");
+        for name in ["fc1.weight", "fc2.weight", "fc3.weight"] {
+            let theirs: Vec<f32> = decoded[name]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            assert_eq!(
+                theirs,
+                f32_values(dequantized.tensor(name).unwrap().data()),
+                "{scheme} {options} {name}"
+            );
         }
     }
     app.stop().await;

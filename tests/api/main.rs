@@ -7,6 +7,7 @@ mod downloads;
 mod gguf;
 mod interop;
 mod jobs;
+mod minilm;
 mod openapi;
 mod process;
 mod quantize;

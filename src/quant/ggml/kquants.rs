@@ -71,7 +71,7 @@ fn scale_min_k4(sub_block: usize, scales: &[u8]) -> (u8, u8) {
 
 fn check_lengths(name: &str, block_bytes: usize, src: &[u8], dst: &[f32]) {
     assert!(
-        dst.len() % QK_K == 0 && src.len() == dst.len() / QK_K * block_bytes,
+        dst.len().is_multiple_of(QK_K) && src.len() == dst.len() / QK_K * block_bytes,
         "{name}: {} bytes are not the blocks of {} elements",
         src.len(),
         dst.len()

@@ -13,12 +13,25 @@
 //! - Q4_1 / Q5_1: `d = (max - min) / 15` (`/ 31`), `m = min`,
 //!   `q = trunc((x - min) * id + 0.5)` clamped to 15 (31).
 //! - Every step is one f32 operation with one rounding, never fused; the f32 `d` quantizes,
-//!   and only the stored copy is rounded to f16; `id = 0` when `d == 0`.
+//!   and only the stored copy is rounded to f16; `id = 0` when `d == 0`. (ggml built with FMA
+//!   contraction, and some gguf-py versions that emulate it in float64, fuse `x * id + 8.5`
+//!   in Q4_0 / Q5_0 and differ in about one element in 10^7; `tests/gguf_py.rs` pins one such
+//!   element per type.)
 //!
 //! Like [`crate::quant::kernels`], the quantizers are run-time dispatched: [`select`] picks a
 //! [`GgmlKernels`] table once, from the same [`KernelChoice`] the int8 kernels use, and every
 //! SIMD table reproduces the scalar bytes exactly (`tests.rs` checks them against each other
 //! and against fixtures made by gguf-py and ggml).
+//!
+//! ISAs: x86_64 AVX2 (+F16C) and AVX-512 (F + BW) process groups of 8 / 16 blocks in two
+//! passes (per-block scales through one transposing reduction per group, then the quants),
+//! software-pipelined so the scale latency of one group hides behind the quants of the
+//! previous one; aarch64 NEON goes block by block with its across-vector max/min. On the
+//! development machine (Zen 4, 2 vCPUs) AVX-512 quantizes 26-37 GB/s of f32 in cache and
+//! 15-17 GB/s from memory on one core, against 21-25 GB/s for a plain read; the scalar
+//! reference runs at 1-2 GB/s. Non-temporal stores (through a line-aligned staging buffer)
+//! and software prefetch were tried and measured no faster there, so the kernels use plain
+//! stores.
 //!
 //! Input policy: the caller rejects tensors with NaN or ±Inf before quantizing (the int8
 //! scheme does so with `Kernels::min_max`). For such input the bytes are unspecified and may
@@ -131,7 +144,7 @@ impl GgmlType {
     /// Bytes of a row of `n_elements`, or `None` unless `n_elements` is a multiple of the
     /// block size (or the byte count overflows).
     pub fn row_bytes(self, n_elements: usize) -> Option<usize> {
-        if n_elements % self.block_size() != 0 {
+        if !n_elements.is_multiple_of(self.block_size()) {
             return None;
         }
         (n_elements / self.block_size()).checked_mul(self.type_size())

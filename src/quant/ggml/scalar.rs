@@ -13,7 +13,7 @@
 //! - `id` is `0` when `d == 0` (numpy's `np.where(d == 0, 0, 1 / d)`, C's `d ? 1/d : 0`).
 //! - Float-to-integer conversions truncate and keep the low byte of a 32-bit result, like
 //!   numpy's `astype(np.uint8)` / `astype(np.int8)` and ggml's `(int8_t)` casts on x86_64
-//!   (see [`truncated_low_byte`]). For finite input this only matters for blocks whose scale
+//!   (see `truncated_low_byte`). For finite input this only matters for blocks whose scale
 //!   is so small (maximum magnitude below about 3e-38) that `1 / d` overflows to infinity.
 //!
 //! Non-finite input is outside the contract (the caller rejects such tensors first); the
@@ -66,14 +66,28 @@ pub(crate) fn inverse_or_zero(d: f32) -> f32 {
 }
 
 /// numpy-style round half away from zero (gguf-py's `np_roundf`, C's `roundf`):
-/// `floor(|v|) + floor(2 * frac(|v|))` with the sign of `v`. NaN for ±Inf and NaN.
+/// `floor(|v|) + floor(2 * frac(|v|))` with the sign of `v`; NaN for ±Inf and NaN.
+///
+/// Written without `f32::floor`, a libm call on baseline x86_64: below 2^23 the truncating
+/// cast is the floor of the magnitude and the fraction is exact; from 2^23 on every float is
+/// an integer already.
 #[inline]
 pub(crate) fn round_half_away(value: f32) -> f32 {
+    const NO_FRACTION: f32 = 8_388_608.0; // 2^23
     let magnitude = value.abs();
-    let floored = magnitude.floor();
-    // `magnitude - floored` is exact, and so is doubling it.
-    let rounded = floored + (2.0 * (magnitude - floored)).floor();
-    rounded.copysign(value)
+    if magnitude < NO_FRACTION {
+        let floored = magnitude as u32 as f32;
+        let rounded = if magnitude - floored >= 0.5 {
+            floored + 1.0
+        } else {
+            floored
+        };
+        rounded.copysign(value)
+    } else if magnitude.is_infinite() {
+        f32::NAN
+    } else {
+        value
+    }
 }
 
 /// The element of largest magnitude with its sign, the first one on ties (numpy's
@@ -129,10 +143,9 @@ fn pack_nibbles(quants: &[u8; QK], qs: &mut [u8]) {
 
 /// The fifth bits of 5-bit quants as ggml's `qh` (bit `j` for element `j`).
 fn high_bits(quants: &[u8; QK]) -> u32 {
-    quants
-        .iter()
-        .enumerate()
-        .fold(0u32, |qh, (idx, &quant)| qh | (u32::from(quant >> 4 & 1) << idx))
+    quants.iter().enumerate().fold(0u32, |qh, (idx, &quant)| {
+        qh | (u32::from(quant >> 4 & 1) << idx)
+    })
 }
 
 /// One block of Q8_0: `d = absmax / 127`, `q = round_half_away(x * id)`.
@@ -205,7 +218,10 @@ pub(crate) fn quantize_block_q5_1(block: &[f32], out: &mut [u8]) {
 /// (`super::check_row_lengths`); here they are only asserted in debug builds.
 fn quantize_blocks(ty: GgmlType, src: &[f32], dst: &mut [u8], block_fn: fn(&[f32], &mut [u8])) {
     debug_assert_eq!(ty.row_bytes(src.len()), Some(dst.len()));
-    for (block, out) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(ty.type_size())) {
+    for (block, out) in src
+        .chunks_exact(QK)
+        .zip(dst.chunks_exact_mut(ty.type_size()))
+    {
         block_fn(block, out);
     }
 }

@@ -62,7 +62,10 @@ fn check_type(ty: GgmlType, src: &[f32]) {
             );
         }
         assert!(
-            buffer[..start].iter().chain(&buffer[end..]).all(|&byte| byte == 0xa5),
+            buffer[..start]
+                .iter()
+                .chain(&buffer[end..])
+                .all(|&byte| byte == 0xa5),
             "{} {ty}: wrote outside dst",
             kernels.isa
         );
@@ -137,7 +140,9 @@ fn make_block(kind: u8, seed: u64, exponent: i32) -> [f32; QK] {
         // Uniform values over a wide range of magnitudes.
         0 => {
             let scale = pow2(exponent.clamp(-149, 127));
-            block.iter_mut().for_each(|value| *value = rng.unit() * scale);
+            block
+                .iter_mut()
+                .for_each(|value| *value = rng.unit() * scale);
         }
         // Q8_0 ties: absmax 127 s, so x * id = k + 0.5 exactly.
         1 => {
@@ -167,25 +172,31 @@ fn make_block(kind: u8, seed: u64, exponent: i32) -> [f32; QK] {
         // Zeros of both signs, sometimes one tiny non-zero.
         5 => {
             block.iter_mut().for_each(|value| *value = 0.0 * rng.sign());
-            if rng.next_u64() % 3 == 0 {
+            if rng.next_u64().is_multiple_of(3) {
                 block[rng.index()] = rng.sign() * f32::from_bits(1);
             }
         }
         // Subnormal and near-subnormal blocks.
         6 => {
             let tiny = [1e-45f32, 1e-42, 1e-40, 1e-38, 3e-38, 2e-37][rng.int(0, 6) as usize];
-            block.iter_mut().for_each(|value| *value = rng.unit() * tiny);
+            block
+                .iter_mut()
+                .for_each(|value| *value = rng.unit() * tiny);
         }
         // Huge values, ±f32::MAX included.
         7 => {
-            block.iter_mut().for_each(|value| *value = rng.unit() * 3.0e38);
+            block
+                .iter_mut()
+                .for_each(|value| *value = rng.unit() * 3.0e38);
             block[rng.index()] = f32::MAX;
             block[rng.index()] = -f32::MAX * (rng.next_u64() & 1) as f32;
         }
         // Repeated maxima of random signs.
         8 => {
             let peak = 0.9 * scale;
-            block.iter_mut().for_each(|value| *value = rng.unit() * 0.5 * scale);
+            block
+                .iter_mut()
+                .for_each(|value| *value = rng.unit() * 0.5 * scale);
             for _ in 0..rng.int(2, 6) {
                 block[rng.index()] = rng.sign() * peak;
             }
@@ -194,7 +205,11 @@ fn make_block(kind: u8, seed: u64, exponent: i32) -> [f32; QK] {
         9 => {
             for value in &mut block {
                 let candidate = f32::from_bits(rng.next_u64() as u32);
-                *value = if candidate.is_finite() { candidate } else { 0.0 };
+                *value = if candidate.is_finite() {
+                    candidate
+                } else {
+                    0.0
+                };
             }
         }
         // Non-negative with zeros of both signs (a ReLU-like block): ±0 minima.

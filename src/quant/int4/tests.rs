@@ -16,10 +16,12 @@ fn all_kernels() -> Vec<&'static Kernels> {
 const SYMMETRIC_32: Int4Options = Int4Options {
     group_size: 32,
     symmetric: true,
+    restricted_range: false,
 };
 const ASYMMETRIC_32: Int4Options = Int4Options {
     group_size: 32,
     symmetric: false,
+    restricted_range: false,
 };
 
 fn all_options() -> Vec<Int4Options> {
@@ -29,6 +31,12 @@ fn all_options() -> Vec<Int4Options> {
             options.push(Int4Options {
                 group_size,
                 symmetric,
+                restricted_range: false,
+            });
+            options.push(Int4Options {
+                group_size,
+                symmetric,
+                restricted_range: true,
             });
         }
     }
@@ -71,7 +79,8 @@ fn naive_reference(src: &[f32], rows: usize, cols: usize, options: Int4Options) 
             let min = values.iter().copied().fold(0.0f32, f32::min);
             let max = values.iter().copied().fold(0.0f32, f32::max);
             let (mut scale, zero_point) = if options.symmetric {
-                (min.abs().max(max.abs()) / 7.5, 0.0f32)
+                let divisor = if options.restricted_range { 7.0 } else { 7.5 };
+                (min.abs().max(max.abs()) / divisor, 0.0f32)
             } else {
                 let scale = (max - min) / 15.0;
                 let scale = if scale == 0.0 { f32::EPSILON } else { scale };
@@ -305,6 +314,7 @@ fn empty_and_shape_errors() {
     let bad_group = Int4Options {
         group_size: 16,
         symmetric: true,
+        restricted_range: false,
     };
     assert_eq!(
         quantize_int4(kernels, &src, 1, 64, bad_group),
@@ -383,7 +393,11 @@ proptest! {
             .map(f32::from_bits)
             .map(|v| if v.is_finite() { v } else { 1.0 })
             .collect();
-        let options = Int4Options { group_size: 32, symmetric };
+        let options = Int4Options {
+            group_size: 32,
+            symmetric,
+            restricted_range: false,
+        };
         quantize_everywhere(&src, 1, 64, options);
     }
 }

@@ -25,7 +25,9 @@ fn unavailable_isa_is_an_error() {
             }
             Err(error) => {
                 assert!(!available().contains(&isa));
-                assert!(matches!(error, KernelError::Unavailable { requested, .. } if requested == isa));
+                assert!(
+                    matches!(error, KernelError::Unavailable { requested, .. } if requested == isa)
+                );
                 rejected += 1;
             }
         }

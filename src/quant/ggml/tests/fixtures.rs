@@ -56,14 +56,23 @@ fn raw_blocks(entry: &Value) -> Vec<u8> {
 fn assert_same_floats(actual: &[f32], expected: &[f32], context: &str) {
     assert_eq!(actual.len(), expected.len(), "{context}: length");
     for (idx, (got, want)) in actual.iter().zip(expected).enumerate() {
-        assert_eq!(got.to_bits(), want.to_bits(), "{context}: value {idx}: {got} vs {want}");
+        assert_eq!(
+            got.to_bits(),
+            want.to_bits(),
+            "{context}: value {idx}: {got} vs {want}"
+        );
     }
 }
 
 #[test]
 fn quantize_matches_ggml_bytes() {
     let vectors = load_vectors();
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0] {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+    ] {
         let entry = &vectors[ty.name().to_uppercase()];
         assert_eq!(entry["block_values"].as_u64(), Some(ty.block_size() as u64));
         assert_eq!(entry["block_bytes"].as_u64(), Some(ty.type_size() as u64));
@@ -80,7 +89,12 @@ fn quantize_matches_ggml_bytes() {
 #[test]
 fn dequantize_matches_gguf_py_floats() {
     let vectors = load_vectors();
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0] {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+    ] {
         let entry = &vectors[ty.name().to_uppercase()];
         let expected = floats(&entry["expected_f32"]);
         let mut decoded = vec![0.0f32; expected.len()];
@@ -89,10 +103,13 @@ fn dequantize_matches_gguf_py_floats() {
     }
 }
 
+/// A k-quant decoder: raw blocks in, floats out.
+type Decoder = fn(&[u8], &mut [f32]);
+
 #[test]
 fn k_quants_dequantize_like_gguf_py() {
     let vectors = load_vectors();
-    let decoders: [(&str, usize, fn(&[u8], &mut [f32])); 2] = [
+    let decoders: [(&str, usize, Decoder); 2] = [
         ("Q4_K", size_of::<BlockQ4K>(), dequantize_q4_k),
         ("Q6_K", size_of::<BlockQ6K>(), dequantize_q6_k),
     ];
@@ -112,7 +129,12 @@ fn quantizing_the_decoded_fixture_blocks_is_stable() {
     // Quantizing what a block decodes to need not give the block back (d is re-derived in
     // f32), but decoding that again must reproduce the same floats within half a step.
     let vectors = load_vectors();
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0] {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+    ] {
         let decoded = floats(&vectors[ty.name().to_uppercase()]["expected_f32"]);
         let mut bytes = vec![0u8; ty.row_bytes(decoded.len()).unwrap()];
         quantize(scalar(), ty, &decoded, &mut bytes);
@@ -122,7 +144,10 @@ fn quantizing_the_decoded_fixture_blocks_is_stable() {
             let block = &bytes[block_idx * ty.type_size()..];
             let d = scalar::f16_value(u16::from_le_bytes([block[0], block[1]])).abs();
             for (&want, &got) in first.iter().zip(second) {
-                assert!((want - got).abs() <= 0.5 * d + want.abs() * 1e-3, "{ty}: {want} {got}");
+                assert!(
+                    (want - got).abs() <= 0.5 * d + want.abs() * 1e-3,
+                    "{ty}: {want} {got}"
+                );
             }
         }
     }

@@ -15,7 +15,6 @@
 use super::super::*;
 use super::{all_tables, check_all_types, scalar_bytes};
 
-
 const INPUT_F32_LE: &str = concat!(
     "0000f8bf0000e8bf0000d8bf0000c8bf0000b8bf00007e41000098bf000088bf000070bf000050bf000030bf000010bf",
     "0000e0be0000a0be000040be000080bd0000803d0000403e0000a03e0000e03e0000103f0000303f0000503f0000703f",
@@ -119,7 +118,7 @@ const EXPECTED_Q5_1: &str = concat!(
 );
 
 fn decode_hex(hex: &str) -> Vec<u8> {
-    assert!(hex.len() % 2 == 0, "hex string of odd length");
+    assert!(hex.len().is_multiple_of(2), "hex string of odd length");
     (0..hex.len())
         .step_by(2)
         .map(|idx| u8::from_str_radix(&hex[idx..idx + 2], 16).expect("hex digit"))
@@ -170,7 +169,11 @@ fn every_table_reproduces_gguf_py_bytes() {
 /// Element `idx`'s quant in a Q4_0 or Q5_0 block.
 fn element_quant(ty: GgmlType, block: &[u8], idx: usize) -> u8 {
     let qs = &block[if ty == GgmlType::Q4_0 { 2 } else { 6 }..];
-    let low = if idx < QK / 2 { qs[idx] & 0x0f } else { qs[idx - QK / 2] >> 4 };
+    let low = if idx < QK / 2 {
+        qs[idx] & 0x0f
+    } else {
+        qs[idx - QK / 2] >> 4
+    };
     if ty == GgmlType::Q4_0 {
         return low;
     }
@@ -184,9 +187,10 @@ fn q4_0_and_q5_0_quantize_unfused_like_gguf_py() {
     // trunc(f32(f32(x * id) + offset)), the convention of gguf 0.19.0 and of ggml built without
     // FMA, and the fused trunc(f32(x * id + offset)). We must give the unfused one.
     let src = input();
-    for (ty, block_idx, divisor, offset) in
-        [(GgmlType::Q4_0, 12, -8.0f32, 8.5f32), (GgmlType::Q5_0, 13, -16.0, 16.5)]
-    {
+    for (ty, block_idx, divisor, offset) in [
+        (GgmlType::Q4_0, 12, -8.0f32, 8.5f32),
+        (GgmlType::Q5_0, 13, -16.0, 16.5),
+    ] {
         let block = &src[block_idx * QK..(block_idx + 1) * QK];
         let id = scalar::inverse_or_zero(scalar::signed_absmax(block) / divisor);
         let bytes = scalar_bytes(ty, block);
@@ -194,11 +198,18 @@ fn q4_0_and_q5_0_quantize_unfused_like_gguf_py() {
         for (idx, &value) in block.iter().enumerate() {
             let unfused = (value * id + offset).trunc();
             let fused = value.mul_add(id, offset).trunc();
-            assert_eq!(f32::from(element_quant(ty, &bytes, idx)), unfused, "{ty} {idx}");
+            assert_eq!(
+                f32::from(element_quant(ty, &bytes, idx)),
+                unfused,
+                "{ty} {idx}"
+            );
             if unfused != fused {
                 disagreements += 1;
             }
         }
-        assert_eq!(disagreements, 1, "{ty}: block {block_idx} was chosen for one such element");
+        assert_eq!(
+            disagreements, 1,
+            "{ty}: block {block_idx} was chosen for one such element"
+        );
     }
 }

@@ -28,7 +28,14 @@ fn casts_keep_the_low_byte_of_a_truncation_like_numpy_on_x86() {
     assert_eq!(truncated_low_byte(-3.7), (-3i8) as u8);
     assert_eq!(truncated_low_byte(300.5), 44);
     // NaN and anything outside i32 become i32::MIN, whose low byte is 0.
-    for value in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 2.0f32.powi(31), -3e9, 1e30] {
+    for value in [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        2.0f32.powi(31),
+        -3e9,
+        1e30,
+    ] {
         assert_eq!(truncated_low_byte(value), 0, "{value}");
     }
 }
@@ -53,11 +60,53 @@ fn round_half_away_from_zero() {
 }
 
 #[test]
+fn round_half_away_equals_gguf_py_np_roundf() {
+    // gguf-py's definition, literally: floor(|n|) + floor(2 * (|n| - floor(|n|))), signed.
+    fn np_roundf(value: f32) -> f32 {
+        let magnitude = value.abs();
+        let floored = magnitude.floor();
+        (floored + (2.0 * (magnitude - floored)).floor()).copysign(value)
+    }
+    let mut rng = super::SplitMix(3);
+    let ties = (0..300).flat_map(|k| {
+        let tie = k as f32 + 0.5;
+        (-3i32..=3).map(move |step| f32::from_bits((tie.to_bits() as i32 + step) as u32))
+    });
+    let random_bits = (0..200_000).map(|_| f32::from_bits(rng.next_u64() as u32));
+    let specials = [
+        0.0,
+        -0.0,
+        8_388_607.5,
+        8_388_608.0,
+        1e30,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+    ];
+    for value in ties.chain(random_bits).chain(specials) {
+        for value in [value, -value] {
+            let (ours, theirs) = (round_half_away(value), np_roundf(value));
+            assert!(
+                ours.to_bits() == theirs.to_bits() || (ours.is_nan() && theirs.is_nan()),
+                "{value:e}: {ours} vs {theirs}"
+            );
+        }
+    }
+}
+
+#[test]
 fn q8_0_bytes_by_hand() {
     // absmax 127 gives d = 1 (f16 0x3c00) and id = 1: each value is its own scaled value.
     let block = block_with(
         0.0,
-        &[(0, 127.0), (1, 2.5), (2, -2.5), (3, 0.5), (4, -0.5), (5, 1.499_999_9), (31, -127.0)],
+        &[
+            (0, 127.0),
+            (1, 2.5),
+            (2, -2.5),
+            (3, 0.5),
+            (4, -0.5),
+            (5, 1.499_999_9),
+            (31, -127.0),
+        ],
     );
     let bytes = scalar_bytes(GgmlType::Q8_0, &block);
     assert_eq!(&bytes[..2], &0x3c00u16.to_le_bytes());
@@ -73,12 +122,29 @@ fn q4_0_bytes_by_hand() {
     // The signed max is -8, so d = -8 / -8 = 1 and q = trunc(x + 8.5) clamped to 15.
     let block = block_with(
         0.0,
-        &[(0, -8.0), (1, 0.5), (2, -0.5), (3, 7.0), (16, 6.5), (17, -7.5), (31, 8.0)],
+        &[
+            (0, -8.0),
+            (1, 0.5),
+            (2, -0.5),
+            (3, 7.0),
+            (16, 6.5),
+            (17, -7.5),
+            (31, 8.0),
+        ],
     );
     let bytes = scalar_bytes(GgmlType::Q4_0, &block);
     assert_eq!(&bytes[..2], &0x3c00u16.to_le_bytes());
     let qs = &bytes[2..];
-    let expected = [(0, 0), (1, 9), (2, 8), (3, 15), (4, 8), (16, 15), (17, 1), (31, 15)];
+    let expected = [
+        (0, 0),
+        (1, 9),
+        (2, 8),
+        (3, 15),
+        (4, 8),
+        (16, 15),
+        (17, 1),
+        (31, 15),
+    ];
     for (idx, quant) in expected {
         assert_eq!(nibble(qs, idx), quant, "element {idx}");
     }
@@ -91,11 +157,23 @@ fn q4_0_and_q5_0_take_the_first_of_two_opposite_maxima() {
     let negative_first = block_with(0.1, &[(4, -2.0), (20, 2.0)]);
     let positive_first = block_with(0.1, &[(4, 2.0), (20, -2.0)]);
     // d = max / -8: 0.25 (f16 0x3400) when -2 comes first, -0.25 (0xb400) otherwise.
-    assert_eq!(&scalar_bytes(GgmlType::Q4_0, &negative_first)[..2], &[0x00, 0x34]);
-    assert_eq!(&scalar_bytes(GgmlType::Q4_0, &positive_first)[..2], &[0x00, 0xb4]);
+    assert_eq!(
+        &scalar_bytes(GgmlType::Q4_0, &negative_first)[..2],
+        &[0x00, 0x34]
+    );
+    assert_eq!(
+        &scalar_bytes(GgmlType::Q4_0, &positive_first)[..2],
+        &[0x00, 0xb4]
+    );
     // d = max / -16: 0.125 (0x3000) and -0.125 (0xb000).
-    assert_eq!(&scalar_bytes(GgmlType::Q5_0, &negative_first)[..2], &[0x00, 0x30]);
-    assert_eq!(&scalar_bytes(GgmlType::Q5_0, &positive_first)[..2], &[0x00, 0xb0]);
+    assert_eq!(
+        &scalar_bytes(GgmlType::Q5_0, &negative_first)[..2],
+        &[0x00, 0x30]
+    );
+    assert_eq!(
+        &scalar_bytes(GgmlType::Q5_0, &positive_first)[..2],
+        &[0x00, 0xb0]
+    );
 }
 
 #[test]
@@ -103,7 +181,10 @@ fn q4_1_bytes_by_hand() {
     // min -1, max 14: d = 1, m = -1 (f16 0xbc00), q = trunc((x + 1) + 0.5) clamped to 15.
     // Element 3 shows the per-operation rounding: 1.4999999 + 1 rounds to 2.5 in f32, so it
     // lands on 3, not 2.
-    let block = block_with(0.0, &[(0, -1.0), (1, 14.0), (2, 1.5), (3, 1.499_999_9), (20, 13.6)]);
+    let block = block_with(
+        0.0,
+        &[(0, -1.0), (1, 14.0), (2, 1.5), (3, 1.499_999_9), (20, 13.6)],
+    );
     let bytes = scalar_bytes(GgmlType::Q4_1, &block);
     assert_eq!(&bytes[..4], &[0x00, 0x3c, 0x00, 0xbc]);
     let qs = &bytes[4..];
@@ -125,7 +206,11 @@ fn q5_blocks_put_the_fifth_bit_in_qh() {
     let bytes = scalar_bytes(GgmlType::Q5_1, &block);
     let qh = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
     assert_eq!(qh, 1 << 1 | 1 << 2 | 1 << 17);
-    assert_eq!(bytes[8 + 1], 0x1f, "element 1 (31: nibble 15) and element 17 (17: nibble 1)");
+    assert_eq!(
+        bytes[8 + 1],
+        0x1f,
+        "element 1 (31: nibble 15) and element 17 (17: nibble 1)"
+    );
 }
 
 #[test]
@@ -157,7 +242,11 @@ fn dequantize_round_trips_within_half_a_step() {
             // Half a step, plus the f16 rounding of d and m (2^-11 relative) over the range. The
             // symmetric types clamp the side opposite their signed max at 7/8 (15/16) of it:
             // up to one whole step there.
-            let steps = if matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0) { 1.0 } else { 0.5 };
+            let steps = if matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0) {
+                1.0
+            } else {
+                0.5
+            };
             let tolerance = steps * d + magnitude * 2.0f32.powi(-9);
             for (&original, &value) in block.iter().zip(decoded_block) {
                 assert!(
@@ -181,7 +270,11 @@ fn float_types_encode_and_decode() {
     let mut halves = vec![0u8; 16];
     quantize(scalar(), GgmlType::F16, &src, &mut halves);
     assert_eq!(&halves[..2], &0x3c00u16.to_le_bytes());
-    assert_eq!(&halves[10..12], &0x7c00u16.to_le_bytes(), "f32::MAX overflows to +Inf");
+    assert_eq!(
+        &halves[10..12],
+        &0x7c00u16.to_le_bytes(),
+        "f32::MAX overflows to +Inf"
+    );
     dequantize(GgmlType::F16, &halves, &mut decoded);
     assert_eq!(&decoded[..3], &[1.0, -2.5, 65504.0]);
     assert_eq!(decoded[4], half::f16::from_f32(0.1).to_f32());

@@ -27,38 +27,75 @@ const MAX_TYPE_SIZE: usize = 34;
 type Group = [f32; GROUP_ELEMENTS];
 type Block = [f32; QK];
 
-/// Quantizes one full group into `out` (exactly `GROUP` blocks of the type).
+/// Per-block scales of one group: the result of the first pass (see `avx512::Scales`).
+#[derive(Clone, Copy)]
+struct Scales {
+    ids: [f32; GROUP],
+    minima: [f32; GROUP],
+    d_bits: [u16; GROUP],
+    m_bits: [u16; GROUP],
+}
+
+/// The first pass over one group.
 ///
 /// # Safety
 /// The CPU must support AVX2 and F16C.
-type GroupFn = unsafe fn(&Group, &mut [u8]);
+type ScalesFn = unsafe fn(&Group) -> Scales;
+
+/// The second pass over one group: writes exactly `GROUP` blocks of the type into `out`.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+type QuantsFn = unsafe fn(&Group, &Scales, &mut [u8]);
 
 /// See `avx512::JUST_BELOW_HALF`: the largest f32 below 0.5, for round-half-away.
 const JUST_BELOW_HALF: f32 = 0.499_999_97;
 
-/// Runs `group_fn` over every full group of `src`, then over the zero-padded last group.
+/// Runs both passes over every full group of `src`, then over a zero-padded copy of the
+/// last, partial group; software-pipelined as `avx512::quantize_groups` explains.
 ///
 /// # Safety
 /// The CPU must support AVX2 and F16C, and `dst.len()` must be
 /// `src.len() / QK * ty.type_size()` with `src.len() % QK == 0` (checked by the caller; the
 /// slicing below would panic rather than misbehave otherwise).
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn quantize_groups(ty: GgmlType, src: &[f32], dst: &mut [u8], group_fn: GroupFn) {
+unsafe fn quantize_groups(
+    ty: GgmlType,
+    src: &[f32],
+    dst: &mut [u8],
+    scales_fn: ScalesFn,
+    quants_fn: QuantsFn,
+) {
     let group_bytes = GROUP * ty.type_size();
     let (groups, tail) = src.as_chunks::<GROUP_ELEMENTS>();
-    for (group, out) in groups.iter().zip(dst.chunks_exact_mut(group_bytes)) {
-        // SAFETY: the CPU features are this function's own precondition.
-        unsafe { group_fn(group, out) };
-    }
-    if !tail.is_empty() {
+    let padded = (!tail.is_empty()).then(|| {
         let mut padded = [0.0f32; GROUP_ELEMENTS];
         padded[..tail.len()].copy_from_slice(tail);
-        let mut out = [0u8; GROUP * MAX_TYPE_SIZE];
-        // SAFETY: as above.
-        unsafe { group_fn(&padded, &mut out[..group_bytes]) };
-        let done = groups.len() * group_bytes;
-        let remaining = dst.len() - done;
-        dst[done..].copy_from_slice(&out[..remaining]);
+        padded
+    });
+    let group_at = |group_idx: usize| groups.get(group_idx).or(padded.as_ref());
+    let Some(first) = group_at(0) else {
+        return;
+    };
+    // SAFETY: the CPU features are this function's own precondition (so for all calls below).
+    let mut scales = unsafe { scales_fn(first) };
+    for (group_idx, out) in dst.chunks_mut(group_bytes).enumerate() {
+        let next_scales = match group_at(group_idx + 1) {
+            // SAFETY: as above.
+            Some(next) => unsafe { scales_fn(next) },
+            None => scales,
+        };
+        let group = group_at(group_idx).expect("one group per chunk of dst");
+        if out.len() == group_bytes {
+            // SAFETY: as above; `out` is one whole group.
+            unsafe { quants_fn(group, &scales, out) };
+        } else {
+            let mut padded_out = [0u8; GROUP * MAX_TYPE_SIZE];
+            // SAFETY: as above; `padded_out` is cut to one whole group.
+            unsafe { quants_fn(group, &scales, &mut padded_out[..group_bytes]) };
+            out.copy_from_slice(&padded_out[..out.len()]);
+        }
+        scales = next_scales;
     }
 }
 
@@ -112,7 +149,10 @@ fn reduce_per_vector<const MAX: bool>(vectors: &[__m256; GROUP]) -> __m256 {
     // Per half: [a, b, c, d] partials of four consecutive vectors.
     let mut quads = [_mm256_setzero_ps(); 2];
     for (idx, quad) in quads.iter_mut().enumerate() {
-        let (a, b) = (_mm256_castps_pd(pairs[2 * idx]), _mm256_castps_pd(pairs[2 * idx + 1]));
+        let (a, b) = (
+            _mm256_castps_pd(pairs[2 * idx]),
+            _mm256_castps_pd(pairs[2 * idx + 1]),
+        );
         *quad = combine::<MAX>(
             _mm256_castpd_ps(_mm256_unpacklo_pd(a, b)),
             _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)),
@@ -292,14 +332,49 @@ fn store_32(out: &mut [u8], offset: usize, bytes: __m256i) {
 /// Splits a group's output into its `GROUP` blocks of `N` bytes.
 fn output_blocks<const N: usize>(out: &mut [u8]) -> &mut [[u8; N]] {
     let (blocks, rest) = out.as_chunks_mut::<N>();
-    assert!(blocks.len() == GROUP && rest.is_empty(), "one group of blocks");
+    assert!(
+        blocks.len() == GROUP && rest.is_empty(),
+        "one group of blocks"
+    );
     blocks
 }
 
+/// Scales of the symmetric types from their f32 `d`.
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+fn symmetric_scales(d: __m256) -> Scales {
+    Scales {
+        ids: to_array(inverse_or_zero(d)),
+        minima: [0.0; GROUP],
+        d_bits: f16_bits(d),
+        m_bits: [0; GROUP],
+    }
+}
+
+/// Scales of the affine types: `d = (max - min) / steps`, `m = min`.
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+fn affine_scales(blocks: &[Block], steps: f32) -> Scales {
+    let (minima, maxima) = minima_maxima(blocks);
+    let low = from_array(&minima);
+    let d = _mm256_div_ps(
+        _mm256_sub_ps(from_array(&maxima), low),
+        _mm256_set1_ps(steps),
+    );
+    Scales {
+        ids: to_array(inverse_or_zero(d)),
+        minima,
+        d_bits: f16_bits(d),
+        m_bits: f16_bits(low),
+    }
+}
+
+/// Q8_0 scales: `d = absmax / 127`.
+///
 /// # Safety
 /// The CPU must support AVX2 and F16C.
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn q8_0_group(group: &Group, out: &mut [u8]) {
+unsafe fn q8_0_scales(group: &Group) -> Scales {
     let blocks = group.as_chunks::<QK>().0;
     let sign_mask = _mm256_set1_ps(-0.0);
     let mut magnitudes = [_mm256_setzero_ps(); GROUP];
@@ -310,15 +385,59 @@ unsafe fn q8_0_group(group: &Group, out: &mut [u8]) {
         }
         *magnitude = fold_block::<true>(vectors);
     }
-    let d = _mm256_div_ps(
-        reduce_per_vector::<true>(&magnitudes),
-        _mm256_set1_ps(127.0),
-    );
-    let ids = to_array(inverse_or_zero(d));
-    let d_bits = f16_bits(d);
+    let absmax = reduce_per_vector::<true>(&magnitudes);
+    symmetric_scales(_mm256_div_ps(absmax, _mm256_set1_ps(127.0)))
+}
+
+/// Q4_0 scales: `d = max / -8`.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn q4_0_scales(group: &Group) -> Scales {
+    let maxima = signed_maxima(group.as_chunks::<QK>().0);
+    symmetric_scales(_mm256_div_ps(from_array(&maxima), _mm256_set1_ps(-8.0)))
+}
+
+/// Q5_0 scales: `d = max / -16`.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn q5_0_scales(group: &Group) -> Scales {
+    let maxima = signed_maxima(group.as_chunks::<QK>().0);
+    symmetric_scales(_mm256_div_ps(from_array(&maxima), _mm256_set1_ps(-16.0)))
+}
+
+/// Q4_1 scales: `d = (max - min) / 15`.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn q4_1_scales(group: &Group) -> Scales {
+    affine_scales(group.as_chunks::<QK>().0, 15.0)
+}
+
+/// Q5_1 scales: `d = (max - min) / 31`.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn q5_1_scales(group: &Group) -> Scales {
+    affine_scales(group.as_chunks::<QK>().0, 31.0)
+}
+
+/// Q8_0 quants: `round_half_away(x * id)`.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn q8_0_quants(group: &Group, scales: &Scales, out: &mut [u8]) {
+    let blocks = group.as_chunks::<QK>().0;
+    let sign_mask = _mm256_set1_ps(-0.0);
     let just_below_half = _mm256_set1_ps(JUST_BELOW_HALF);
     for (block_idx, (block, out)) in blocks.iter().zip(output_blocks::<34>(out)).enumerate() {
-        let id = _mm256_set1_ps(ids[block_idx]);
+        let id = _mm256_set1_ps(scales.ids[block_idx]);
         let mut rounded = load_block(block);
         for values in &mut rounded {
             let scaled = _mm256_mul_ps(*values, id);
@@ -326,7 +445,7 @@ unsafe fn q8_0_group(group: &Group, out: &mut [u8]) {
             let bias = _mm256_or_ps(_mm256_and_ps(scaled, sign_mask), just_below_half);
             *values = _mm256_add_ps(scaled, bias);
         }
-        out[..2].copy_from_slice(&d_bits[block_idx].to_le_bytes());
+        out[..2].copy_from_slice(&scales.d_bits[block_idx].to_le_bytes());
         store_32(out, Q8_0_QS, low_bytes(rounded));
     }
 }
@@ -358,79 +477,67 @@ fn affine_quants(block: &Block, min: f32, id: f32, limit: __m256i) -> __m256i {
     _mm256_min_epu8(low_bytes(shifted), limit)
 }
 
+/// Q4_0 quants: `min(15, trunc(x * id + 8.5))`, nibble-packed.
+///
 /// # Safety
 /// The CPU must support AVX2 and F16C.
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn q4_0_group(group: &Group, out: &mut [u8]) {
+unsafe fn q4_0_quants(group: &Group, scales: &Scales, out: &mut [u8]) {
     let blocks = group.as_chunks::<QK>().0;
-    let d = _mm256_div_ps(from_array(&signed_maxima(blocks)), _mm256_set1_ps(-8.0));
-    let ids = to_array(inverse_or_zero(d));
-    let d_bits = f16_bits(d);
     let limit = _mm256_set1_epi8(15);
     for (block_idx, (block, out)) in blocks.iter().zip(output_blocks::<18>(out)).enumerate() {
-        let quants = symmetric_quants(block, ids[block_idx], 8.5, limit);
-        out[..2].copy_from_slice(&d_bits[block_idx].to_le_bytes());
+        let quants = symmetric_quants(block, scales.ids[block_idx], 8.5, limit);
+        out[..2].copy_from_slice(&scales.d_bits[block_idx].to_le_bytes());
         store_16(out, Q4_0_QS, pack_nibbles(quants));
     }
 }
 
+/// Q5_0 quants: `min(31, trunc(x * id + 16.5))`, nibbles plus `qh`.
+///
 /// # Safety
 /// The CPU must support AVX2 and F16C.
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn q5_0_group(group: &Group, out: &mut [u8]) {
+unsafe fn q5_0_quants(group: &Group, scales: &Scales, out: &mut [u8]) {
     let blocks = group.as_chunks::<QK>().0;
-    let d = _mm256_div_ps(from_array(&signed_maxima(blocks)), _mm256_set1_ps(-16.0));
-    let ids = to_array(inverse_or_zero(d));
-    let d_bits = f16_bits(d);
     let limit = _mm256_set1_epi8(31);
     for (block_idx, (block, out)) in blocks.iter().zip(output_blocks::<22>(out)).enumerate() {
-        let quants = symmetric_quants(block, ids[block_idx], 16.5, limit);
-        out[..2].copy_from_slice(&d_bits[block_idx].to_le_bytes());
+        let quants = symmetric_quants(block, scales.ids[block_idx], 16.5, limit);
+        out[..2].copy_from_slice(&scales.d_bits[block_idx].to_le_bytes());
         out[Q5_0_QH..Q5_0_QH + 4].copy_from_slice(&fifth_bits(quants).to_le_bytes());
         store_16(out, Q5_0_QS, pack_nibbles(quants));
     }
 }
 
+/// Q4_1 quants: `min(15, trunc((x - min) * id + 0.5))`, nibble-packed.
+///
 /// # Safety
 /// The CPU must support AVX2 and F16C.
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn q4_1_group(group: &Group, out: &mut [u8]) {
+unsafe fn q4_1_quants(group: &Group, scales: &Scales, out: &mut [u8]) {
     let blocks = group.as_chunks::<QK>().0;
-    let (minima, maxima) = minima_maxima(blocks);
-    let low = from_array(&minima);
-    let d = _mm256_div_ps(
-        _mm256_sub_ps(from_array(&maxima), low),
-        _mm256_set1_ps(15.0),
-    );
-    let ids = to_array(inverse_or_zero(d));
-    let (d_bits, m_bits) = (f16_bits(d), f16_bits(low));
     let limit = _mm256_set1_epi8(15);
     for (block_idx, (block, out)) in blocks.iter().zip(output_blocks::<20>(out)).enumerate() {
-        let quants = affine_quants(block, minima[block_idx], ids[block_idx], limit);
-        out[..2].copy_from_slice(&d_bits[block_idx].to_le_bytes());
-        out[Q4_1_M..Q4_1_M + 2].copy_from_slice(&m_bits[block_idx].to_le_bytes());
+        let min = scales.minima[block_idx];
+        let quants = affine_quants(block, min, scales.ids[block_idx], limit);
+        out[..2].copy_from_slice(&scales.d_bits[block_idx].to_le_bytes());
+        out[Q4_1_M..Q4_1_M + 2].copy_from_slice(&scales.m_bits[block_idx].to_le_bytes());
         store_16(out, Q4_1_QS, pack_nibbles(quants));
     }
 }
 
+/// Q5_1 quants: `min(31, trunc((x - min) * id + 0.5))`, nibbles plus `qh`.
+///
 /// # Safety
 /// The CPU must support AVX2 and F16C.
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn q5_1_group(group: &Group, out: &mut [u8]) {
+unsafe fn q5_1_quants(group: &Group, scales: &Scales, out: &mut [u8]) {
     let blocks = group.as_chunks::<QK>().0;
-    let (minima, maxima) = minima_maxima(blocks);
-    let low = from_array(&minima);
-    let d = _mm256_div_ps(
-        _mm256_sub_ps(from_array(&maxima), low),
-        _mm256_set1_ps(31.0),
-    );
-    let ids = to_array(inverse_or_zero(d));
-    let (d_bits, m_bits) = (f16_bits(d), f16_bits(low));
     let limit = _mm256_set1_epi8(31);
     for (block_idx, (block, out)) in blocks.iter().zip(output_blocks::<24>(out)).enumerate() {
-        let quants = affine_quants(block, minima[block_idx], ids[block_idx], limit);
-        out[..2].copy_from_slice(&d_bits[block_idx].to_le_bytes());
-        out[Q5_1_M..Q5_1_M + 2].copy_from_slice(&m_bits[block_idx].to_le_bytes());
+        let min = scales.minima[block_idx];
+        let quants = affine_quants(block, min, scales.ids[block_idx], limit);
+        out[..2].copy_from_slice(&scales.d_bits[block_idx].to_le_bytes());
+        out[Q5_1_M..Q5_1_M + 2].copy_from_slice(&scales.m_bits[block_idx].to_le_bytes());
         out[Q5_1_QH..Q5_1_QH + 4].copy_from_slice(&fifth_bits(quants).to_le_bytes());
         store_16(out, Q5_1_QS, pack_nibbles(quants));
     }
@@ -443,14 +550,14 @@ unsafe fn q5_1_group(group: &Group, out: &mut [u8]) {
 /// `ggml::check_row_lengths(ty, src, dst)`.
 #[target_feature(enable = "avx2,f16c")]
 pub(super) unsafe fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
-    let group_fn: GroupFn = match ty {
-        GgmlType::Q8_0 => q8_0_group,
-        GgmlType::Q4_0 => q4_0_group,
-        GgmlType::Q4_1 => q4_1_group,
-        GgmlType::Q5_0 => q5_0_group,
-        GgmlType::Q5_1 => q5_1_group,
+    let (scales_fn, quants_fn): (ScalesFn, QuantsFn) = match ty {
+        GgmlType::Q8_0 => (q8_0_scales, q8_0_quants),
+        GgmlType::Q4_0 => (q4_0_scales, q4_0_quants),
+        GgmlType::Q4_1 => (q4_1_scales, q4_1_quants),
+        GgmlType::Q5_0 => (q5_0_scales, q5_0_quants),
+        GgmlType::Q5_1 => (q5_1_scales, q5_1_quants),
         GgmlType::F32 | GgmlType::F16 => unreachable!("{ty} has no SIMD quantizer"),
     };
     // SAFETY: the CPU features and lengths are this function's own preconditions.
-    unsafe { quantize_groups(ty, src, dst, group_fn) }
+    unsafe { quantize_groups(ty, src, dst, scales_fn, quants_fn) }
 }
