@@ -647,8 +647,8 @@ impl<'a> Encoder<'a> {
                 per_channel,
             } => self.encode_fp8(tensor, values, *fp8_format, *per_channel, format, emit),
             Scheme::Nf4(options) => {
-                let quantized =
-                    quantize_nf4(values, *options).map_err(|e| quant_error(tensor, e))?;
+                let quantized = quantize_nf4(self.kernels, values, *options)
+                    .map_err(|e| quant_error(tensor, e))?;
                 match format {
                     OutputFormat::Dequantized { f16 } => self.emit_dequantized(
                         tensor,

@@ -49,17 +49,30 @@
 //! `quantization_config = { quant_method: "bitsandbytes", load_in_4bit: true,
 //! bnb_4bit_quant_type: "nf4", bnb_4bit_use_double_quant, bnb_4bit_compute_dtype,
 //! bnb_4bit_quant_storage: "uint8" }`.
+//!
+//! # Kernels
+//!
+//! The per-block work on whole blocks of 64 (absmax, scale, threshold tests, packing) runs
+//! through a small table of function pointers chosen from the caller's [`Kernels`] ISA
+//! (scalar, AVX2, AVX-512; `nf4/x86_64.rs`); every variant produces the same bytes and absmax
+//! values as the scalar `encode_block`, which defines them. A last partial block always goes
+//! through the scalar code.
 
+// Explicit paths: rustc resolves the children of a file included through `#[path]` beside that
+// file rather than in `nf4/`, and these keep both ways of including this module working.
 #[path = "nf4/double_quant.rs"]
 mod double_quant;
 #[cfg(test)]
 #[path = "nf4/tests.rs"]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+#[path = "nf4/x86_64.rs"]
+mod x86_64;
 
 pub use double_quant::dynamic_map;
 
 use crate::quant::int8::QuantError;
-use crate::quant::kernels::ErrorStats;
+use crate::quant::kernels::{ErrorStats, Isa, Kernels};
 use crate::quant::metrics::compare;
 
 /// Elements per absmax block (`quantize_4bit`'s default and what transformers uses).
@@ -185,44 +198,113 @@ fn block_absmax(block: &[f32]) -> f32 {
     f32::from_bits(bits)
 }
 
+/// Encodes one block of at most 64 values into `packed` (`block.len().div_ceil(2)` bytes) and
+/// returns its absmax; when that is not finite (a NaN or ±Inf in the block) `packed` is left
+/// as it was. The definition every kernel matches.
+fn encode_block(block: &[f32], packed: &mut [u8]) -> f32 {
+    debug_assert!(block.len() <= BLOCK_SIZE && packed.len() == block.len().div_ceil(2));
+    let block_max = block_absmax(block);
+    if !block_max.is_finite() {
+        return block_max;
+    }
+    // As the kernel: one reciprocal per block, then a multiply per value. For an all-zero
+    // block this is +Inf and every x is NaN (code 0). Past the end of a partial block the
+    // kernel sees 0.0, normalized like the others; one of them pads an odd length.
+    let reciprocal = 1.0 / block_max;
+    let mut normalized = [0.0f32 * reciprocal; BLOCK_SIZE];
+    for (slot, &value) in normalized.iter_mut().zip(block) {
+        *slot = value * reciprocal;
+    }
+    // `nf4_index` for the whole block, threshold by threshold so the loop vectorizes.
+    let mut codes = [0u8; BLOCK_SIZE];
+    for &threshold in &NF4_THRESHOLDS {
+        for (code, &x) in codes.iter_mut().zip(&normalized) {
+            *code += u8::from(x > threshold);
+        }
+    }
+    for (byte, pair) in packed.iter_mut().zip(codes.chunks_exact(2)) {
+        *byte = pair[0] << 4 | pair[1];
+    }
+    block_max
+}
+
+/// Encodes whole blocks: `src.len() == 64 · k`, `packed.len() == 32 · k`, `absmax.len() == k`.
+/// Writes each block's absmax and, when it is finite, the block's 32 bytes as
+/// [`encode_block`] does (the bytes of a block with a non-finite absmax are unspecified).
+type EncodeBlocksFn = fn(src: &[f32], packed: &mut [u8], absmax: &mut [f32]);
+
+/// The NF4 kernels of one ISA.
+struct Nf4Kernels {
+    isa: Isa,
+    encode_blocks: EncodeBlocksFn,
+}
+
+static SCALAR: Nf4Kernels = Nf4Kernels {
+    isa: Isa::Scalar,
+    encode_blocks: scalar_encode_blocks,
+};
+
+/// Panics unless the slices match the [`EncodeBlocksFn`] contract (the SIMD kernels rely on it).
+fn check_block_lengths(src: &[f32], packed: &[u8], absmax: &[f32]) {
+    assert!(
+        src.len() == absmax.len() * BLOCK_SIZE && packed.len() * 2 == src.len(),
+        "encode_blocks: lengths"
+    );
+}
+
+fn scalar_encode_blocks(src: &[f32], packed: &mut [u8], absmax: &mut [f32]) {
+    check_block_lengths(src, packed, absmax);
+    let blocks = src
+        .chunks_exact(BLOCK_SIZE)
+        .zip(packed.chunks_exact_mut(BLOCK_SIZE / 2));
+    for ((block, bytes), block_max) in blocks.zip(absmax) {
+        *block_max = encode_block(block, bytes);
+    }
+}
+
+/// The NF4 table matching the ISA of `kernels`, scalar where this module has no version for it
+/// (NEON for now).
+fn nf4_kernels(kernels: &Kernels) -> &'static Nf4Kernels {
+    match kernels.isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx2 => x86_64::table(kernels.isa).unwrap_or(&SCALAR),
+        _ => &SCALAR,
+    }
+}
+
+/// The ISA the NF4 block loop runs on when given `kernels` (for logs and reports): the same as
+/// `kernels.isa` where this module has a version for it, scalar otherwise.
+pub fn nf4_isa(kernels: &Kernels) -> Isa {
+    nf4_kernels(kernels).isa
+}
+
 /// Quantizes the flattened tensor `src` to NF4 in blocks of 64 (see the module docs).
 ///
-/// Errors on any NaN or infinity. An empty tensor gives empty outputs (and, nested, an offset
-/// of 0 with no nested blocks).
-pub fn quantize_nf4(src: &[f32], options: Nf4Options) -> Result<Nf4Output, QuantError> {
+/// `kernels` picks the ISA of the per-block loop; the result is the same for every ISA. Errors
+/// on any NaN or infinity. An empty tensor gives empty outputs (and, nested, an offset of 0
+/// with no nested blocks).
+pub fn quantize_nf4(
+    kernels: &Kernels,
+    src: &[f32],
+    options: Nf4Options,
+) -> Result<Nf4Output, QuantError> {
     let n_blocks = src.len().div_ceil(BLOCK_SIZE);
-    let mut packed = Vec::with_capacity(src.len().div_ceil(2));
-    let mut absmax = Vec::with_capacity(n_blocks);
-    for (block_idx, block) in src.chunks(BLOCK_SIZE).enumerate() {
-        let block_max = block_absmax(block);
-        if !block_max.is_finite() {
-            let offset = block.iter().position(|v| !v.is_finite()).unwrap_or(0);
-            return Err(QuantError::NonFinite {
-                index_hint: block_idx * BLOCK_SIZE + offset,
-            });
-        }
-        // As the kernel: one reciprocal per block, then a multiply per value. For an all-zero
-        // block this is +Inf and every x is NaN (code 0). Past the end of a partial block the
-        // kernel sees 0.0, normalized like the others; one of them pads an odd length.
-        let reciprocal = 1.0 / block_max;
-        let mut normalized = [0.0f32 * reciprocal; BLOCK_SIZE];
-        for (slot, &value) in normalized.iter_mut().zip(block) {
-            *slot = value * reciprocal;
-        }
-        // `nf4_index` for the whole block, threshold by threshold so the loop vectorizes.
-        let mut codes = [0u8; BLOCK_SIZE];
-        for &threshold in &NF4_THRESHOLDS {
-            for (code, &x) in codes.iter_mut().zip(&normalized) {
-                *code += u8::from(x > threshold);
-            }
-        }
-        let used = block.len().div_ceil(2) * 2;
-        packed.extend(
-            codes[..used]
-                .chunks_exact(2)
-                .map(|pair| pair[0] << 4 | pair[1]),
-        );
-        absmax.push(block_max);
+    let n_whole = src.len() / BLOCK_SIZE;
+    let mut packed = vec![0u8; src.len().div_ceil(2)];
+    let mut absmax = vec![0.0f32; n_blocks];
+    let (whole_src, tail_src) = src.split_at(n_whole * BLOCK_SIZE);
+    let (whole_packed, tail_packed) = packed.split_at_mut(n_whole * BLOCK_SIZE / 2);
+    let (whole_absmax, tail_absmax) = absmax.split_at_mut(n_whole);
+    (nf4_kernels(kernels).encode_blocks)(whole_src, whole_packed, whole_absmax);
+    if let Some(tail_max) = tail_absmax.first_mut() {
+        *tail_max = encode_block(tail_src, tail_packed);
+    }
+    if let Some(block_idx) = absmax.iter().position(|m| !m.is_finite()) {
+        let block = &src[block_idx * BLOCK_SIZE..];
+        let offset = block.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return Err(QuantError::NonFinite {
+            index_hint: block_idx * BLOCK_SIZE + offset,
+        });
     }
     let absmax = if options.double_quant {
         Nf4Absmax::DoubleQuantized(double_quant::quantize(&absmax))

@@ -47,6 +47,17 @@ async fn the_readme_walkthrough_works_as_written() {
     assert!(stdout.contains("\"succeeded\""), "{stdout}");
     assert!(stdout.contains("\"int-quantized\""), "{stdout}");
     assert!(stdout.contains("/problems/unknown-scheme"), "{stdout}");
+    // The comment beside that call in the README shows the detail the server really gives.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let detail = format!(
+        "known schemes: {}",
+        quantd::jobs::spec::KNOWN_SCHEMES.join(", ")
+    );
+    assert!(
+        readme.contains(&detail),
+        "README's unknown-scheme example is stale: expected '{detail}'"
+    );
     assert!(
         stdout.contains("\n204\n"),
         "the delete should answer 204: {stdout}"

@@ -6,6 +6,44 @@ use proptest::prelude::*;
 
 use super::double_quant::{dynamic_index, quantize as double_quantize, reconstruct};
 use super::*;
+use crate::quant::kernels::{available, scalar as scalar_kernels, select};
+
+fn all_kernels() -> Vec<&'static Kernels> {
+    available()
+        .into_iter()
+        .map(|isa| select(isa.into()).expect("available ISAs are selectable"))
+        .collect()
+}
+
+/// Quantizes with every available ISA, checks each output equals the scalar one exactly, and
+/// returns it (or the common error).
+fn quantize_everywhere(src: &[f32], options: Nf4Options) -> Result<Nf4Output, QuantError> {
+    let reference = quantize_nf4(scalar_kernels(), src, options);
+    for kernels in all_kernels() {
+        let output = quantize_nf4(kernels, src, options);
+        let what = format!("{} vs scalar, len {}", kernels.isa, src.len());
+        match (&output, &reference) {
+            // Bit patterns for the statistics: huge inputs overflow them to ±Inf and NaN.
+            (Ok(simd), Ok(scalar)) => {
+                let without_stats = |output: &Nf4Output| Nf4Output {
+                    stats: ErrorStats::default(),
+                    ..output.clone()
+                };
+                assert_eq!(without_stats(simd), without_stats(scalar), "{what}");
+                let stats_bits = |s: &ErrorStats| {
+                    (
+                        s.n,
+                        [s.sum_sq_err, s.sum_sq_ref, s.sum_sq_deq, s.dot].map(f64::to_bits),
+                        s.max_abs_err.to_bits(),
+                    )
+                };
+                assert_eq!(stats_bits(&simd.stats), stats_bits(&scalar.stats), "{what}");
+            }
+            _ => assert_eq!(output, reference, "{what}"),
+        }
+    }
+    reference
+}
 
 /// `dQuantizeNF4` from `csrc/kernels.cu`, branch for branch.
 #[allow(clippy::excessive_precision)]
@@ -92,7 +130,7 @@ fn thresholds_are_midpoints_and_codes_decode_to_themselves() {
 
 #[test]
 fn first_element_goes_to_the_high_nibble_and_odd_lengths_pad_with_zero() {
-    let output = quantize_nf4(
+    let output = quantize_everywhere(
         &[1.0, -1.0, 0.5],
         Nf4Options {
             double_quant: false,
@@ -111,7 +149,7 @@ fn first_element_goes_to_the_high_nibble_and_odd_lengths_pad_with_zero() {
 fn all_zero_blocks_take_code_zero_and_reconstruct_exactly() {
     let mut src = vec![0.0f32; 130];
     src[64] = -2.0;
-    let output = quantize_nf4(
+    let output = quantize_everywhere(
         &src,
         Nf4Options {
             double_quant: false,
@@ -143,7 +181,7 @@ fn lcg_values(len: usize, seed: u64) -> Vec<f32> {
 /// Checks every code is the nearest NF4 value (up to the f32 rounding of the thresholds),
 /// the statistics, and returns the output.
 fn check(src: &[f32], options: Nf4Options) -> Nf4Output {
-    let output = quantize_nf4(src, options).expect("quantizes");
+    let output = quantize_everywhere(src, options).expect("quantizes");
     assert_eq!(output.packed.len(), src.len().div_ceil(2));
     assert_eq!(output.n_elements, src.len());
     let dequantized = dequantize_nf4(&output);
@@ -201,7 +239,7 @@ fn non_finite_values_are_rejected_with_their_index() {
         let mut src = vec![0.1f32; 200];
         src[131] = bad;
         assert_eq!(
-            quantize_nf4(&src, Nf4Options { double_quant: true }),
+            quantize_everywhere(&src, Nf4Options { double_quant: true }),
             Err(QuantError::NonFinite { index_hint: 131 })
         );
     }
@@ -283,6 +321,7 @@ fn double_quantization_reconstructs_absmax_closely() {
 fn quant_state_json_matches_what_bitsandbytes_writes() {
     let src = lcg_values(256, 1);
     let plain = quantize_nf4(
+        scalar_kernels(),
         &src,
         Nf4Options {
             double_quant: false,
@@ -293,7 +332,8 @@ fn quant_state_json_matches_what_bitsandbytes_writes() {
         quant_state_json(&plain, &[16, 16], "bfloat16"),
         r#"{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [16, 16]}"#
     );
-    let mut nested = quantize_nf4(&src, Nf4Options { double_quant: true }).unwrap();
+    let mut nested =
+        quantize_nf4(scalar_kernels(), &src, Nf4Options { double_quant: true }).unwrap();
     if let Nf4Absmax::DoubleQuantized(state) = &mut nested.absmax {
         state.offset = 0.1;
     }
@@ -327,7 +367,168 @@ fn floats_print_like_python_repr() {
     }
 }
 
+#[test]
+fn nf4_isa_follows_the_kernel_table() {
+    assert_eq!(nf4_isa(scalar_kernels()), Isa::Scalar);
+    for kernels in all_kernels() {
+        let expected = match kernels.isa {
+            Isa::Avx2 | Isa::Avx512 => kernels.isa,
+            _ => Isa::Scalar,
+        };
+        assert_eq!(nf4_isa(kernels), expected);
+        assert!(std::ptr::eq(
+            nf4_kernels(kernels),
+            nf4_kernels(select(kernels.isa.into()).unwrap())
+        ));
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // The SIMD tables are the ones handed out whenever the CPU runs them.
+        if is_x86_feature_detected!("avx512f") {
+            let kernels = select(Isa::Avx512.into()).unwrap();
+            assert_eq!(nf4_isa(kernels), Isa::Avx512);
+            assert!(!std::ptr::fn_addr_eq(
+                nf4_kernels(kernels).encode_blocks,
+                scalar_encode_blocks as EncodeBlocksFn
+            ));
+        }
+        if is_x86_feature_detected!("avx2") {
+            let kernels = select(Isa::Avx2.into()).unwrap();
+            assert_eq!(nf4_isa(kernels), Isa::Avx2);
+            assert!(!std::ptr::fn_addr_eq(
+                nf4_kernels(kernels).encode_blocks,
+                scalar_encode_blocks as EncodeBlocksFn
+            ));
+        }
+    }
+}
+
+/// Blocks of 64 built around one absmax `m`: ±m, the values exactly on every threshold and
+/// code (times m, which is exact for a power of two) and their neighbours, zeros.
+fn edge_block(m: f32, seed: usize) -> Vec<f32> {
+    let mut candidates = vec![m, -m, 0.0, -0.0];
+    for &t in NF4_THRESHOLDS.iter().chain(NF4_CODE.iter()) {
+        for v in [t, t.next_up(), t.next_down(), -t] {
+            candidates.push(v * m);
+        }
+    }
+    (0..BLOCK_SIZE)
+        .map(|idx| candidates[(idx * 7 + seed) % candidates.len()].clamp(-m, m))
+        .collect()
+}
+
+#[test]
+fn edge_cases_agree_across_isas() {
+    let options = [
+        Nf4Options {
+            double_quant: false,
+        },
+        Nf4Options { double_quant: true },
+    ];
+    let mut tensors: Vec<Vec<f32>> = Vec::new();
+    // Exact threshold ties and ±absmax, with power-of-two absmax values (x = v / m exactly)
+    // and others, normal and subnormal (1 / m may overflow to +Inf: x = ±Inf or NaN).
+    let mut absmaxes = vec![1.0f32, 0.5, 3.0, 0.1, 1e30, f32::MAX, f32::MIN_POSITIVE];
+    absmaxes.extend([1u32, 2, 3, 0x1000, 0x7F_FFFF].map(f32::from_bits));
+    absmaxes.push(f32::MIN_POSITIVE.next_down());
+    absmaxes.push(2.9e-39);
+    for (seed, &m) in absmaxes.iter().enumerate() {
+        let mut src = Vec::new();
+        for block in 0..4 {
+            src.extend(edge_block(m, seed + block));
+        }
+        tensors.push(src);
+    }
+    // Threshold values themselves with absmax exactly 1.
+    let mut ties: Vec<f32> = NF4_THRESHOLDS
+        .iter()
+        .flat_map(|&t| [t, -t, t.next_up(), t.next_down()])
+        .collect();
+    ties.extend([1.0, -1.0]);
+    ties.resize(128, 1.0);
+    tensors.push(ties);
+    // All-zero blocks (both signs of zero), whole and partial, among non-zero ones.
+    let mut zeros = vec![0.0f32; 64 * 3 + 17];
+    zeros[64..128].fill(-0.0);
+    zeros[130] = 0.25;
+    tensors.push(zeros);
+    tensors.push(vec![-0.0; 64]);
+    // A single value equal to the absmax, and -absmax, per block.
+    tensors.push(
+        (0..256)
+            .map(|i| if i % 64 == 5 { -3.5 } else { 0.0 })
+            .collect(),
+    );
+    for src in tensors {
+        for len in [src.len(), src.len() - 1, src.len() - 63, 64, 65, 127] {
+            let src = &src[..len.min(src.len())];
+            for options in options {
+                quantize_everywhere(src, options).expect("finite");
+            }
+        }
+    }
+}
+
+#[test]
+fn non_finite_values_are_rejected_by_every_isa() {
+    for bad in [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for len in [1usize, 63, 64, 65, 200, 257] {
+            for position in [0, len / 2, len - 1] {
+                let mut src = lcg_values(len, position as u64);
+                src[position] = bad;
+                // A second one later: the first is reported.
+                if position + 70 < len {
+                    src[position + 70] = bad;
+                }
+                assert_eq!(
+                    quantize_everywhere(
+                        &src,
+                        Nf4Options {
+                            double_quant: false
+                        }
+                    ),
+                    Err(QuantError::NonFinite {
+                        index_hint: position
+                    })
+                );
+            }
+        }
+    }
+}
+
 proptest! {
+    #[test]
+    fn random_lengths_agree_across_isas(
+        len in 0usize..5000,
+        magnitude in -140i32..120,
+        seed in any::<u64>(),
+        zero_every in 0usize..8,
+        double_quant in any::<bool>(),
+    ) {
+        let scale = 2f32.powi(magnitude);
+        let mut src: Vec<f32> = lcg_values(len, seed).iter().map(|v| v * scale).collect();
+        // Now and then whole blocks of zeros.
+        if zero_every > 0 {
+            for block in src.chunks_mut(BLOCK_SIZE).step_by(zero_every) {
+                block.fill(0.0);
+            }
+        }
+        quantize_everywhere(&src, Nf4Options { double_quant }).expect("finite");
+    }
+
+    #[test]
+    fn arbitrary_finite_bits_agree_across_isas(
+        bits in proptest::collection::vec(any::<u32>(), 0..300),
+        double_quant in any::<bool>(),
+    ) {
+        let src: Vec<f32> = bits
+            .into_iter()
+            .map(f32::from_bits)
+            .map(|v| if v.is_finite() { v } else { 1.0 })
+            .collect();
+        quantize_everywhere(&src, Nf4Options { double_quant }).expect("finite");
+    }
+
     #[test]
     fn arbitrary_tensors_round_trip_within_bounds(
         len in 0usize..400,
