@@ -22,6 +22,7 @@ pub mod kernels;
 pub mod kmeans;
 pub mod metrics;
 pub mod nf4;
+mod rows;
 pub mod ternary;
 
 pub use int8::{
