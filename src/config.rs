@@ -91,6 +91,15 @@ pub struct Settings {
     #[arg(long, env = "QUANTD_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
 
+    /// Memory the loaded (served) models may use together; least recently used ones are
+    /// unloaded beyond it.
+    #[arg(long, env = "QUANTD_SERVING_MEMORY_BYTES", default_value = "4GiB", value_parser = parse_byte_size)]
+    pub serving_memory_bytes: u64,
+
+    /// Inference requests admitted at once; more are answered 429 with Retry-After.
+    #[arg(long, env = "QUANTD_MAX_INFLIGHT_INFERENCES", default_value_t = 64)]
+    pub max_inflight_inferences: usize,
+
     /// Log line format.
     #[arg(long, env = "QUANTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -138,6 +147,8 @@ impl Settings {
             job_max_attempts: 3,
             lease_seconds: 30,
             shutdown_grace_seconds: 20,
+            serving_memory_bytes: 4 << 30,
+            max_inflight_inferences: 64,
             log_format: LogFormat::Text,
             debug_tensor_delay_ms: 0,
         }

@@ -6,6 +6,7 @@
 
 // Layer 0 — pure: math and bytes, no async, no I/O framework.
 pub mod formats;
+pub mod infer;
 pub mod quant;
 
 // Layer 1 — effects: configuration, logging, storage, the worker pool.
@@ -16,6 +17,7 @@ pub mod telemetry;
 
 // Layer 2 — use cases.
 pub mod jobs;
+pub mod serving;
 
 // Layer 3 — delivery.
 pub mod http;

@@ -79,8 +79,20 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)
             .await
             .with_context(|| format!("binding {}", settings.bind))?;
+        let serving = Arc::new(crate::serving::ServingRegistry::new(
+            store.clone(),
+            blobs.clone(),
+            pool.clone(),
+            Limits {
+                max_header_bytes: settings.max_header_bytes,
+                max_file_bytes: settings.max_upload_bytes,
+            },
+            usize::try_from(settings.serving_memory_bytes).unwrap_or(usize::MAX),
+            settings.max_inflight_inferences,
+        ));
         let state = AppState {
             inner: Arc::new(AppInner {
+                serving,
                 settings,
                 store,
                 blobs,

@@ -7,6 +7,7 @@ pub mod error;
 pub mod jobs;
 pub mod models;
 pub mod ops;
+pub mod v2;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,6 +48,8 @@ pub struct AppInner {
     pub pool: Arc<WorkerPool>,
     /// Wakes the job runner after a job was queued.
     pub job_wake: Arc<Notify>,
+    /// Loaded models and inference admission.
+    pub serving: Arc<crate::serving::ServingRegistry>,
     pub started_at: Instant,
 }
 
@@ -173,7 +176,8 @@ pub fn openapi() -> OpenApiDoc {
 /// The complete HTTP application.
 pub fn router(state: AppState) -> Router {
     let (api, spec) = api_router().split_for_parts();
-    api.merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
+    api.merge(v2::router())
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(fallback_not_found)
         .method_not_allowed_fallback(fallback_method_not_allowed)
         .layer(TraceLayer::new_for_http())

@@ -317,6 +317,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn get_artifact(&self, id: Uuid) -> StoreResult<Option<ArtifactRecord>>;
     /// Whether any model, companion file or artifact file still refers to the blob.
     async fn blob_is_referenced(&self, sha256: &str) -> StoreResult<bool>;
+    /// Ids of the models with this exact name (newest first, at most `limit`).
+    async fn model_ids_by_name(&self, name: &str, limit: u32) -> StoreResult<Vec<Uuid>>;
 }
 
 /// Current time truncated to milliseconds (what the database keeps).

@@ -642,6 +642,18 @@ impl MetadataStore for SqliteStore {
         }))
     }
 
+    async fn model_ids_by_name(&self, name: &str, limit: u32) -> StoreResult<Vec<Uuid>> {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM models WHERE name = ?1 ORDER BY id DESC LIMIT ?2")
+                .bind(name)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        ids.iter()
+            .map(|id| Uuid::parse_str(id).map_err(corrupt))
+            .collect()
+    }
+
     async fn blob_is_referenced(&self, sha256: &str) -> StoreResult<bool> {
         let found: Option<i64> = sqlx::query_scalar(
             "SELECT 1 WHERE EXISTS (SELECT 1 FROM models WHERE sha256 = ?1) \

@@ -5,6 +5,7 @@ mod helpers;
 
 mod downloads;
 mod gguf;
+mod inference;
 mod interop;
 mod jobs;
 mod minilm;

@@ -1,0 +1,248 @@
+//! Open Inference Protocol v2 (KServe / Triton "v2" REST, JSON tensors) under `/v2`, errors as
+//! `{"error": "..."}`; plus explicit load/unload under `/api/v1/serving` (problem+json).
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState, ErrorKind};
+use crate::serving::{LoadedModel, ServingError};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/api/v1/serving/{name}/load", post(load))
+        .route("/api/v1/serving/{name}/unload", post(unload))
+}
+
+/// A `/v2` error: `{"error": "..."}` with a 4xx/5xx status.
+struct V2Error(StatusCode, String);
+
+impl IntoResponse for V2Error {
+    fn into_response(self) -> Response {
+        let mut response = (self.0, Json(json!({"error": self.1}))).into_response();
+        if self.0 == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<ServingError> for V2Error {
+    fn from(error: ServingError) -> Self {
+        let status = match &error {
+            ServingError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServingError::Ambiguous(_) | ServingError::BadInput(_) => StatusCode::BAD_REQUEST,
+            ServingError::Unsupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ServingError::Busy => StatusCode::TOO_MANY_REQUESTS,
+            ServingError::Internal(cause) => {
+                tracing::error!(error = %cause, "inference failed");
+                return V2Error(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
+            }
+        };
+        V2Error(status, error.to_string())
+    }
+}
+
+impl From<ServingError> for ApiError {
+    fn from(error: ServingError) -> Self {
+        let (kind, slug) = match &error {
+            ServingError::NotFound(_) => (ErrorKind::NotFound, "model-not-found"),
+            ServingError::Ambiguous(_) | ServingError::BadInput(_) => {
+                (ErrorKind::BadRequest, "bad-inference-request")
+            }
+            ServingError::Unsupported(_) => (ErrorKind::Unprocessable, "model-not-servable"),
+            ServingError::Busy => {
+                return ApiError::new(
+                    ErrorKind::Unavailable,
+                    "inference-busy",
+                    "Busy",
+                    error.to_string(),
+                )
+                .with_retry_after(1)
+            }
+            ServingError::Internal(_) => return ApiError::internal(&error),
+        };
+        ApiError::new(kind, slug, "Cannot serve model", error.to_string())
+    }
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({"name": "quantd", "version": env!("CARGO_PKG_VERSION"), "extensions": []}))
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({"live": true}))
+}
+
+async fn ready(State(state): State<AppState>) -> Result<Json<Value>, V2Error> {
+    state.store.ping().await.map_err(|_| {
+        V2Error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metadata database unreachable".into(),
+        )
+    })?;
+    Ok(Json(json!({"ready": true})))
+}
+
+fn metadata(model: &LoadedModel, requested: &str) -> Value {
+    json!({
+        "name": requested,
+        "versions": ["1"],
+        "platform": format!("quantd-{}", model.architecture),
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, model.mlp.input_width()]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, model.mlp.output_width()]}],
+        "parameters": {
+            "source": model.source.kind,
+            "id": model.source.id,
+            "weights": model.weights,
+            "memory_bytes": model.memory_bytes,
+        },
+    })
+}
+
+async fn model_metadata(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, V2Error> {
+    let model = state.serving.get_or_load(&name).await?;
+    Ok(Json(metadata(&model, &name)))
+}
+
+async fn model_ready(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, V2Error> {
+    let model = state.serving.get_or_load(&name).await?;
+    Ok(Json(
+        json!({"name": name, "ready": true, "id": model.source.id}),
+    ))
+}
+
+/// Appends the numbers of a flat or nested JSON array to `out`.
+fn flatten(value: &Value, out: &mut Vec<f32>) -> Result<(), String> {
+    match value {
+        Value::Array(items) => items.iter().try_for_each(|item| flatten(item, out)),
+        Value::Number(n) => {
+            out.push(n.as_f64().ok_or("not a number")? as f32);
+            Ok(())
+        }
+        other => Err(format!("tensor data must be numbers, found {other}")),
+    }
+}
+
+fn bad(message: impl Into<String>) -> V2Error {
+    V2Error(StatusCode::BAD_REQUEST, message.into())
+}
+
+async fn infer(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, V2Error> {
+    let started = std::time::Instant::now();
+    let request: Value =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    let inputs = request
+        .get("inputs")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("the request needs an 'inputs' array"))?;
+    let [input] = inputs.as_slice() else {
+        return Err(bad(format!(
+            "this model takes one input tensor, got {}",
+            inputs.len()
+        )));
+    };
+    let datatype = input.get("datatype").and_then(Value::as_str).unwrap_or("");
+    if !matches!(datatype, "FP32" | "FP64" | "FP16" | "INT64" | "INT32") {
+        return Err(bad(format!(
+            "input datatype '{datatype}' is not supported here (FP32, FP64, FP16, INT32, INT64)"
+        )));
+    }
+    let shape: Vec<usize> = input
+        .get("shape")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("the input needs a 'shape'"))?
+        .iter()
+        .map(|d| {
+            d.as_u64()
+                .map(|d| d as usize)
+                .ok_or_else(|| bad("shape dimensions must be non-negative integers"))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut data = Vec::new();
+    flatten(
+        input
+            .get("data")
+            .ok_or_else(|| bad("the input needs 'data'"))?,
+        &mut data,
+    )
+    .map_err(bad)?;
+    let elements: usize = shape.iter().product();
+    if elements != data.len() {
+        return Err(bad(format!(
+            "shape {shape:?} holds {elements} values but data has {}",
+            data.len()
+        )));
+    }
+    let model = state.serving.get_or_load(&name).await?;
+    let width = model.mlp.input_width();
+    let rows = match shape.as_slice() {
+        [w] if *w == width => 1,
+        [rows, w] if *w == width => *rows,
+        _ => {
+            return Err(bad(format!(
+                "input shape {shape:?} does not fit the model's [-1, {width}]"
+            )))
+        }
+    };
+    let queued = started.elapsed();
+    let compute_start = std::time::Instant::now();
+    let output = state.serving.infer(model.clone(), data, rows).await?;
+    let compute = compute_start.elapsed();
+    let mut response = Json(json!({
+        "model_name": name,
+        "model_version": "1",
+        "id": request.get("id").cloned().unwrap_or(Value::Null),
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [rows, model.mlp.output_width()], "data": output}],
+    }))
+    .into_response();
+    let timing = format!(
+        "queue;dur={:.3}, compute;dur={:.3}",
+        queued.as_secs_f64() * 1e3,
+        compute.as_secs_f64() * 1e3
+    );
+    if let Ok(value) = HeaderValue::from_str(&timing) {
+        response.headers_mut().insert("server-timing", value);
+    }
+    Ok(response)
+}
+
+async fn load(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let model = state.serving.get_or_load(&name).await?;
+    Ok(Json(
+        json!({"loaded": true, "model": metadata(&model, &name)}),
+    ))
+}
+
+async fn unload(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let was_loaded = state.serving.unload(&name).await?;
+    Ok(Json(json!({"unloaded": was_loaded})))
+}

@@ -1,0 +1,204 @@
+//! Run-time dispatched matrix kernels for inference: f32 GEMM, dynamic int8 quantization of
+//! activations and exact int8 × int8 → i32 GEMM.
+//!
+//! Every matrix is row-major. Weights are stored `[out, in]` as torch saves `Linear` weights, so
+//! every GEMM here computes `c = a · bᵀ`: both operands are read along contiguous rows of `k`.
+//!
+//! A [`GemmKernels`] value is a table of plain function pointers for one instruction set. The
+//! caller picks it once with [`select`] and passes the `&'static GemmKernels` to every job; the
+//! kernels never detect features, allocate, spawn threads or do I/O (the caller splits work
+//! across its worker pool, e.g. by ranges of output rows or weight rows).
+//!
+//! The scalar versions in [`scalar`](mod@scalar) define every result:
+//! - `gemm_i8_i32` is an exact integer sum, so every ISA returns identical values;
+//! - `quantize_rows_i8` is bit-identical across ISAs (exact absolute maximum, IEEE division,
+//!   round-half-even);
+//! - `gemm_f32` differs across ISAs by summation order and FMA contraction only (about 1e-6
+//!   relative to `Σ |a·b|` for the sizes in use).
+//!
+//! Safety model (as in `crate::quant::kernels`): the SIMD functions are `unsafe fn`s compiled
+//! with `#[target_feature]`. Safe wrappers live only inside private static tables, and [`select`]
+//! hands a SIMD table out only after run-time detection confirmed the features. Holding a
+//! `&GemmKernels` is the proof that its functions may run on this CPU.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
+pub mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+/// Largest value of a symmetric int8 code; codes are in `-127..=127`.
+pub const I8_MAX_CODE: f32 = 127.0;
+
+/// A table of matrix kernels for one ISA, chosen once with [`select`].
+///
+/// Shapes are checked with `assert!` (a mismatch panics): `a.len() == m * k`,
+/// `b.len() == n * k`, `c.len() == m * n` and so on for every function.
+pub struct GemmKernels {
+    /// `"scalar"`, `"avx2"` or `"avx512"`.
+    pub isa: &'static str,
+    /// `c[m×n] = a[m×k] · bᵀ` where `b` is `[n×k]`; f32 accumulation (SIMD versions use FMA and
+    /// a different summation order). `c` is overwritten; `k == 0` gives zeros.
+    pub gemm_f32: fn(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]),
+    /// Dynamic per-row symmetric int8 quantization: `scales[i] = max |a_i| / 127` and
+    /// `q = clamp(round_half_even(a / scales[i]), -127, 127)`. A row whose scale is 0 (all
+    /// zeros, or a maximum so tiny that the division underflows) gets scale 0 and all-zero
+    /// codes. Requires finite input; for NaN or ±Inf the codes are unspecified (in range).
+    pub quantize_rows_i8: fn(a: &[f32], m: usize, k: usize, q: &mut [i8], scales: &mut [f32]),
+    /// `acc[m×n] = Σ_k a_q[i,k] · w_q[j,k]` in i32: exact and identical across ISAs for any
+    /// i8 values (including -128) as long as `k < 2^17` (no i32 overflow possible below that).
+    pub gemm_i8_i32: fn(a_q: &[i8], w_q: &[i8], m: usize, n: usize, k: usize, acc: &mut [i32]),
+}
+
+impl fmt::Debug for GemmKernels {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("GemmKernels")
+            .field("isa", &self.isa)
+            .finish_non_exhaustive()
+    }
+}
+
+static SCALAR: GemmKernels = GemmKernels {
+    isa: "scalar",
+    gemm_f32: scalar::gemm_f32,
+    quantize_rows_i8: scalar::quantize_rows_i8,
+    gemm_i8_i32: scalar::gemm_i8_i32,
+};
+
+/// The portable reference table; always available.
+pub fn scalar() -> &'static GemmKernels {
+    &SCALAR
+}
+
+/// Every table this CPU can run, scalar first and the best last.
+pub fn available() -> Vec<&'static GemmKernels> {
+    let mut tables = vec![&SCALAR];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if x86_64::avx2_supported() {
+            tables.push(&x86_64::AVX2);
+        }
+        if x86_64::avx512_supported() {
+            tables.push(&x86_64::AVX512);
+        }
+    }
+    tables
+}
+
+/// The fastest table for this CPU (detected at run time), or the scalar one if `force_scalar`.
+pub fn select(force_scalar: bool) -> &'static GemmKernels {
+    if force_scalar {
+        return &SCALAR;
+    }
+    available().last().copied().unwrap_or(&SCALAR)
+}
+
+/// Panics unless the operands of a `c[m×n] = a[m×k] · bᵀ` GEMM have exactly these lengths.
+/// Every kernel calls it first; the SIMD kernels rely on it for their pointer arithmetic.
+pub(crate) fn check_gemm_shapes(
+    a_len: usize,
+    b_len: usize,
+    c_len: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    let a_want = m.checked_mul(k).expect("gemm: m * k overflows");
+    let b_want = n.checked_mul(k).expect("gemm: n * k overflows");
+    let c_want = m.checked_mul(n).expect("gemm: m * n overflows");
+    assert_eq!(a_len, a_want, "gemm: a.len() != m * k");
+    assert_eq!(b_len, b_want, "gemm: b.len() != n * k");
+    assert_eq!(c_len, c_want, "gemm: c.len() != m * n");
+}
+
+/// Panics unless `a`, `q` and `scales` fit an `m × k` per-row quantization.
+pub(crate) fn check_quantize_shapes(a_len: usize, q_len: usize, scales_len: usize, m: usize, k: usize) {
+    let want = m.checked_mul(k).expect("quantize_rows_i8: m * k overflows");
+    assert_eq!(a_len, want, "quantize_rows_i8: a.len() != m * k");
+    assert_eq!(q_len, want, "quantize_rows_i8: q.len() != m * k");
+    assert_eq!(scales_len, m, "quantize_rows_i8: scales.len() != m");
+}
+
+/// `y[m×n] = a[m×kdim] · wᵀ (+ bias)` with int8 weights `w_q[n×kdim]` (per-row scales
+/// `w_scales[n]`) and activations quantized on the fly per row.
+///
+/// `y[i,j] = acc[i,j] as f32 · (a_scale[i] · w_scale[j]) + bias[j]`, with `acc` the exact
+/// integer GEMM. The scratch vectors are resized as needed and can be reused across calls to
+/// avoid allocations. Panics if the lengths do not match the shapes.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_i8(
+    k: &GemmKernels,
+    a: &[f32],
+    m: usize,
+    kdim: usize,
+    w_q: &[i8],
+    w_scales: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    scratch_q: &mut Vec<i8>,
+    scratch_scales: &mut Vec<f32>,
+    scratch_acc: &mut Vec<i32>,
+    y: &mut [f32],
+) {
+    check_gemm_shapes(a.len(), w_q.len(), y.len(), m, n, kdim);
+    assert_eq!(w_scales.len(), n, "linear_i8: w_scales.len() != n");
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), n, "linear_i8: bias.len() != n");
+    }
+    scratch_q.resize(m * kdim, 0);
+    scratch_scales.resize(m, 0.0);
+    scratch_acc.resize(m * n, 0);
+    (k.quantize_rows_i8)(a, m, kdim, scratch_q, scratch_scales);
+    (k.gemm_i8_i32)(scratch_q, w_q, m, n, kdim, scratch_acc);
+    if n == 0 {
+        return;
+    }
+    for ((y_row, acc_row), &a_scale) in y
+        .chunks_exact_mut(n)
+        .zip(scratch_acc.chunks_exact(n))
+        .zip(scratch_scales.iter())
+    {
+        for (j, (out, &acc)) in y_row.iter_mut().zip(acc_row).enumerate() {
+            let value = acc as f32 * (a_scale * w_scales[j]);
+            *out = match bias {
+                Some(bias) => value + bias[j],
+                None => value,
+            };
+        }
+    }
+}
+
+/// `y[m×n] = a[m×kdim] · wᵀ (+ bias)` with f32 weights `w[n×kdim]`. Panics if the lengths do
+/// not match the shapes.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_f32(
+    k: &GemmKernels,
+    a: &[f32],
+    m: usize,
+    kdim: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    (k.gemm_f32)(a, w, m, n, kdim, y);
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), n, "linear_f32: bias.len() != n");
+        if n == 0 {
+            return;
+        }
+        for y_row in y.chunks_exact_mut(n) {
+            for (out, &b) in y_row.iter_mut().zip(bias) {
+                *out += b;
+            }
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Portable reference kernels: they define every result of the SIMD tables.
+
+use super::{check_gemm_shapes, check_quantize_shapes, I8_MAX_CODE};
+
+/// Independent f32 partial sums per dot product: shorter dependency chains and a smaller
+/// rounding error than one running sum.
+const F32_PARTIALS: usize = 8;
+
+/// See `GemmKernels::gemm_f32`.
+pub fn gemm_f32(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]) {
+    check_gemm_shapes(a.len(), b.len(), c.len(), m, n, k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    for (a_row, c_row) in a.chunks_exact(k).zip(c.chunks_exact_mut(n)) {
+        for (b_row, out) in b.chunks_exact(k).zip(c_row.iter_mut()) {
+            *out = dot_f32(a_row, b_row);
+        }
+    }
+}
+
+fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    let mut partials = [0.0f32; F32_PARTIALS];
+    let x_chunks = x.chunks_exact(F32_PARTIALS);
+    let y_chunks = y.chunks_exact(F32_PARTIALS);
+    let tail: f32 = x_chunks
+        .remainder()
+        .iter()
+        .zip(y_chunks.remainder())
+        .map(|(&p, &q)| p * q)
+        .sum();
+    for (xs, ys) in x_chunks.zip(y_chunks) {
+        for ((partial, &p), &q) in partials.iter_mut().zip(xs).zip(ys) {
+            *partial += p * q;
+        }
+    }
+    partials.iter().sum::<f32>() + tail
+}
+
+/// The scale of one row: `max |x| / 127` (0 for an all-zero row). The maximum is exact, so
+/// every ISA gets the same value.
+pub(crate) fn row_scale(row: &[f32]) -> f32 {
+    row.iter().fold(0.0f32, |max, &x| max.max(x.abs())) / I8_MAX_CODE
+}
+
+/// The int8 code of one element for a non-zero `scale`.
+#[inline]
+pub(crate) fn quantize_one(x: f32, scale: f32) -> i8 {
+    (x / scale).round_ties_even().clamp(-I8_MAX_CODE, I8_MAX_CODE) as i8
+}
+
+/// See `GemmKernels::quantize_rows_i8`.
+pub fn quantize_rows_i8(a: &[f32], m: usize, k: usize, q: &mut [i8], scales: &mut [f32]) {
+    check_quantize_shapes(a.len(), q.len(), scales.len(), m, k);
+    if k == 0 {
+        scales.fill(0.0);
+        return;
+    }
+    for ((row, q_row), scale_out) in a
+        .chunks_exact(k)
+        .zip(q.chunks_exact_mut(k))
+        .zip(scales.iter_mut())
+    {
+        let scale = row_scale(row);
+        *scale_out = scale;
+        quantize_row_with(row, scale, q_row);
+    }
+}
+
+/// Quantizes one row with a known scale (all zeros if the scale is 0). Also used for the
+/// sub-vector tails of the SIMD versions, which therefore cannot disagree with this one.
+pub(crate) fn quantize_row_with(row: &[f32], scale: f32, q_row: &mut [i8]) {
+    if scale == 0.0 {
+        q_row.fill(0);
+        return;
+    }
+    for (out, &x) in q_row.iter_mut().zip(row) {
+        *out = quantize_one(x, scale);
+    }
+}
+
+/// See `GemmKernels::gemm_i8_i32`.
+pub fn gemm_i8_i32(a_q: &[i8], w_q: &[i8], m: usize, n: usize, k: usize, acc: &mut [i32]) {
+    check_gemm_shapes(a_q.len(), w_q.len(), acc.len(), m, n, k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        acc.fill(0);
+        return;
+    }
+    for (a_row, acc_row) in a_q.chunks_exact(k).zip(acc.chunks_exact_mut(n)) {
+        for (w_row, out) in w_q.chunks_exact(k).zip(acc_row.iter_mut()) {
+            *out = dot_i8(a_row, w_row);
+        }
+    }
+}
+
+/// Exact integer dot product (used for the SIMD tails too).
+#[inline]
+pub(crate) fn dot_i8(x: &[i8], y: &[i8]) -> i32 {
+    x.iter()
+        .zip(y)
+        .map(|(&p, &q)| i32::from(p) * i32::from(q))
+        .sum()
+}

@@ -1,0 +1,329 @@
+//! AVX-512 (F + BW) kernels: 16 f32 lanes, 32 i16 lanes.
+//!
+//! Same structure as `avx2.rs` (dot-product register tiles, weight rows outer, `k` blocked),
+//! with 512-bit vectors and a 4 × 4 tile (16 accumulators of the 32 registers). The int8 GEMM
+//! sign-extends 32 bytes to i16 (`vpmovsxbw`) and multiplies with `vpmaddwd`, which is exact
+//! for any i8 input (no VNNI needed).
+
+use std::arch::x86_64::*;
+
+use crate::infer::kernels::scalar;
+use crate::infer::kernels::I8_MAX_CODE;
+
+/// f32 lanes per vector.
+const F32_LANES: usize = 16;
+/// i8 elements per integer step: 32 bytes widen to one vector of 32 i16.
+const I8_STEP: usize = 32;
+/// Activation rows per register tile.
+const ROWS: usize = 4;
+/// Weight rows per register tile (ROWS × COLS = 16 accumulators + 5 operand registers).
+const COLS: usize = 4;
+/// Elements of `k` per block: 4 activation rows + 4 weight rows of this many f32 (32 KiB) or
+/// i8 (8 KiB) stay in L1 (or at worst L2). A multiple of both steps, so only the last block has a scalar tail.
+const K_BLOCK: usize = 1024;
+
+/// Dot products of `R` activation rows with `C` weight rows over `kc` elements.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW. For every `r < R`, `a.add(r * lda)` must be valid for
+/// reading `kc` f32, and for every `c < C`, `b.add(c * ldb)` likewise.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn tile_f32<const R: usize, const C: usize>(
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    kc: usize,
+) -> [[f32; C]; R] {
+    let mut sums = [[_mm512_setzero_ps(); C]; R];
+    let simd_len = kc - kc % F32_LANES;
+    let mut kk = 0;
+    while kk < simd_len {
+        let mut b_vecs = [_mm512_setzero_ps(); C];
+        for (c, b_vec) in b_vecs.iter_mut().enumerate() {
+            // SAFETY: kk + 16 <= kc and row c < C is readable for kc f32 (contract above).
+            *b_vec = unsafe { _mm512_loadu_ps(b.add(c * ldb + kk)) };
+        }
+        for (r, row_sums) in sums.iter_mut().enumerate() {
+            // SAFETY: kk + 16 <= kc and row r < R is readable for kc f32 (contract above).
+            let a_vec = unsafe { _mm512_loadu_ps(a.add(r * lda + kk)) };
+            for (sum, &b_vec) in row_sums.iter_mut().zip(&b_vecs) {
+                *sum = _mm512_fmadd_ps(a_vec, b_vec, *sum);
+            }
+        }
+        kk += F32_LANES;
+    }
+    let mut out = [[0.0f32; C]; R];
+    for (r, (out_row, row_sums)) in out.iter_mut().zip(&sums).enumerate() {
+        // SAFETY: row r is readable for kc f32 (contract above).
+        let a_tail = unsafe { std::slice::from_raw_parts(a.add(r * lda + simd_len), kc - simd_len) };
+        for (c, (out, &sum)) in out_row.iter_mut().zip(row_sums).enumerate() {
+            // SAFETY: row c is readable for kc f32 (contract above).
+            let b_tail =
+                unsafe { std::slice::from_raw_parts(b.add(c * ldb + simd_len), kc - simd_len) };
+            let tail: f32 = a_tail.iter().zip(b_tail).map(|(&x, &y)| x * y).sum();
+            *out = _mm512_reduce_add_ps(sum) + tail;
+        }
+    }
+    out
+}
+
+/// Exact integer dot products of `R` activation rows with `C` weight rows over `kc` elements.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW. For every `r < R`, `a.add(r * lda)` must be valid for reading
+/// `kc` bytes, and for every `c < C`, `w.add(c * ldw)` likewise.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn tile_i8<const R: usize, const C: usize>(
+    a: *const i8,
+    lda: usize,
+    w: *const i8,
+    ldw: usize,
+    kc: usize,
+) -> [[i32; C]; R] {
+    let mut sums = [[_mm512_setzero_si512(); C]; R];
+    let simd_len = kc - kc % I8_STEP;
+    let mut kk = 0;
+    while kk < simd_len {
+        let mut w_vecs = [_mm512_setzero_si512(); C];
+        for (c, w_vec) in w_vecs.iter_mut().enumerate() {
+            // SAFETY: kk + 32 <= kc and row c < C is readable for kc bytes (contract above).
+            let bytes = unsafe { _mm256_loadu_si256(w.add(c * ldw + kk).cast()) };
+            *w_vec = _mm512_cvtepi8_epi16(bytes);
+        }
+        for (r, row_sums) in sums.iter_mut().enumerate() {
+            // SAFETY: kk + 32 <= kc and row r < R is readable for kc bytes (contract above).
+            let bytes = unsafe { _mm256_loadu_si256(a.add(r * lda + kk).cast()) };
+            let a_vec = _mm512_cvtepi8_epi16(bytes);
+            for (sum, &w_vec) in row_sums.iter_mut().zip(&w_vecs) {
+                *sum = _mm512_add_epi32(*sum, _mm512_madd_epi16(a_vec, w_vec));
+            }
+        }
+        kk += I8_STEP;
+    }
+    let mut out = [[0i32; C]; R];
+    for (r, (out_row, row_sums)) in out.iter_mut().zip(&sums).enumerate() {
+        // SAFETY: row r is readable for kc bytes (contract above).
+        let a_tail = unsafe { std::slice::from_raw_parts(a.add(r * lda + simd_len), kc - simd_len) };
+        for (c, (out, &sum)) in out_row.iter_mut().zip(row_sums).enumerate() {
+            // SAFETY: row c is readable for kc bytes (contract above).
+            let w_tail =
+                unsafe { std::slice::from_raw_parts(w.add(c * ldw + simd_len), kc - simd_len) };
+            *out = _mm512_reduce_add_epi32(sum) + scalar::dot_i8(a_tail, w_tail);
+        }
+    }
+    out
+}
+
+/// Adds one `R × C` f32 tile at output `(i, j)` for the `k` block starting at `k0`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW; `a` is `m × k`, `b` is `n × k`, `c` is `m × n` (checked
+/// shapes), `i + R <= m`, `j + C <= n` and `k0 + kc <= k`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn add_tile_f32<const R: usize, const C: usize>(
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    n: usize,
+    k: usize,
+    (i, j): (usize, usize),
+    k0: usize,
+    kc: usize,
+) {
+    // SAFETY: rows i..i+R of `a` and j..j+C of `b` exist and k0 + kc <= k, so every row pointer
+    // is readable for kc elements; the CPU supports the features (contract above).
+    let sums = unsafe {
+        tile_f32::<R, C>(a.as_ptr().add(i * k + k0), k, b.as_ptr().add(j * k + k0), k, kc)
+    };
+    for (r, row) in sums.iter().enumerate() {
+        let c_row = &mut c[(i + r) * n + j..][..C];
+        for (out, &sum) in c_row.iter_mut().zip(row) {
+            *out += sum;
+        }
+    }
+}
+
+/// Adds one `R × C` i32 tile at output `(i, j)` for the `k` block starting at `k0`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW; `a` is `m × k`, `w` is `n × k`, `acc` is `m × n` (checked
+/// shapes), `i + R <= m`, `j + C <= n` and `k0 + kc <= k`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn add_tile_i8<const R: usize, const C: usize>(
+    a: &[i8],
+    w: &[i8],
+    acc: &mut [i32],
+    n: usize,
+    k: usize,
+    (i, j): (usize, usize),
+    k0: usize,
+    kc: usize,
+) {
+    // SAFETY: rows i..i+R of `a` and j..j+C of `w` exist and k0 + kc <= k, so every row pointer
+    // is readable for kc elements; the CPU supports AVX-512 F and BW (contract above).
+    let sums = unsafe {
+        tile_i8::<R, C>(a.as_ptr().add(i * k + k0), k, w.as_ptr().add(j * k + k0), k, kc)
+    };
+    for (r, row) in sums.iter().enumerate() {
+        let acc_row = &mut acc[(i + r) * n + j..][..C];
+        for (out, &sum) in acc_row.iter_mut().zip(row) {
+            *out += sum;
+        }
+    }
+}
+
+/// See `GemmKernels::gemm_f32`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW, and the shapes must have been checked with
+/// `check_gemm_shapes`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn gemm_f32(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]) {
+    c.fill(0.0);
+    for k0 in (0..k).step_by(K_BLOCK) {
+        let kc = K_BLOCK.min(k - k0);
+        let mut j = 0;
+        while j < n {
+            let full_cols = j + COLS <= n;
+            let mut i = 0;
+            while i < m {
+                let full_rows = i + ROWS <= m;
+                // SAFETY: each arm's tile fits inside m × n at (i, j) (checked by the
+                // conditions), k0 + kc <= k, the shapes were checked and the CPU supports
+                // AVX-512 F and BW (contract above).
+                unsafe {
+                    match (full_rows, full_cols) {
+                        (true, true) => add_tile_f32::<ROWS, COLS>(a, b, c, n, k, (i, j), k0, kc),
+                        (false, true) => add_tile_f32::<1, COLS>(a, b, c, n, k, (i, j), k0, kc),
+                        (true, false) => add_tile_f32::<ROWS, 1>(a, b, c, n, k, (i, j), k0, kc),
+                        (false, false) => add_tile_f32::<1, 1>(a, b, c, n, k, (i, j), k0, kc),
+                    }
+                }
+                i += if full_rows { ROWS } else { 1 };
+            }
+            j += if full_cols { COLS } else { 1 };
+        }
+    }
+}
+
+/// See `GemmKernels::gemm_i8_i32`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW, and the shapes must have been checked with `check_gemm_shapes`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn gemm_i8_i32(
+    a_q: &[i8],
+    w_q: &[i8],
+    m: usize,
+    n: usize,
+    k: usize,
+    acc: &mut [i32],
+) {
+    acc.fill(0);
+    for k0 in (0..k).step_by(K_BLOCK) {
+        let kc = K_BLOCK.min(k - k0);
+        let mut j = 0;
+        while j < n {
+            let full_cols = j + COLS <= n;
+            let mut i = 0;
+            while i < m {
+                let full_rows = i + ROWS <= m;
+                // SAFETY: each arm's tile fits inside m × n at (i, j) (checked by the
+                // conditions), k0 + kc <= k, the shapes were checked and the CPU supports
+                // AVX-512 F and BW (contract above).
+                unsafe {
+                    match (full_rows, full_cols) {
+                        (true, true) => add_tile_i8::<ROWS, COLS>(a_q, w_q, acc, n, k, (i, j), k0, kc),
+                        (false, true) => add_tile_i8::<1, COLS>(a_q, w_q, acc, n, k, (i, j), k0, kc),
+                        (true, false) => add_tile_i8::<ROWS, 1>(a_q, w_q, acc, n, k, (i, j), k0, kc),
+                        (false, false) => add_tile_i8::<1, 1>(a_q, w_q, acc, n, k, (i, j), k0, kc),
+                    }
+                }
+                i += if full_rows { ROWS } else { 1 };
+            }
+            j += if full_cols { COLS } else { 1 };
+        }
+    }
+}
+
+/// `max |x|` of a row; exact (a maximum), so equal to `scalar::row_scale`'s for finite input.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn absmax(row: &[f32]) -> f32 {
+    let mut maxima = [_mm512_setzero_ps(); 2];
+    let chunks = row.chunks_exact(2 * F32_LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (half, maximum) in maxima.iter_mut().enumerate() {
+            // SAFETY: `chunk` holds 32 floats, so the 16 at half * 16 are in bounds.
+            let x = unsafe { _mm512_loadu_ps(chunk.as_ptr().add(half * F32_LANES)) };
+            *maximum = _mm512_max_ps(*maximum, _mm512_abs_ps(x));
+        }
+    }
+    let vector_max = _mm512_reduce_max_ps(_mm512_max_ps(maxima[0], maxima[1]));
+    tail.iter().fold(vector_max, |max, &x| max.max(x.abs()))
+}
+
+/// Quantizes one row with a non-zero scale; bit-identical to `scalar::quantize_row_with`.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn quantize_row(row: &[f32], scale: f32, q_row: &mut [i8]) {
+    let scales = _mm512_set1_ps(scale);
+    let lo = _mm512_set1_ps(-I8_MAX_CODE);
+    let hi = _mm512_set1_ps(I8_MAX_CODE);
+    let chunks = row.chunks_exact(F32_LANES);
+    let tail = chunks.remainder();
+    let mut q_chunks = q_row.chunks_exact_mut(F32_LANES);
+    for (chunk, q_chunk) in chunks.zip(&mut q_chunks) {
+        // SAFETY: `chunk` holds 16 floats.
+        let x = unsafe { _mm512_loadu_ps(chunk.as_ptr()) };
+        // IEEE division and round-half-even, exactly as the scalar code; clamping before or
+        // after rounding is the same for integer bounds.
+        let y = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_div_ps(x, scales),
+        );
+        let codes = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(y, lo), hi));
+        let bytes = _mm512_cvtsepi32_epi8(codes);
+        // SAFETY: `q_chunk` holds 16 bytes; storeu has no alignment requirement.
+        unsafe { _mm_storeu_si128(q_chunk.as_mut_ptr().cast(), bytes) };
+    }
+    scalar::quantize_row_with(tail, scale, q_chunks.into_remainder());
+}
+
+/// See `GemmKernels::quantize_rows_i8`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW, and the shapes must have been checked with
+/// `check_quantize_shapes`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn quantize_rows_i8(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    q: &mut [i8],
+    scales: &mut [f32],
+) {
+    if k == 0 {
+        scales.fill(0.0);
+        return;
+    }
+    debug_assert_eq!(a.len(), m * k);
+    for ((row, q_row), scale_out) in a
+        .chunks_exact(k)
+        .zip(q.chunks_exact_mut(k))
+        .zip(scales.iter_mut())
+    {
+        let scale = absmax(row) / I8_MAX_CODE;
+        *scale_out = scale;
+        if scale == 0.0 {
+            q_row.fill(0);
+        } else {
+            quantize_row(row, scale, q_row);
+        }
+    }
+}

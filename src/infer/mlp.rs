@@ -1,0 +1,449 @@
+//! The `mlp` architecture: a sequential stack of dense layers described by a quantd config.
+//!
+//! ```json
+//! {"model_type": "mlp",
+//!  "layers": [{"name": "fc1", "activation": "relu"},
+//!             {"name": "fc2", "activation": "relu"},
+//!             {"name": "fc3", "activation": "identity"}],
+//!  "softmax": false}
+//! ```
+//! Layer `name` reads the weight `<name>.weight` (`[out, in]`, as `torch.nn.Linear` saves it) and
+//! the optional bias `<name>.bias` (`[out]`); each layer's `in` must equal the previous `out`.
+//! Activations: `relu`, `gelu` (erf), `gelu_tanh`, `tanh`, `sigmoid`, `silu`, `identity`.
+//! `softmax: true` turns the last layer's output into probabilities.
+//!
+//! Weights stay in the form the file stores them: f32, or int8 with per-row (or per-tensor)
+//! scales and optional zero points (compressed-tensors `int-quantized`), dequantized on the fly
+//! inside the dot product. Pure code: the caller runs it on a worker thread.
+
+use serde::Deserialize;
+
+/// Errors building or running an MLP; all are the client's (bad config or input).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MlpError {
+    #[error("config.json is not a valid mlp config: {0}")]
+    Config(String),
+    #[error("layer '{layer}': {reason}")]
+    Layer { layer: String, reason: String },
+    #[error("input has {got} features per row, the model expects {expected}")]
+    InputWidth { expected: usize, got: usize },
+}
+
+/// Elementwise activations of the `mlp` architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Relu,
+    Gelu,
+    GeluTanh,
+    Tanh,
+    Sigmoid,
+    Silu,
+    Identity,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayerConfig {
+    name: String,
+    #[serde(default = "identity")]
+    activation: Activation,
+}
+
+fn identity() -> Activation {
+    Activation::Identity
+}
+
+/// The parsed `config.json` of an `mlp` model.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MlpConfig {
+    layers: Vec<LayerConfig>,
+    #[serde(default)]
+    softmax: bool,
+}
+
+impl MlpConfig {
+    /// Parses the `mlp` fields of a config.json value (other keys such as `model_type` or
+    /// `quantization_config` are ignored).
+    pub fn from_value(config: &serde_json::Value) -> Result<Self, MlpError> {
+        let layers = config
+            .get("layers")
+            .ok_or_else(|| MlpError::Config("missing 'layers'".into()))?;
+        let layers: Vec<LayerConfig> =
+            serde_json::from_value(layers.clone()).map_err(|e| MlpError::Config(e.to_string()))?;
+        if layers.is_empty() {
+            return Err(MlpError::Config("'layers' is empty".into()));
+        }
+        let softmax = match config.get("softmax") {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(_) => return Err(MlpError::Config("'softmax' must be true or false".into())),
+        };
+        Ok(MlpConfig { layers, softmax })
+    }
+
+    /// Whether the output is turned into probabilities.
+    pub fn softmax(&self) -> bool {
+        self.softmax
+    }
+
+    /// `(layer name, activation)` in order.
+    pub fn layers(&self) -> impl Iterator<Item = (&str, Activation)> {
+        self.layers.iter().map(|l| (l.name.as_str(), l.activation))
+    }
+}
+
+/// A dense layer's weights as stored.
+#[derive(Debug, Clone)]
+pub enum DenseWeights {
+    F32(Vec<f32>),
+    /// int8 `[out, in]` with one scale per row (or one for all) and optional zero points.
+    Int8 {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+        zero_points: Vec<i8>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct DenseLayer {
+    pub name: String,
+    pub inputs: usize,
+    pub outputs: usize,
+    pub weights: DenseWeights,
+    pub bias: Option<Vec<f32>>,
+    pub activation: Activation,
+}
+
+impl DenseLayer {
+    fn check(&self) -> Result<(), MlpError> {
+        let fail = |reason: String| MlpError::Layer {
+            layer: self.name.clone(),
+            reason,
+        };
+        let n = self.inputs * self.outputs;
+        match &self.weights {
+            DenseWeights::F32(w) if w.len() != n => {
+                return Err(fail(format!("weight has {} values, expected {n}", w.len())))
+            }
+            DenseWeights::Int8 {
+                q,
+                scales,
+                zero_points,
+            } => {
+                if q.len() != n {
+                    return Err(fail(format!("weight has {} values, expected {n}", q.len())));
+                }
+                if scales.len() != 1 && scales.len() != self.outputs {
+                    return Err(fail(format!(
+                        "{} scales for {} rows",
+                        scales.len(),
+                        self.outputs
+                    )));
+                }
+                if !zero_points.is_empty() && zero_points.len() != scales.len() {
+                    return Err(fail("zero points do not match the scales".into()));
+                }
+            }
+            _ => {}
+        }
+        if let Some(bias) = &self.bias {
+            if bias.len() != self.outputs {
+                return Err(fail(format!(
+                    "bias has {} values, expected {}",
+                    bias.len(),
+                    self.outputs
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes the weights occupy in memory.
+    pub fn weight_bytes(&self) -> usize {
+        let weights = match &self.weights {
+            DenseWeights::F32(w) => w.len() * 4,
+            DenseWeights::Int8 {
+                q,
+                scales,
+                zero_points,
+            } => q.len() + scales.len() * 4 + zero_points.len(),
+        };
+        weights + self.bias.as_ref().map_or(0, |b| b.len() * 4)
+    }
+
+    /// `y = x · Wᵀ + b` for one input row, then the activation.
+    fn forward_row(&self, x: &[f32], y: &mut [f32]) {
+        match &self.weights {
+            DenseWeights::F32(w) => {
+                for (o, out) in y.iter_mut().enumerate() {
+                    let row = &w[o * self.inputs..(o + 1) * self.inputs];
+                    *out = row.iter().zip(x).map(|(a, b)| a * b).sum::<f32>();
+                }
+            }
+            DenseWeights::Int8 {
+                q,
+                scales,
+                zero_points,
+            } => {
+                for (o, out) in y.iter_mut().enumerate() {
+                    let index = if scales.len() == 1 { 0 } else { o };
+                    let zero = zero_points.get(index).map_or(0.0, |&z| f32::from(z));
+                    let row = &q[o * self.inputs..(o + 1) * self.inputs];
+                    // Σ (q - z)·x·s = s·(Σ q·x − z·Σ x): the scale is applied once per row.
+                    let dot: f32 = row.iter().zip(x).map(|(&a, &b)| f32::from(a) * b).sum();
+                    let correction = if zero == 0.0 {
+                        0.0
+                    } else {
+                        zero * x.iter().sum::<f32>()
+                    };
+                    *out = (dot - correction) * scales[index];
+                }
+            }
+        }
+        if let Some(bias) = &self.bias {
+            for (out, b) in y.iter_mut().zip(bias) {
+                *out += b;
+            }
+        }
+        for value in y.iter_mut() {
+            *value = activate(self.activation, *value);
+        }
+    }
+}
+
+/// erf with ~1e-7 relative accuracy (Abramowitz–Stegun 7.1.28-style would not do; this is the
+/// classic Numerical Recipes `erfc` Chebyshev fit, fractional error < 1.2e-7), in f64.
+pub fn erf(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let erfc = t * poly.exp();
+    if x >= 0.0 {
+        1.0 - erfc
+    } else {
+        erfc - 1.0
+    }
+}
+
+pub fn activate(activation: Activation, x: f32) -> f32 {
+    match activation {
+        Activation::Relu => x.max(0.0),
+        Activation::Gelu => {
+            (0.5 * f64::from(x) * (1.0 + erf(f64::from(x) / std::f64::consts::SQRT_2))) as f32
+        }
+        Activation::GeluTanh => {
+            let x64 = f64::from(x);
+            let inner = (2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044_715 * x64.powi(3));
+            (0.5 * x64 * (1.0 + inner.tanh())) as f32
+        }
+        Activation::Tanh => x.tanh(),
+        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::Identity => x,
+    }
+}
+
+/// A loaded MLP.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub layers: Vec<DenseLayer>,
+    pub softmax: bool,
+}
+
+impl Mlp {
+    /// Checks the layer chain (shapes, widths) and builds the model.
+    pub fn new(layers: Vec<DenseLayer>, softmax: bool) -> Result<Self, MlpError> {
+        for layer in &layers {
+            layer.check()?;
+        }
+        for pair in layers.windows(2) {
+            if pair[1].inputs != pair[0].outputs {
+                return Err(MlpError::Layer {
+                    layer: pair[1].name.clone(),
+                    reason: format!(
+                        "takes {} inputs but '{}' gives {}",
+                        pair[1].inputs, pair[0].name, pair[0].outputs
+                    ),
+                });
+            }
+        }
+        if layers.is_empty() {
+            return Err(MlpError::Config("no layers".into()));
+        }
+        Ok(Mlp { layers, softmax })
+    }
+
+    pub fn input_width(&self) -> usize {
+        self.layers[0].inputs
+    }
+
+    pub fn output_width(&self) -> usize {
+        self.layers.last().expect("at least one layer").outputs
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        self.layers.iter().map(DenseLayer::weight_bytes).sum()
+    }
+
+    /// Runs `rows` inputs of `input_width()` values each; returns `rows × output_width()`.
+    pub fn forward(&self, input: &[f32], rows: usize) -> Result<Vec<f32>, MlpError> {
+        let width = self.input_width();
+        if rows == 0 || input.len() != rows * width {
+            return Err(MlpError::InputWidth {
+                expected: width,
+                got: input.len().checked_div(rows).unwrap_or(0),
+            });
+        }
+        let mut output = Vec::with_capacity(rows * self.output_width());
+        let widest = self
+            .layers
+            .iter()
+            .map(|l| l.outputs.max(l.inputs))
+            .max()
+            .unwrap_or(0);
+        let (mut a, mut b) = (vec![0f32; widest], vec![0f32; widest]);
+        for row in input.chunks_exact(width) {
+            a[..width].copy_from_slice(row);
+            let mut current = width;
+            for layer in &self.layers {
+                layer.forward_row(&a[..current], &mut b[..layer.outputs]);
+                std::mem::swap(&mut a, &mut b);
+                current = layer.outputs;
+            }
+            let out = &mut a[..current];
+            if self.softmax {
+                let max = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f32 = out
+                    .iter_mut()
+                    .map(|v| {
+                        *v = (*v - max).exp();
+                        *v
+                    })
+                    .sum();
+                out.iter_mut().for_each(|v| *v /= sum);
+            }
+            output.extend_from_slice(out);
+        }
+        Ok(output)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(
+        name: &str,
+        inputs: usize,
+        outputs: usize,
+        weights: DenseWeights,
+        activation: Activation,
+    ) -> DenseLayer {
+        DenseLayer {
+            name: name.into(),
+            inputs,
+            outputs,
+            weights,
+            bias: Some(vec![0.5; outputs]),
+            activation,
+        }
+    }
+
+    #[test]
+    fn int8_rows_equal_their_dequantized_f32_twin() {
+        let q: Vec<i8> = (0..12).map(|i| (i * 23 % 255 - 127) as i8).collect();
+        let scales = vec![0.01, 0.02, 0.03];
+        let zero_points = vec![1, -2, 0];
+        let dequantized: Vec<f32> = q
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (f32::from(v) - f32::from(zero_points[i / 4])) * scales[i / 4])
+            .collect();
+        let int8 = Mlp::new(
+            vec![layer(
+                "l",
+                4,
+                3,
+                DenseWeights::Int8 {
+                    q,
+                    scales,
+                    zero_points,
+                },
+                Activation::Identity,
+            )],
+            false,
+        )
+        .unwrap();
+        let f32m = Mlp::new(
+            vec![layer(
+                "l",
+                4,
+                3,
+                DenseWeights::F32(dequantized),
+                Activation::Identity,
+            )],
+            false,
+        )
+        .unwrap();
+        let x = [0.3, -1.2, 2.5, 0.7, 1.0, 1.0, -1.0, 0.0];
+        let (a, b) = (int8.forward(&x, 2).unwrap(), f32m.forward(&x, 2).unwrap());
+        for (u, v) in a.iter().zip(&b) {
+            assert!((u - v).abs() < 1e-5, "{u} vs {v}");
+        }
+    }
+
+    #[test]
+    fn shapes_and_configs_are_checked() {
+        let bad = Mlp::new(
+            vec![
+                layer("a", 2, 3, DenseWeights::F32(vec![0.0; 6]), Activation::Relu),
+                layer("b", 4, 1, DenseWeights::F32(vec![0.0; 4]), Activation::Relu),
+            ],
+            false,
+        );
+        assert!(matches!(bad, Err(MlpError::Layer { .. })));
+        let model = Mlp::new(
+            vec![layer(
+                "a",
+                2,
+                3,
+                DenseWeights::F32(vec![0.1; 6]),
+                Activation::Relu,
+            )],
+            true,
+        )
+        .unwrap();
+        assert!(matches!(
+            model.forward(&[1.0; 3], 1),
+            Err(MlpError::InputWidth { .. })
+        ));
+        let probabilities = model.forward(&[1.0, 2.0], 1).unwrap();
+        assert!((probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(MlpConfig::from_value(
+            &serde_json::json!({"layers": [{"name": "x", "activation": "swish"}]})
+        )
+        .is_err());
+        assert!(MlpConfig::from_value(&serde_json::json!({"model_type": "mlp"})).is_err());
+        let config = MlpConfig::from_value(&serde_json::json!({"layers": [{"name": "x", "activation": "gelu_tanh"}], "softmax": true})).unwrap();
+        assert_eq!(config.layers().next(), Some(("x", Activation::GeluTanh)));
+    }
+
+    #[test]
+    fn activations_match_their_definitions() {
+        assert!((erf(0.5) - 0.520_499_877_813_046_5).abs() < 2e-7);
+        assert!((erf(-1.5) + 0.966_105_146_475_310_7).abs() < 2e-7);
+        assert!((activate(Activation::Gelu, 1.0) - 0.841_344_7).abs() < 1e-6);
+        assert!((activate(Activation::GeluTanh, 1.0) - 0.841_192).abs() < 1e-5);
+        assert_eq!(activate(Activation::Relu, -2.0), 0.0);
+        assert!((activate(Activation::Silu, 1.0) - 0.731_058_6).abs() < 1e-6);
+        assert!((activate(Activation::Sigmoid, 0.0) - 0.5).abs() < 1e-7);
+    }
+}

@@ -1,0 +1,393 @@
+//! Serving: resolves a name (model id, artifact id, or unique model name) to stored weights,
+//! loads them into an architecture (on the worker pool), keeps loaded models under a memory
+//! budget with least-recently-used eviction, and runs inference on the worker pool with bounded
+//! admission (beyond it callers get [`ServingError::Busy`], i.e. 429).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::formats::safetensors::{Dtype, Header, Limits};
+use crate::infer::mlp::{DenseLayer, DenseWeights, Mlp, MlpConfig, MlpError};
+use crate::pool::{PoolError, WorkerPool};
+use crate::store::{BlobStore, SharedMetadataStore, StoreError, StoredFile};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServingError {
+    #[error("no model or artifact named '{0}'")]
+    NotFound(String),
+    #[error("'{0}' names several models; use its id")]
+    Ambiguous(String),
+    /// The weights exist but cannot be served (no or unsupported architecture, unsupported storage).
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    BadInput(String),
+    #[error("too many inference requests in flight; retry shortly")]
+    Busy,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServingError {
+    fn from(error: StoreError) -> Self {
+        ServingError::Internal(error.to_string())
+    }
+}
+
+impl From<PoolError> for ServingError {
+    fn from(error: PoolError) -> Self {
+        ServingError::Internal(error.to_string())
+    }
+}
+
+/// Where a served name's weights come from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// `model` or `artifact`.
+    pub kind: &'static str,
+    pub id: Uuid,
+    pub name: String,
+    pub sha256: String,
+    pub files: Vec<StoredFile>,
+}
+
+/// A model ready to run.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub source: Source,
+    pub architecture: &'static str,
+    /// `f32` or `int8` (weights as held in memory).
+    pub weights: &'static str,
+    pub mlp: Mlp,
+    pub memory_bytes: usize,
+}
+
+struct Resident {
+    model: Arc<LoadedModel>,
+    last_used: Instant,
+}
+
+pub struct ServingRegistry {
+    store: SharedMetadataStore,
+    blobs: BlobStore,
+    pool: Arc<WorkerPool>,
+    limits: Limits,
+    memory_budget: usize,
+    resident: Mutex<HashMap<Uuid, Resident>>,
+    /// Admission for inference: requests beyond these permits are refused at once (429).
+    inflight: Arc<Semaphore>,
+}
+
+impl ServingRegistry {
+    pub fn new(
+        store: SharedMetadataStore,
+        blobs: BlobStore,
+        pool: Arc<WorkerPool>,
+        limits: Limits,
+        memory_budget: usize,
+        max_inflight: usize,
+    ) -> Self {
+        ServingRegistry {
+            store,
+            blobs,
+            pool,
+            limits,
+            memory_budget,
+            resident: Mutex::new(HashMap::new()),
+            inflight: Arc::new(Semaphore::new(max_inflight.max(1))),
+        }
+    }
+
+    /// Resolves a model id, an artifact id, or a unique model name.
+    pub async fn resolve(&self, name: &str) -> Result<Source, ServingError> {
+        if let Ok(id) = Uuid::parse_str(name) {
+            if let Some(model) = self.store.get_model(id).await? {
+                return Ok(Source {
+                    kind: "model",
+                    id,
+                    name: model.name,
+                    sha256: model.sha256,
+                    files: model.files,
+                });
+            }
+            if let Some(artifact) = self.store.get_artifact(id).await? {
+                if artifact.format == "gguf" {
+                    return Err(ServingError::Unsupported(format!(
+                        "artifact {id} is a GGUF file; serving reads safetensors artifacts"
+                    )));
+                }
+                let model_name = self
+                    .store
+                    .get_model(artifact.model_id)
+                    .await?
+                    .map(|m| m.name)
+                    .unwrap_or_default();
+                let files = artifact
+                    .files
+                    .iter()
+                    .filter(|f| f.filename != "model.safetensors")
+                    .cloned()
+                    .collect();
+                return Ok(Source {
+                    kind: "artifact",
+                    id,
+                    name: format!("{model_name}@{}", artifact.scheme),
+                    sha256: artifact.sha256,
+                    files,
+                });
+            }
+            return Err(ServingError::NotFound(name.to_owned()));
+        }
+        let ids = self.store.model_ids_by_name(name, 2).await?;
+        match ids.as_slice() {
+            [] => Err(ServingError::NotFound(name.to_owned())),
+            [id] => Box::pin(self.resolve(&id.to_string())).await,
+            _ => Err(ServingError::Ambiguous(name.to_owned())),
+        }
+    }
+
+    /// The loaded model for `name`, loading it (on the worker pool) if needed.
+    pub async fn get_or_load(&self, name: &str) -> Result<Arc<LoadedModel>, ServingError> {
+        let source = self.resolve(name).await?;
+        if let Some(resident) = self
+            .resident
+            .lock()
+            .expect("not poisoned")
+            .get_mut(&source.id)
+        {
+            resident.last_used = Instant::now();
+            return Ok(resident.model.clone());
+        }
+        let config = match source.files.iter().find(|f| f.filename == "config.json") {
+            Some(file) => serde_json::from_slice::<serde_json::Value>(
+                &self
+                    .blobs
+                    .read_small(&file.sha256)
+                    .await
+                    .map_err(|e| ServingError::Internal(e.to_string()))?,
+            )
+            .map_err(|e| ServingError::Unsupported(format!("config.json is not JSON: {e}")))?,
+            None => {
+                return Err(ServingError::Unsupported(format!(
+                    "{} {} has no config.json: attach one naming its architecture (model_type)",
+                    source.kind, source.id
+                )))
+            }
+        };
+        let path = self.blobs.local_path(&source.sha256);
+        let limits = self.limits;
+        let slot = self.pool.acquire().await?;
+        let loaded_source = source.clone();
+        let model = self
+            .pool
+            .run(slot, move || load(&path, &config, loaded_source, limits))
+            .await??;
+        let model = Arc::new(model);
+        let mut resident = self.resident.lock().expect("not poisoned");
+        resident.insert(
+            source.id,
+            Resident {
+                model: model.clone(),
+                last_used: Instant::now(),
+            },
+        );
+        // Least-recently-used eviction down to the budget; the model just loaded stays.
+        loop {
+            let total: usize = resident.values().map(|r| r.model.memory_bytes).sum();
+            if total <= self.memory_budget {
+                break;
+            }
+            let victim = resident
+                .iter()
+                .filter(|(id, _)| **id != source.id)
+                .min_by_key(|(_, r)| r.last_used)
+                .map(|(id, _)| *id);
+            match victim {
+                Some(id) => {
+                    tracing::info!(model = %id, "evicting a served model over the memory budget");
+                    resident.remove(&id);
+                }
+                None => break,
+            }
+        }
+        Ok(model)
+    }
+
+    /// Drops a loaded model; returns whether it was loaded.
+    pub async fn unload(&self, name: &str) -> Result<bool, ServingError> {
+        let source = self.resolve(name).await?;
+        Ok(self
+            .resident
+            .lock()
+            .expect("not poisoned")
+            .remove(&source.id)
+            .is_some())
+    }
+
+    pub fn is_loaded(&self, id: Uuid) -> bool {
+        self.resident
+            .lock()
+            .expect("not poisoned")
+            .contains_key(&id)
+    }
+
+    /// Runs `rows` inputs through the model on the worker pool.
+    pub async fn infer(
+        &self,
+        model: Arc<LoadedModel>,
+        input: Vec<f32>,
+        rows: usize,
+    ) -> Result<Vec<f32>, ServingError> {
+        let permit = self
+            .inflight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServingError::Busy)?;
+        let slot = self.pool.acquire().await?;
+        let output = self
+            .pool
+            .run(slot, move || model.mlp.forward(&input, rows))
+            .await?
+            .map_err(|e| ServingError::BadInput(e.to_string()))?;
+        drop(permit);
+        Ok(output)
+    }
+}
+
+fn f32_values(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// Loads an `mlp` model from a safetensors file (blocking: runs on the worker pool).
+fn load(
+    path: &std::path::Path,
+    config: &serde_json::Value,
+    source: Source,
+    limits: Limits,
+) -> Result<LoadedModel, ServingError> {
+    let model_type = config
+        .get("model_type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("");
+    if model_type != "mlp" {
+        return Err(ServingError::Unsupported(if model_type.is_empty() {
+            "config.json has no model_type; this build serves model_type 'mlp'".to_owned()
+        } else {
+            format!("model_type '{model_type}' is not served by this build (supported: mlp)")
+        }));
+    }
+    let mlp_config =
+        MlpConfig::from_value(config).map_err(|e| ServingError::Unsupported(e.to_string()))?;
+    let file = std::fs::File::open(path).map_err(|e| ServingError::Internal(e.to_string()))?;
+    // SAFETY: blobs are content-addressed and never modified in place (see jobs::pipeline).
+    let mapping =
+        unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ServingError::Internal(e.to_string()))?;
+    let header =
+        Header::parse_file(&mapping, &limits).map_err(|e| ServingError::Internal(e.to_string()))?;
+    let bytes_of = |name: &str| {
+        header.get(name).map(|t| {
+            (
+                t,
+                &mapping[(header.data_start + t.data_offsets.0) as usize
+                    ..(header.data_start + t.data_offsets.1) as usize],
+            )
+        })
+    };
+    let unsupported = |layer: &str, why: String| {
+        ServingError::Unsupported(
+            MlpError::Layer {
+                layer: layer.to_owned(),
+                reason: why,
+            }
+            .to_string(),
+        )
+    };
+    let mut layers = Vec::new();
+    let mut int8 = false;
+    for (name, activation) in mlp_config.layers() {
+        let (info, bytes) = bytes_of(&format!("{name}.weight"))
+            .ok_or_else(|| unsupported(name, format!("no tensor '{name}.weight'")))?;
+        if info.shape.len() != 2 {
+            return Err(unsupported(
+                name,
+                format!("weight has shape {:?}, expected [out, in]", info.shape),
+            ));
+        }
+        let (outputs, inputs) = (info.shape[0], info.shape[1]);
+        let weights = match info.dtype {
+            Dtype::I8 => {
+                let (_, scale_bytes) = bytes_of(&format!("{name}.weight_scale"))
+                    .ok_or_else(|| unsupported(name, "int8 weight without weight_scale".into()))?;
+                let scales = f32_values(
+                    scale_bytes,
+                    header
+                        .get(&format!("{name}.weight_scale"))
+                        .expect("found")
+                        .dtype,
+                )
+                .ok_or_else(|| unsupported(name, "weight_scale is not a float tensor".into()))?;
+                let zero_points = bytes_of(&format!("{name}.weight_zero_point"))
+                    .map(|(_, b)| b.iter().map(|&v| v as i8).collect())
+                    .unwrap_or_default();
+                int8 = true;
+                DenseWeights::Int8 {
+                    q: bytes.iter().map(|&v| v as i8).collect(),
+                    scales,
+                    zero_points,
+                }
+            }
+            dtype => DenseWeights::F32(f32_values(bytes, dtype).ok_or_else(|| {
+                unsupported(
+                    name,
+                    format!(
+                        "weights stored as {} cannot be served (supported: F32, F16, BF16, int8)",
+                        dtype.as_str()
+                    ),
+                )
+            })?),
+        };
+        let bias = match bytes_of(&format!("{name}.bias")) {
+            Some((t, b)) => Some(
+                f32_values(b, t.dtype)
+                    .ok_or_else(|| unsupported(name, "bias is not a float tensor".into()))?,
+            ),
+            None => None,
+        };
+        layers.push(DenseLayer {
+            name: name.to_owned(),
+            inputs,
+            outputs,
+            weights,
+            bias,
+            activation,
+        });
+    }
+    let mlp = Mlp::new(layers, mlp_config.softmax())
+        .map_err(|e| ServingError::Unsupported(e.to_string()))?;
+    let memory_bytes = mlp.weight_bytes();
+    Ok(LoadedModel {
+        source,
+        architecture: "mlp",
+        weights: if int8 { "int8" } else { "f32" },
+        mlp,
+        memory_bytes,
+    })
+}

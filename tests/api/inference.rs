@@ -1,0 +1,240 @@
+//! Open Inference Protocol v2 on the digits MLP: FP32 gives the fixture's accuracy exactly,
+//! int8 artifacts stay within half a point, errors are `{"error": ...}`.
+
+use safetensors::SafeTensors;
+use serde_json::{json, Value};
+
+use crate::helpers::{fixture, spawn_app, TestApp};
+
+const MLP_CONFIG: &str = r#"{"model_type": "mlp", "layers": [{"name": "fc1", "activation": "relu"}, {"name": "fc2", "activation": "relu"}, {"name": "fc3", "activation": "identity"}]}"#;
+
+fn test_split() -> (Vec<Vec<f32>>, Vec<i64>) {
+    let bytes = std::fs::read(fixture("digits/digits_test_split.safetensors")).unwrap();
+    let split = SafeTensors::deserialize(&bytes).unwrap();
+    let x: Vec<f32> = split
+        .tensor("x")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let y = split
+        .tensor("y")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (x.chunks(64).map(<[f32]>::to_vec).collect(), y)
+}
+
+async fn upload_digits_with_config(app: &TestApp) -> String {
+    let model = app.upload_digits().await;
+    let id = model["id"].as_str().unwrap().to_owned();
+    let response = app
+        .client
+        .put(app.url(&format!("/api/v1/models/{id}/files/config.json")))
+        .body(MLP_CONFIG)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    id
+}
+
+async fn accuracy(app: &TestApp, name: &str) -> f64 {
+    let (rows, labels) = test_split();
+    // Nested data form, all 360 rows in one request.
+    let response = app
+        .client
+        .post(app.url(&format!("/v2/models/{name}/infer")))
+        .json(&json!({"id": "acc", "inputs": [{"name": "input", "shape": [rows.len(), 64], "datatype": "FP32", "data": rows}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("server-timing").is_some());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["id"], "acc");
+    let output = &body["outputs"][0];
+    assert_eq!(output["shape"], json!([360, 10]));
+    let logits: Vec<f64> = output["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let correct = logits
+        .chunks(10)
+        .zip(&labels)
+        .filter(|(row, &label)| {
+            row.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0 as i64
+                == label
+        })
+        .count();
+    correct as f64 / labels.len() as f64
+}
+
+#[tokio::test]
+async fn digits_fp32_and_int8_through_the_v2_protocol() {
+    let app = spawn_app().await;
+    let id = upload_digits_with_config(&app).await;
+    assert_eq!(accuracy(&app, &id).await, 0.9694444444444444, "FP32 by id");
+    assert_eq!(
+        accuracy(&app, "digits").await,
+        0.9694444444444444,
+        "FP32 by unique name"
+    );
+
+    let metadata = app.get_json("/v2/models/digits").await;
+    assert_eq!(metadata["inputs"][0]["shape"], json!([-1, 64]));
+    assert_eq!(metadata["outputs"][0]["shape"], json!([-1, 10]));
+    assert_eq!(metadata["parameters"]["weights"], "f32");
+
+    for options in [
+        json!({"granularity": "channel"}),
+        json!({"granularity": "tensor", "symmetric": false}),
+    ] {
+        let job = app.create_job_ok(&id, options.clone()).await;
+        let job = app.wait_for_job(&job).await;
+        let artifact_id = job["artifact_id"].as_str().unwrap();
+        let int8 = accuracy(&app, artifact_id).await;
+        assert!(
+            (int8 - 0.9694444444444444).abs() <= 0.005,
+            "int8 {options}: {int8}"
+        );
+        let metadata = app.get_json(&format!("/v2/models/{artifact_id}")).await;
+        assert_eq!(
+            metadata["parameters"]["weights"], "int8",
+            "weights stay int8 in memory"
+        );
+    }
+
+    // A single row, flat data.
+    let (rows, labels) = test_split();
+    let response = app
+        .client
+        .post(app.url("/v2/models/digits/infer"))
+        .json(&json!({"inputs": [{"name": "input", "shape": [64], "datatype": "FP32", "data": rows[0]}]}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    let logits: Vec<f64> = body["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0 as i64,
+        labels[0]
+    );
+
+    // Explicit unload and load.
+    let unloaded: Value = app
+        .client
+        .post(app.url("/api/v1/serving/digits/unload"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unloaded["unloaded"], true);
+    let loaded: Value = app
+        .client
+        .post(app.url("/api/v1/serving/digits/load"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(loaded["loaded"], true);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn v2_errors_are_json_with_4xx_statuses() {
+    let app = spawn_app().await;
+    assert_eq!(app.get_json("/v2").await["name"], "quantd");
+    assert_eq!(app.get("/v2/health/live").await.status(), 200);
+    assert_eq!(app.get("/v2/health/ready").await.status(), 200);
+    let expect_error = |status: u16| {
+        move |response: reqwest::Response| async move {
+            assert_eq!(response.status().as_u16(), status);
+            let body: Value = response.json().await.unwrap();
+            assert!(body["error"].is_string(), "{body}");
+        }
+    };
+    expect_error(404)(app.get("/v2/models/nope").await).await;
+    // No config.json: can be quantized, but not served.
+    let model = app.upload_digits().await;
+    let id = model["id"].as_str().unwrap().to_owned();
+    expect_error(422)(app.get(&format!("/v2/models/{id}")).await).await;
+    let response = app
+        .client
+        .put(app.url(&format!("/api/v1/models/{id}/files/config.json")))
+        .body(r#"{"model_type": "llama"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    expect_error(422)(app.get(&format!("/v2/models/{id}")).await).await;
+    let response = app
+        .client
+        .put(app.url(&format!("/api/v1/models/{id}/files/config.json")))
+        .body(MLP_CONFIG)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let infer = |body: Value| {
+        let request = app.client.post(app.url(&format!("/v2/models/{id}/infer")));
+        async move { request.json(&body).send().await.unwrap() }
+    };
+    expect_error(400)(infer(json!({"inputs": [{"name": "input", "shape": [1, 63], "datatype": "FP32", "data": vec![0.0; 63]}]})).await).await;
+    expect_error(400)(infer(json!({"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": vec![0.0; 64]}]})).await).await;
+    expect_error(400)(infer(json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "BYTES", "data": ["a"]}]})).await).await;
+    expect_error(400)(infer(json!({"nothing": []})).await).await;
+    let response = app
+        .client
+        .post(app.url(&format!("/v2/models/{id}/infer")))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    expect_error(400)(response).await;
+    // Two models with the same name: the name is ambiguous, ids still work.
+    app.upload_digits().await;
+    expect_error(400)(app.get("/v2/models/digits").await).await;
+    // GGUF artifacts are not served.
+    let response = app
+        .client
+        .post(app.url("/api/v1/jobs"))
+        .json(&json!({"model_id": id, "scheme": "q8_0", "format": "gguf"}))
+        .send()
+        .await
+        .unwrap();
+    let job: Value = response.json().await.unwrap();
+    let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
+    expect_error(422)(
+        app.get(&format!(
+            "/v2/models/{}",
+            job["artifact_id"].as_str().unwrap()
+        ))
+        .await,
+    )
+    .await;
+    app.stop().await;
+}
