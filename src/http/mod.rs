@@ -6,6 +6,7 @@ pub mod download;
 pub mod error;
 pub mod jobs;
 pub mod models;
+pub mod openai;
 pub mod ops;
 pub mod v2;
 
@@ -177,6 +178,7 @@ pub fn openapi() -> OpenApiDoc {
 pub fn router(state: AppState) -> Router {
     let (api, spec) = api_router().split_for_parts();
     api.merge(v2::router())
+        .merge(openai::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(fallback_not_found)
         .method_not_allowed_fallback(fallback_method_not_allowed)

@@ -101,8 +101,11 @@ fn metadata(model: &LoadedModel, requested: &str) -> Value {
         "name": requested,
         "versions": ["1"],
         "platform": format!("quantd-{}", model.architecture),
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, model.mlp.input_width()]}],
-        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, model.mlp.output_width()]}],
+        "inputs": [match model.widths().0 {
+            Some(width) => json!({"name": "input", "datatype": "FP32", "shape": [-1, width]}),
+            None => json!({"name": "text", "datatype": "BYTES", "shape": [-1]}),
+        }],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, model.widths().1]}],
         "parameters": {
             "source": model.source.kind,
             "id": model.source.id,
@@ -197,7 +200,15 @@ async fn infer(
         )));
     }
     let model = state.serving.get_or_load(&name).await?;
-    let width = model.mlp.input_width();
+    let Some(width) = model.widths().0 else {
+        return Err(V2Error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "'{name}' is a {} text model: use POST /v1/embeddings",
+                model.architecture
+            ),
+        ));
+    };
     let rows = match shape.as_slice() {
         [w] if *w == width => 1,
         [rows, w] if *w == width => *rows,
@@ -215,7 +226,7 @@ async fn infer(
         "model_name": name,
         "model_version": "1",
         "id": request.get("id").cloned().unwrap_or(Value::Null),
-        "outputs": [{"name": "output", "datatype": "FP32", "shape": [rows, model.mlp.output_width()], "data": output}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [rows, model.widths().1], "data": output}],
     }))
     .into_response();
     let timing = format!(

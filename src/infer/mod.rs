@@ -2,4 +2,6 @@
 //! Pure code, like `quant` and `formats`: the serving layer loads weights and runs these on the
 //! worker pool.
 
+pub mod bert;
 pub mod mlp;
+pub mod tokenize;

@@ -3,6 +3,8 @@
 //! budget with least-recently-used eviction, and runs inference on the worker pool with bounded
 //! admission (beyond it callers get [`ServingError::Busy`], i.e. 429).
 
+pub mod bert;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -60,10 +62,26 @@ pub struct Source {
 pub struct LoadedModel {
     pub source: Source,
     pub architecture: &'static str,
-    /// `f32` or `int8` (weights as held in memory).
+    /// `f32` or `int8` (Linear weights as held in memory).
     pub weights: &'static str,
-    pub mlp: Mlp,
+    pub kind: ModelKind,
     pub memory_bytes: usize,
+}
+
+impl LoadedModel {
+    /// Values per input row (`None` for text models) and per output row.
+    pub fn widths(&self) -> (Option<usize>, usize) {
+        match &self.kind {
+            ModelKind::Mlp(mlp) => (Some(mlp.input_width()), mlp.output_width()),
+            ModelKind::Bert(bert) => (None, bert.hidden_size()),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ModelKind {
+    Mlp(Mlp),
+    Bert(Box<bert::BertServing>),
 }
 
 struct Resident {
@@ -162,15 +180,14 @@ impl ServingRegistry {
             resident.last_used = Instant::now();
             return Ok(resident.model.clone());
         }
-        let config = match source.files.iter().find(|f| f.filename == "config.json") {
-            Some(file) => serde_json::from_slice::<serde_json::Value>(
-                &self
-                    .blobs
-                    .read_small(&file.sha256)
-                    .await
-                    .map_err(|e| ServingError::Internal(e.to_string()))?,
-            )
-            .map_err(|e| ServingError::Unsupported(format!("config.json is not JSON: {e}")))?,
+        let read = |sha: String| async move {
+            self.blobs
+                .read_small(&sha)
+                .await
+                .map_err(|e| ServingError::Internal(e.to_string()))
+        };
+        let config_bytes = match source.files.iter().find(|f| f.filename == "config.json") {
+            Some(file) => read(file.sha256.clone()).await?,
             None => {
                 return Err(ServingError::Unsupported(format!(
                     "{} {} has no config.json: attach one naming its architecture (model_type)",
@@ -178,13 +195,25 @@ impl ServingRegistry {
                 )))
             }
         };
+        let tokenizer = match source.files.iter().find(|f| f.filename == "tokenizer.json") {
+            Some(file) => Some(read(file.sha256.clone()).await?),
+            None => None,
+        };
         let path = self.blobs.local_path(&source.sha256);
         let limits = self.limits;
         let slot = self.pool.acquire().await?;
         let loaded_source = source.clone();
         let model = self
             .pool
-            .run(slot, move || load(&path, &config, loaded_source, limits))
+            .run(slot, move || {
+                load(
+                    &path,
+                    &config_bytes,
+                    tokenizer.as_deref(),
+                    loaded_source,
+                    limits,
+                )
+            })
             .await??;
         let model = Arc::new(model);
         let mut resident = self.resident.lock().expect("not poisoned");
@@ -235,7 +264,7 @@ impl ServingRegistry {
             .contains_key(&id)
     }
 
-    /// Runs `rows` inputs through the model on the worker pool.
+    /// Runs `rows` inputs through an `mlp` model on the worker pool.
     pub async fn infer(
         &self,
         model: Arc<LoadedModel>,
@@ -250,9 +279,41 @@ impl ServingRegistry {
         let slot = self.pool.acquire().await?;
         let output = self
             .pool
-            .run(slot, move || model.mlp.forward(&input, rows))
-            .await?
-            .map_err(|e| ServingError::BadInput(e.to_string()))?;
+            .run(slot, move || match &model.kind {
+                ModelKind::Mlp(mlp) => mlp
+                    .forward(&input, rows)
+                    .map_err(|e| ServingError::BadInput(e.to_string())),
+                ModelKind::Bert(_) => Err(ServingError::Unsupported(
+                    "a bert model embeds text: use POST /v1/embeddings".into(),
+                )),
+            })
+            .await??;
+        drop(permit);
+        Ok(output)
+    }
+
+    /// Embeds token-id sequences with a `bert` model on the worker pool.
+    pub async fn embed(
+        &self,
+        model: Arc<LoadedModel>,
+        batch: Vec<Vec<u32>>,
+        normalize: bool,
+    ) -> Result<Vec<Vec<f32>>, ServingError> {
+        let permit = self
+            .inflight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServingError::Busy)?;
+        let slot = self.pool.acquire().await?;
+        let output = self
+            .pool
+            .run(slot, move || match &model.kind {
+                ModelKind::Bert(bert) => bert.embed(&batch, normalize),
+                ModelKind::Mlp(_) => Err(ServingError::Unsupported(
+                    "embeddings need a bert model".into(),
+                )),
+            })
+            .await??;
         drop(permit);
         Ok(output)
     }
@@ -276,32 +337,47 @@ fn f32_values(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
     })
 }
 
-/// Loads an `mlp` model from a safetensors file (blocking: runs on the worker pool).
+/// Loads a model from a safetensors file by its config's `model_type` (blocking: runs on the
+/// worker pool).
 fn load(
     path: &std::path::Path,
-    config: &serde_json::Value,
+    config_bytes: &[u8],
+    tokenizer: Option<&[u8]>,
     source: Source,
     limits: Limits,
 ) -> Result<LoadedModel, ServingError> {
+    let config: serde_json::Value = serde_json::from_slice(config_bytes)
+        .map_err(|e| ServingError::Unsupported(format!("config.json is not JSON: {e}")))?;
     let model_type = config
         .get("model_type")
         .and_then(|t| t.as_str())
         .unwrap_or("");
-    if model_type != "mlp" {
+    if !matches!(model_type, "mlp" | "bert") {
         return Err(ServingError::Unsupported(if model_type.is_empty() {
-            "config.json has no model_type; this build serves model_type 'mlp'".to_owned()
+            "config.json has no model_type; this build serves model_type 'mlp' and 'bert'"
+                .to_owned()
         } else {
-            format!("model_type '{model_type}' is not served by this build (supported: mlp)")
+            format!("model_type '{model_type}' is not served by this build (supported: mlp, bert)")
         }));
     }
-    let mlp_config =
-        MlpConfig::from_value(config).map_err(|e| ServingError::Unsupported(e.to_string()))?;
     let file = std::fs::File::open(path).map_err(|e| ServingError::Internal(e.to_string()))?;
     // SAFETY: blobs are content-addressed and never modified in place (see jobs::pipeline).
     let mapping =
         unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ServingError::Internal(e.to_string()))?;
     let header =
         Header::parse_file(&mapping, &limits).map_err(|e| ServingError::Internal(e.to_string()))?;
+    if model_type == "bert" {
+        let bert = bert::load_bert(&mapping, &header, config_bytes, tokenizer)?;
+        return Ok(LoadedModel {
+            source,
+            architecture: "bert",
+            weights: if bert.int8 { "int8" } else { "f32" },
+            memory_bytes: bert.memory_bytes,
+            kind: ModelKind::Bert(Box::new(bert)),
+        });
+    }
+    let mlp_config =
+        MlpConfig::from_value(&config).map_err(|e| ServingError::Unsupported(e.to_string()))?;
     let bytes_of = |name: &str| {
         header.get(name).map(|t| {
             (
@@ -387,7 +463,7 @@ fn load(
         source,
         architecture: "mlp",
         weights: if int8 { "int8" } else { "f32" },
-        mlp,
+        kind: ModelKind::Mlp(mlp),
         memory_bytes,
     })
 }

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod downloads;
+mod embeddings;
 mod gguf;
 mod inference;
 mod interop;

@@ -1,0 +1,156 @@
+//! all-MiniLM-L6-v2 through OpenAI-style `/v1/embeddings`: token ids and embeddings agree with
+//! sentence-transformers (../shared/fixtures/minilm/minilm_embeddings.json), in FP32 and with
+//! int8 per-channel weights.
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::helpers::{fixture, spawn_app, TestApp};
+use crate::minilm::upload_minilm;
+
+fn reference() -> Value {
+    serde_json::from_slice(&std::fs::read(fixture("minilm/minilm_embeddings.json")).unwrap())
+        .unwrap()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+async fn embed(app: &TestApp, model: &str, input: Value) -> (Value, Vec<Vec<f64>>) {
+    let response = app
+        .client
+        .post(app.url("/v1/embeddings"))
+        .json(&json!({"model": model, "input": input}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let body: Value = response.json().await.unwrap();
+    let vectors = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            d["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    (body, vectors)
+}
+
+/// Worst cosine to the reference over the five sentences, from text and from token ids.
+async fn worst_cosine(app: &TestApp, model: &str) -> f64 {
+    let fixture = reference();
+    let sentences = fixture["sentences"].clone();
+    let expected: Vec<Vec<f64>> = fixture["embeddings_sentence_transformers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    let (body, from_text) = embed(app, model, sentences).await;
+    let total_ids: usize = fixture["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ids| ids.as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        body["usage"]["prompt_tokens"], total_ids,
+        "same number of tokens as the reference tokenizer"
+    );
+    let (_, from_ids) = embed(app, model, fixture["token_ids"].clone()).await;
+    let mut worst = 1.0f64;
+    for ((text, ids), reference) in from_text.iter().zip(&from_ids).zip(&expected) {
+        // Identical embeddings from text and from the reference's ids: identical token ids.
+        assert!(
+            cosine(text, ids) > 0.999_999_9,
+            "text and token-id inputs disagree"
+        );
+        worst = worst.min(cosine(text, reference));
+    }
+    worst
+}
+
+#[tokio::test]
+async fn minilm_embeddings_match_sentence_transformers() {
+    let app = spawn_app().await;
+    let model_id = upload_minilm(&app).await;
+    let fp32 = worst_cosine(&app, &model_id).await;
+    assert!(fp32 >= 0.99999, "FP32 worst cosine {fp32}");
+    let job = app
+        .create_job_ok(&model_id, json!({"granularity": "channel"}))
+        .await;
+    let job = app.wait_for_job(&job).await;
+    let artifact_id = job["artifact_id"].as_str().unwrap();
+    let int8 = worst_cosine(&app, artifact_id).await;
+    assert!(int8 >= 0.998, "int8 per-channel worst cosine {int8}");
+    let metadata = app.get_json(&format!("/v2/models/{artifact_id}")).await;
+    assert_eq!(metadata["parameters"]["weights"], "int8");
+
+    // base64 and dimensions.
+    let response = app.client.post(app.url("/v1/embeddings")).json(&json!({"model": model_id, "input": "hello world", "encoding_format": "base64", "dimensions": 64})).send().await.unwrap();
+    let body: Value = response.json().await.unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(values.len(), 64);
+    assert!(
+        (values.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-4,
+        "shortened embeddings are renormalised"
+    );
+    let models = app.get_json("/v1/models").await;
+    assert!(models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["id"] == model_id.as_str()));
+
+    // OpenAI's nested error envelope.
+    for (body, status) in [
+        (json!({"model": model_id, "input": []}), 400),
+        (
+            json!({"model": model_id, "input": "x", "dimensions": 1000}),
+            400,
+        ),
+        (
+            json!({"model": model_id, "input": "x", "encoding_format": "hex"}),
+            400,
+        ),
+        (json!({"model": "no-such-model", "input": "x"}), 404),
+        (json!({"input": "x"}), 400),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/v1/embeddings"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert!(
+            error["error"]["message"].is_string() && error["error"]["type"].is_string(),
+            "{error}"
+        );
+    }
+    app.stop().await;
+}
