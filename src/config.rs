@@ -100,6 +100,11 @@ pub struct Settings {
     #[arg(long, env = "QUANTD_MAX_INFLIGHT_INFERENCES", default_value_t = 64)]
     pub max_inflight_inferences: usize,
 
+    /// Serve int8 weights against int8-quantized activations (dynamic per-row scales, int8 ×
+    /// int8 kernels) instead of f32 activations: faster, less accurate (see BENCHMARKS.md).
+    #[arg(long, env = "QUANTD_INT8_ACTIVATIONS", default_value_t = false)]
+    pub int8_activations: bool,
+
     /// Log line format.
     #[arg(long, env = "QUANTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -149,6 +154,7 @@ impl Settings {
             shutdown_grace_seconds: 20,
             serving_memory_bytes: 4 << 30,
             max_inflight_inferences: 64,
+            int8_activations: false,
             log_format: LogFormat::Text,
             debug_tensor_delay_ms: 0,
         }

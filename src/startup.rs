@@ -89,6 +89,7 @@ impl Application {
             },
             usize::try_from(settings.serving_memory_bytes).unwrap_or(usize::MAX),
             settings.max_inflight_inferences,
+            settings.int8_activations,
         ));
         let state = AppState {
             inner: Arc::new(AppInner {

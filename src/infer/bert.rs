@@ -42,7 +42,9 @@ pub enum BertError {
     #[error("missing linear layer `{0}`")]
     MissingLinear(String),
     /// A Linear layer has the wrong shape.
-    #[error("linear layer `{name}` is [{got_out}x{got_in}] (or has a bad bias), expected [{out}x{inp}]")]
+    #[error(
+        "linear layer `{name}` is [{got_out}x{got_in}] (or has a bad bias), expected [{out}x{inp}]"
+    )]
     LinearShape {
         name: String,
         out: usize,
@@ -162,15 +164,17 @@ impl BertConfig {
             }
         }
         if obj.get("is_decoder").and_then(|d| d.as_bool()) == Some(true) {
-            return Err(BertError::Unsupported("decoder BERT is not supported".into()));
+            return Err(BertError::Unsupported(
+                "decoder BERT is not supported".into(),
+            ));
         }
         let req = |key: &str| -> Result<usize, BertError> {
             let val = obj
                 .get(key)
                 .ok_or_else(|| BertError::Config(format!("missing field `{key}`")))?;
-            let n = val
-                .as_u64()
-                .ok_or_else(|| BertError::Config(format!("field `{key}` is not a non-negative integer")))?;
+            let n = val.as_u64().ok_or_else(|| {
+                BertError::Config(format!("field `{key}` is not a non-negative integer"))
+            })?;
             if n == 0 {
                 return Err(BertError::Config(format!("field `{key}` must be positive")));
             }
@@ -186,22 +190,24 @@ impl BertConfig {
         let layer_norm_eps = match obj.get("layer_norm_eps") {
             None => 1e-12,
             Some(e) => {
-                let e = e
-                    .as_f64()
-                    .ok_or_else(|| BertError::Config("field `layer_norm_eps` is not a number".into()))?;
+                let e = e.as_f64().ok_or_else(|| {
+                    BertError::Config("field `layer_norm_eps` is not a number".into())
+                })?;
                 if !(e > 0.0 && e.is_finite()) {
-                    return Err(BertError::Config(format!("layer_norm_eps must be positive, got {e}")));
+                    return Err(BertError::Config(format!(
+                        "layer_norm_eps must be positive, got {e}"
+                    )));
                 }
                 e as f32
             }
         };
-        let hidden_act = match obj.get("hidden_act") {
-            None => Activation::Gelu,
-            Some(a) => Activation::from_hf(
-                a.as_str()
-                    .ok_or_else(|| BertError::Config("field `hidden_act` is not a string".into()))?,
-            )?,
-        };
+        let hidden_act =
+            match obj.get("hidden_act") {
+                None => Activation::Gelu,
+                Some(a) => Activation::from_hf(a.as_str().ok_or_else(|| {
+                    BertError::Config("field `hidden_act` is not a string".into())
+                })?)?,
+            };
         let cfg = Self {
             hidden_size: req("hidden_size")?,
             num_layers: req("num_hidden_layers")?,
@@ -213,7 +219,7 @@ impl BertConfig {
             vocab_size: req("vocab_size")?,
             hidden_act,
         };
-        if cfg.hidden_size % cfg.num_heads != 0 {
+        if !cfg.hidden_size.is_multiple_of(cfg.num_heads) {
             return Err(BertError::Config(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 cfg.hidden_size, cfg.num_heads
@@ -257,7 +263,10 @@ impl BertConfig {
     pub fn other_tensors(&self, prefix: &str) -> Vec<(String, usize)> {
         let h = self.hidden_size;
         let mut v = vec![
-            (format!("{prefix}embeddings.word_embeddings.weight"), self.vocab_size * h),
+            (
+                format!("{prefix}embeddings.word_embeddings.weight"),
+                self.vocab_size * h,
+            ),
             (
                 format!("{prefix}embeddings.position_embeddings.weight"),
                 self.max_position_embeddings * h,
@@ -285,7 +294,15 @@ impl BertConfig {
 /// `x` is row-major `m×k`, `y` is row-major `m×n` and is overwritten. The backend owns the
 /// weight (`[n×k]`) and the bias.
 pub trait LinearBackend {
-    fn linear(&self, name: &str, x: &[f32], m: usize, k: usize, n: usize, y: &mut [f32]) -> Result<(), BertError>;
+    fn linear(
+        &self,
+        name: &str,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        y: &mut [f32],
+    ) -> Result<(), BertError>;
 
     /// Checks that the named Linear exists with weight shape `[out × inp]`. Called once by
     /// [`BertModel::new`]; the default accepts everything (errors then surface in `linear`).
@@ -396,7 +413,15 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
             .ok_or_else(|| BertError::MissingTensor(name.to_string()))
     }
 
-    fn lin(&self, name: &str, x: &[f32], m: usize, k: usize, n: usize, y: &mut [f32]) -> Result<(), BertError> {
+    fn lin(
+        &self,
+        name: &str,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        y: &mut [f32],
+    ) -> Result<(), BertError> {
         debug_assert_eq!(x.len(), m * k);
         debug_assert_eq!(y.len(), m * n);
         self.linear.linear(name, x, m, k, n, y)
@@ -471,45 +496,55 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
         let mut tmp = vec![0f32; m * h];
         let mut inter = vec![0f32; m * f];
         let max_len = batch.iter().map(Vec::len).max().unwrap_or(0);
-        let mut scores = vec![0f32; max_len];
-        let mut probs = vec![0f32; max_len];
         let nh = cfg.num_heads;
         let d = cfg.head_dim();
+        let mut scores = vec![0f32; max_len * max_len];
+        let mut qh = vec![0f32; max_len * d];
+        let mut kh = vec![0f32; max_len * d];
+        let mut vt = vec![0f32; max_len * d];
+        let mut ch = vec![0f32; max_len * d];
         let scale = 1.0 / (d as f32).sqrt();
 
         for names in &self.layers {
             self.lin(&names.q, &x, m, h, h, &mut q)?;
             self.lin(&names.k, &x, m, h, h, &mut k)?;
             self.lin(&names.v, &x, m, h, h, &mut v)?;
-            // Attention within each sequence.
+            // Attention within each sequence, one head at a time:
+            // scores = Q_h·K_hᵀ / sqrt(d), P = softmax(scores), ctx_h = P·V_h.
             for s in 0..batch.len() {
                 let (o, len) = (offsets[s], offsets[s + 1] - offsets[s]);
                 for head in 0..nh {
                     let c0 = head * d;
                     for i in 0..len {
-                        let qi = &q[(o + i) * h + c0..(o + i) * h + c0 + d];
+                        let src = (o + i) * h + c0;
+                        qh[i * d..(i + 1) * d].copy_from_slice(&q[src..src + d]);
+                        kh[i * d..(i + 1) * d].copy_from_slice(&k[src..src + d]);
+                        for c in 0..d {
+                            vt[c * len + i] = v[src + c];
+                        }
+                    }
+                    let sc = &mut scores[..len * len];
+                    matmul_wt(&qh[..len * d], len, d, &kh[..len * d], len, None, sc);
+                    for row in sc.chunks_exact_mut(len) {
                         let mut mx = f32::NEG_INFINITY;
-                        for (j, sc) in scores[..len].iter_mut().enumerate() {
-                            let kj = &k[(o + j) * h + c0..(o + j) * h + c0 + d];
-                            *sc = dot(qi, kj) * scale;
-                            mx = mx.max(*sc);
+                        for x in row.iter_mut() {
+                            *x *= scale;
+                            mx = mx.max(*x);
                         }
                         let mut sum = 0f64;
-                        for (pr, &sc) in probs[..len].iter_mut().zip(&scores[..len]) {
-                            let e = (sc - mx).exp();
-                            *pr = e;
-                            sum += f64::from(e);
+                        for x in row.iter_mut() {
+                            *x = (*x - mx).exp();
+                            sum += f64::from(*x);
                         }
                         let inv = (1.0 / sum) as f32;
-                        let out = &mut ctx[(o + i) * h + c0..(o + i) * h + c0 + d];
-                        out.fill(0.0);
-                        for (j, &pr) in probs[..len].iter().enumerate() {
-                            let w = pr * inv;
-                            let vj = &v[(o + j) * h + c0..(o + j) * h + c0 + d];
-                            for (a, &b) in out.iter_mut().zip(vj) {
-                                *a += w * b;
-                            }
+                        for x in row.iter_mut() {
+                            *x *= inv;
                         }
+                    }
+                    matmul_wt(sc, len, len, &vt[..d * len], d, None, &mut ch[..len * d]);
+                    for i in 0..len {
+                        let dst = (o + i) * h + c0;
+                        ctx[dst..dst + d].copy_from_slice(&ch[i * d..(i + 1) * d]);
                     }
                 }
             }
@@ -566,7 +601,10 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
 /// if `bert.embeddings.word_embeddings.weight` does.
 pub fn detect_prefix<T: TensorSource + ?Sized>(tensors: &T) -> Result<String, BertError> {
     for p in ["", "bert."] {
-        if tensors.tensor(&format!("{p}embeddings.word_embeddings.weight")).is_some() {
+        if tensors
+            .tensor(&format!("{p}embeddings.word_embeddings.weight"))
+            .is_some()
+        {
             return Ok(p.to_string());
         }
     }
@@ -601,47 +639,46 @@ fn layer_norm(x: &mut [f32], h: usize, gamma: &[f32], beta: &[f32], eps: f32) {
     }
 }
 
-const LANES: usize = 8;
-
-/// Dot product with 8 independent lane accumulators (vectorizes; fixed summation order).
+/// Sums the lanes pairwise (fixed order). `N` is a power of two.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let mut acc = [0f32; LANES];
-    let chunks = n / LANES;
-    for c in 0..chunks {
-        let (xa, xb) = (&a[c * LANES..c * LANES + LANES], &b[c * LANES..c * LANES + LANES]);
-        for l in 0..LANES {
-            acc[l] += xa[l] * xb[l];
+fn reduce_lanes<const N: usize>(acc: &[f32; N]) -> f32 {
+    let mut v = *acc;
+    let mut w = N;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            v[i] += v[i + w];
         }
     }
-    let mut tail = 0f32;
-    for i in chunks * LANES..n {
-        tail += a[i] * b[i];
-    }
-    reduce_lanes(&acc) + tail
-}
-
-#[inline(always)]
-fn reduce_lanes(acc: &[f32; LANES]) -> f32 {
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    v[0]
 }
 
 /// Micro-kernel: dot products of `R` rows of `x` with `C` rows of `w` (all of length `k`).
 /// Each output is computed with exactly the same operations as [`dot`], so the result for a row
 /// does not depend on which tile it fell into.
 #[inline(always)]
-fn tile<const R: usize, const C: usize>(xs: [&[f32]; R], ws: [&[f32]; C], k: usize) -> [[f32; C]; R] {
+fn tile<const R: usize, const C: usize, const FMA: bool, const LANES: usize>(
+    xs: [&[f32]; R],
+    ws: [&[f32]; C],
+    k: usize,
+) -> [[f32; C]; R] {
     let mut acc = [[[0f32; LANES]; C]; R];
     let chunks = k / LANES;
+    let xc: [&[[f32; LANES]]; R] =
+        std::array::from_fn(|r| &xs[r][..k].as_chunks::<LANES>().0[..chunks]);
+    let wc: [&[[f32; LANES]]; C] =
+        std::array::from_fn(|c| &ws[c][..k].as_chunks::<LANES>().0[..chunks]);
     for ch in 0..chunks {
-        let base = ch * LANES;
-        let xv: [&[f32]; R] = std::array::from_fn(|r| &xs[r][base..base + LANES]);
-        let wv: [&[f32]; C] = std::array::from_fn(|c| &ws[c][base..base + LANES]);
+        let xv: [[f32; LANES]; R] = std::array::from_fn(|r| xc[r][ch]);
+        let wv: [[f32; LANES]; C] = std::array::from_fn(|c| wc[c][ch]);
         for r in 0..R {
             for c in 0..C {
                 for l in 0..LANES {
-                    acc[r][c][l] += xv[r][l] * wv[c][l];
+                    acc[r][c][l] = if FMA {
+                        xv[r][l].mul_add(wv[c][l], acc[r][c][l])
+                    } else {
+                        acc[r][c][l] + xv[r][l] * wv[c][l]
+                    };
                 }
             }
         }
@@ -662,10 +699,18 @@ fn tile<const R: usize, const C: usize>(xs: [&[f32]; R], ws: [&[f32]; C], k: usi
 const TILE_R: usize = 4;
 const TILE_C: usize = 3;
 /// Output columns (weight rows) per cache block.
-const BLOCK_N: usize = 48;
+const BLOCK_N: usize = 96;
 
 #[inline(always)]
-fn matmul_wt_impl(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+fn matmul_wt_impl<const FMA: bool, const LANES: usize>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
     let xrow = |i: usize| &x[i * k..(i + 1) * k];
     let wrow = |j: usize| &w[j * k..(j + 1) * k];
     let mut j0 = 0;
@@ -678,7 +723,7 @@ fn matmul_wt_impl(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Opti
             while j < j1 {
                 let cols = (j1 - j).min(TILE_C);
                 if rows == TILE_R && cols == TILE_C {
-                    let t = tile::<TILE_R, TILE_C>(
+                    let t = tile::<TILE_R, TILE_C, FMA, LANES>(
                         std::array::from_fn(|r| xrow(i + r)),
                         std::array::from_fn(|c| wrow(j + c)),
                         k,
@@ -689,7 +734,8 @@ fn matmul_wt_impl(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Opti
                 } else {
                     for r in 0..rows {
                         for c in 0..cols {
-                            y[(i + r) * n + j + c] = tile::<1, 1>([xrow(i + r)], [wrow(j + c)], k)[0][0];
+                            y[(i + r) * n + j + c] =
+                                tile::<1, 1, FMA, LANES>([xrow(i + r)], [wrow(j + c)], k)[0][0];
                         }
                     }
                 }
@@ -707,21 +753,59 @@ fn matmul_wt_impl(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Opti
 }
 
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn matmul_wt_avx2_fma(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    matmul_wt_impl::<true, 8>(x, m, k, w, n, bias, y)
+}
+
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn matmul_wt_avx2(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>, y: &mut [f32]) {
-    matmul_wt_impl(x, m, k, w, n, bias, y)
+unsafe fn matmul_wt_avx2(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    matmul_wt_impl::<false, 8>(x, m, k, w, n, bias, y)
 }
 
 /// `y[m×n] = x[m×k]·Wᵀ (+ bias)` with `w` row-major `[n×k]`, in f32.
 ///
-/// Blocked and vectorized; uses AVX2 when the CPU has it (detected at run time). The result for
-/// each output element does not depend on `m` or on the row's position in `x`.
+/// Blocked (4×3 register tiles, 96 weight rows per cache block) and vectorized (8 lane
+/// accumulators per output); uses AVX2+FMA, else AVX2, when the CPU has them (detected at run
+/// time), else the portable build. The result for each output element does not depend on `m`, on
+/// the row's position in `x` or on the other rows, so batching never changes a result.
 ///
 /// # Panics
 /// If a slice is shorter than its stated shape.
-pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>, y: &mut [f32]) {
-    assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n, "matmul_wt: slice too short");
-    assert!(bias.is_none_or(|b| b.len() >= n), "matmul_wt: bias too short");
+pub fn matmul_wt(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    assert!(
+        x.len() >= m * k && w.len() >= n * k && y.len() >= m * n,
+        "matmul_wt: slice too short"
+    );
+    assert!(
+        bias.is_none_or(|b| b.len() >= n),
+        "matmul_wt: bias too short"
+    );
     let (x, w, y) = (&x[..m * k], &w[..n * k], &mut y[..m * n]);
     let bias = bias.map(|b| &b[..n]);
     if m == 0 || n == 0 {
@@ -729,13 +813,19 @@ pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Optio
     }
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            unsafe { matmul_wt_avx2_fma(x, m, k, w, n, bias, y) };
+            return;
+        }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
             unsafe { matmul_wt_avx2(x, m, k, w, n, bias, y) };
             return;
         }
     }
-    matmul_wt_impl(x, m, k, w, n, bias, y)
+    matmul_wt_impl::<false, 8>(x, m, k, w, n, bias, y)
 }
 
 struct F32Entry {
@@ -766,7 +856,14 @@ impl F32Linear {
 
     /// Adds (or replaces) a Linear: `weight` is row-major `[out × inp]`, `bias` has `out`
     /// elements. Sizes are validated by [`LinearBackend::check_linear`] / `linear`.
-    pub fn insert(&mut self, name: String, weight: Vec<f32>, bias: Option<Vec<f32>>, out: usize, inp: usize) {
+    pub fn insert(
+        &mut self,
+        name: String,
+        weight: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        out: usize,
+        inp: usize,
+    ) {
         self.layers.insert(
             name,
             F32Entry {
@@ -811,7 +908,15 @@ impl F32Linear {
 }
 
 impl LinearBackend for F32Linear {
-    fn linear(&self, name: &str, x: &[f32], m: usize, k: usize, n: usize, y: &mut [f32]) -> Result<(), BertError> {
+    fn linear(
+        &self,
+        name: &str,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        y: &mut [f32],
+    ) -> Result<(), BertError> {
         let e = self.entry(name, n, k)?;
         if x.len() != m * k || y.len() != m * n {
             return Err(BertError::Backend {
@@ -841,61 +946,65 @@ impl LinearBackend for F32Linear {
 // that this notice is preserved.
 // ---------------------------------------------------------------------------------------------
 
-const ERX: f64 = 8.45062911510467529297e-01;
-const EFX8: f64 = 1.02703333676410069053e+00;
-const PP0: f64 = 1.28379167095512558561e-01;
-const PP1: f64 = -3.25042107247001499370e-01;
-const PP2: f64 = -2.84817495755985104766e-02;
-const PP3: f64 = -5.77027029648944159157e-03;
-const PP4: f64 = -2.37630166566501626084e-05;
-const QQ1: f64 = 3.97917223959155352819e-01;
-const QQ2: f64 = 6.50222499887672944485e-02;
-const QQ3: f64 = 5.08130628187576562776e-03;
-const QQ4: f64 = 1.32494738004321644526e-04;
-const QQ5: f64 = -3.96022827877536812320e-06;
-const PA0: f64 = -2.36211856075265944077e-03;
-const PA1: f64 = 4.14856118683748331666e-01;
-const PA2: f64 = -3.72207876035701323847e-01;
-const PA3: f64 = 3.18346619901161753674e-01;
-const PA4: f64 = -1.10894694282396677476e-01;
-const PA5: f64 = 3.54783043256182359371e-02;
-const PA6: f64 = -2.16637559486879084300e-03;
-const QA1: f64 = 1.06420880400844228286e-01;
-const QA2: f64 = 5.40397917702171048937e-01;
-const QA3: f64 = 7.18286544141962662868e-02;
-const QA4: f64 = 1.26171219808761642112e-01;
-const QA5: f64 = 1.36370839120290507362e-02;
-const QA6: f64 = 1.19844998467991074170e-02;
-const RA0: f64 = -9.86494403484714822705e-03;
-const RA1: f64 = -6.93858572707181764372e-01;
-const RA2: f64 = -1.05586262253232909814e+01;
-const RA3: f64 = -6.23753324503260060396e+01;
-const RA4: f64 = -1.62396669462573470355e+02;
-const RA5: f64 = -1.84605092906711035994e+02;
-const RA6: f64 = -8.12874355063065934246e+01;
-const RA7: f64 = -9.81432934416914548592e+00;
-const SA1: f64 = 1.96512716674392571292e+01;
-const SA2: f64 = 1.37657754143519042600e+02;
-const SA3: f64 = 4.34565877475229228821e+02;
-const SA4: f64 = 6.45387271733267880336e+02;
-const SA5: f64 = 4.29008140027567833386e+02;
-const SA6: f64 = 1.08635005541779435134e+02;
-const SA7: f64 = 6.57024977031928170135e+00;
-const SA8: f64 = -6.04244152148580987438e-02;
-const RB0: f64 = -9.86494292470009928597e-03;
-const RB1: f64 = -7.99283237680523006574e-01;
-const RB2: f64 = -1.77579549177547519889e+01;
-const RB3: f64 = -1.60636384855821916062e+02;
-const RB4: f64 = -6.37566443368389627722e+02;
-const RB5: f64 = -1.02509513161107724954e+03;
-const RB6: f64 = -4.83519191608651397019e+02;
-const SB1: f64 = 3.03380607434824582924e+01;
-const SB2: f64 = 3.25792512996573918826e+02;
-const SB3: f64 = 1.53672958608443695994e+03;
-const SB4: f64 = 3.19985821950859553908e+03;
-const SB5: f64 = 2.55305040643316442583e+03;
-const SB6: f64 = 4.74528541206955367215e+02;
-const SB7: f64 = -2.24409524465858183362e+01;
+#[allow(clippy::excessive_precision)]
+mod msun {
+    pub(super) const ERX: f64 = 8.45062911510467529297e-01;
+    pub(super) const EFX8: f64 = 1.02703333676410069053e+00;
+    pub(super) const PP0: f64 = 1.28379167095512558561e-01;
+    pub(super) const PP1: f64 = -3.25042107247001499370e-01;
+    pub(super) const PP2: f64 = -2.84817495755985104766e-02;
+    pub(super) const PP3: f64 = -5.77027029648944159157e-03;
+    pub(super) const PP4: f64 = -2.37630166566501626084e-05;
+    pub(super) const QQ1: f64 = 3.97917223959155352819e-01;
+    pub(super) const QQ2: f64 = 6.50222499887672944485e-02;
+    pub(super) const QQ3: f64 = 5.08130628187576562776e-03;
+    pub(super) const QQ4: f64 = 1.32494738004321644526e-04;
+    pub(super) const QQ5: f64 = -3.96022827877536812320e-06;
+    pub(super) const PA0: f64 = -2.36211856075265944077e-03;
+    pub(super) const PA1: f64 = 4.14856118683748331666e-01;
+    pub(super) const PA2: f64 = -3.72207876035701323847e-01;
+    pub(super) const PA3: f64 = 3.18346619901161753674e-01;
+    pub(super) const PA4: f64 = -1.10894694282396677476e-01;
+    pub(super) const PA5: f64 = 3.54783043256182359371e-02;
+    pub(super) const PA6: f64 = -2.16637559486879084300e-03;
+    pub(super) const QA1: f64 = 1.06420880400844228286e-01;
+    pub(super) const QA2: f64 = 5.40397917702171048937e-01;
+    pub(super) const QA3: f64 = 7.18286544141962662868e-02;
+    pub(super) const QA4: f64 = 1.26171219808761642112e-01;
+    pub(super) const QA5: f64 = 1.36370839120290507362e-02;
+    pub(super) const QA6: f64 = 1.19844998467991074170e-02;
+    pub(super) const RA0: f64 = -9.86494403484714822705e-03;
+    pub(super) const RA1: f64 = -6.93858572707181764372e-01;
+    pub(super) const RA2: f64 = -1.05586262253232909814e+01;
+    pub(super) const RA3: f64 = -6.23753324503260060396e+01;
+    pub(super) const RA4: f64 = -1.62396669462573470355e+02;
+    pub(super) const RA5: f64 = -1.84605092906711035994e+02;
+    pub(super) const RA6: f64 = -8.12874355063065934246e+01;
+    pub(super) const RA7: f64 = -9.81432934416914548592e+00;
+    pub(super) const SA1: f64 = 1.96512716674392571292e+01;
+    pub(super) const SA2: f64 = 1.37657754143519042600e+02;
+    pub(super) const SA3: f64 = 4.34565877475229228821e+02;
+    pub(super) const SA4: f64 = 6.45387271733267880336e+02;
+    pub(super) const SA5: f64 = 4.29008140027567833386e+02;
+    pub(super) const SA6: f64 = 1.08635005541779435134e+02;
+    pub(super) const SA7: f64 = 6.57024977031928170135e+00;
+    pub(super) const SA8: f64 = -6.04244152148580987438e-02;
+    pub(super) const RB0: f64 = -9.86494292470009928597e-03;
+    pub(super) const RB1: f64 = -7.99283237680523006574e-01;
+    pub(super) const RB2: f64 = -1.77579549177547519889e+01;
+    pub(super) const RB3: f64 = -1.60636384855821916062e+02;
+    pub(super) const RB4: f64 = -6.37566443368389627722e+02;
+    pub(super) const RB5: f64 = -1.02509513161107724954e+03;
+    pub(super) const RB6: f64 = -4.83519191608651397019e+02;
+    pub(super) const SB1: f64 = 3.03380607434824582924e+01;
+    pub(super) const SB2: f64 = 3.25792512996573918826e+02;
+    pub(super) const SB3: f64 = 1.53672958608443695994e+03;
+    pub(super) const SB4: f64 = 3.19985821950859553908e+03;
+    pub(super) const SB5: f64 = 2.55305040643316442583e+03;
+    pub(super) const SB6: f64 = 4.74528541206955367215e+02;
+    pub(super) const SB7: f64 = -2.24409524465858183362e+01;
+}
+use msun::*;
 
 /// erfc(|x|) for 0.84375 <= |x| < 28.
 fn erfc_mid(ax: f64) -> f64 {
@@ -909,7 +1018,10 @@ fn erfc_mid(ax: f64) -> f64 {
     let (r, big_s) = if ax < 1.0 / 0.35 {
         (
             RA0 + s * (RA1 + s * (RA2 + s * (RA3 + s * (RA4 + s * (RA5 + s * (RA6 + s * RA7)))))),
-            1.0 + s * (SA1 + s * (SA2 + s * (SA3 + s * (SA4 + s * (SA5 + s * (SA6 + s * (SA7 + s * SA8))))))),
+            1.0 + s
+                * (SA1
+                    + s * (SA2
+                        + s * (SA3 + s * (SA4 + s * (SA5 + s * (SA6 + s * (SA7 + s * SA8))))))),
         )
     } else {
         (

@@ -3,5 +3,6 @@
 //! worker pool.
 
 pub mod bert;
+pub mod kernels;
 pub mod mlp;
 pub mod tokenize;

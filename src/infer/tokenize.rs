@@ -46,7 +46,8 @@ impl BertTokenizer {
                 "max_length must be at least 2 (room for [CLS] and [SEP]), got {max_length}"
             )));
         }
-        let mut inner = Tokenizer::from_bytes(bytes).map_err(|e| TokenizeError::Load(e.to_string()))?;
+        let mut inner =
+            Tokenizer::from_bytes(bytes).map_err(|e| TokenizeError::Load(e.to_string()))?;
         inner.with_padding(None);
         inner
             .with_truncation(Some(TruncationParams {

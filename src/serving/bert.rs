@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use crate::formats::safetensors::{Dtype, Header};
-use crate::infer::bert::{matmul_wt, BertConfig, BertError, BertModel, LinearBackend};
+use crate::infer::bert::{BertConfig, BertError, BertModel, LinearBackend};
+use crate::infer::kernels::{linear_f32, linear_i8, GemmKernels};
 use crate::infer::mlp::DenseWeights;
 use crate::infer::tokenize::BertTokenizer;
 
@@ -20,6 +21,11 @@ struct Entry {
 /// The Linear layers of a served BERT, each f32 or int8.
 pub struct ServedLinear {
     layers: HashMap<String, Entry>,
+    kernels: &'static GemmKernels,
+    /// Quantize activations too (int8 × int8 with dynamic per-row scales). Off by default: on
+    /// all-MiniLM-L6-v2 it drops the worst embedding cosine to sentence-transformers from
+    /// ≥ 0.998 (int8 weights, f32 activations) to 0.992.
+    int8_activations: bool,
 }
 
 impl LinearBackend for ServedLinear {
@@ -46,7 +52,32 @@ impl LinearBackend for ServedLinear {
             });
         }
         match &entry.weights {
-            DenseWeights::F32(w) => matmul_wt(x, m, k, w, n, entry.bias.as_deref(), y),
+            DenseWeights::F32(w) => {
+                linear_f32(self.kernels, x, m, k, w, n, entry.bias.as_deref(), y)
+            }
+            // Symmetric per-channel int8: int8 weights × int8 activations (dynamic per-row
+            // activation scales), exact i32 accumulation, one dequantizing multiply per output.
+            DenseWeights::Int8 {
+                q,
+                scales,
+                zero_points,
+            } if self.int8_activations && zero_points.is_empty() && scales.len() == n => {
+                let (mut aq, mut ascales, mut acc) = (Vec::new(), Vec::new(), Vec::new());
+                linear_i8(
+                    self.kernels,
+                    x,
+                    m,
+                    k,
+                    q,
+                    scales,
+                    n,
+                    entry.bias.as_deref(),
+                    &mut aq,
+                    &mut ascales,
+                    &mut acc,
+                    y,
+                );
+            }
             DenseWeights::Int8 {
                 q,
                 scales,
@@ -163,6 +194,8 @@ pub fn load_bert(
     header: &Header,
     config_bytes: &[u8],
     tokenizer_json: Option<&[u8]>,
+    kernels: &'static GemmKernels,
+    int8_activations: bool,
 ) -> Result<BertServing, ServingError> {
     let unsupported = |message: String| ServingError::Unsupported(message);
     let config = BertConfig::from_json(config_bytes).map_err(|e| unsupported(e.to_string()))?;
@@ -269,7 +302,11 @@ pub fn load_bert(
     }
     let serving = BertServing {
         config,
-        linear: ServedLinear { layers },
+        linear: ServedLinear {
+            layers,
+            kernels,
+            int8_activations,
+        },
         tensors,
         tokenizer,
         int8,

@@ -98,6 +98,8 @@ pub struct ServingRegistry {
     resident: Mutex<HashMap<Uuid, Resident>>,
     /// Admission for inference: requests beyond these permits are refused at once (429).
     inflight: Arc<Semaphore>,
+    /// Run int8 weights against int8-quantized activations (see `serving::bert`).
+    int8_activations: bool,
 }
 
 impl ServingRegistry {
@@ -108,6 +110,7 @@ impl ServingRegistry {
         limits: Limits,
         memory_budget: usize,
         max_inflight: usize,
+        int8_activations: bool,
     ) -> Self {
         ServingRegistry {
             store,
@@ -117,6 +120,7 @@ impl ServingRegistry {
             memory_budget,
             resident: Mutex::new(HashMap::new()),
             inflight: Arc::new(Semaphore::new(max_inflight.max(1))),
+            int8_activations,
         }
     }
 
@@ -201,6 +205,7 @@ impl ServingRegistry {
         };
         let path = self.blobs.local_path(&source.sha256);
         let limits = self.limits;
+        let int8_activations = self.int8_activations;
         let slot = self.pool.acquire().await?;
         let loaded_source = source.clone();
         let model = self
@@ -212,6 +217,7 @@ impl ServingRegistry {
                     tokenizer.as_deref(),
                     loaded_source,
                     limits,
+                    int8_activations,
                 )
             })
             .await??;
@@ -345,6 +351,7 @@ fn load(
     tokenizer: Option<&[u8]>,
     source: Source,
     limits: Limits,
+    int8_activations: bool,
 ) -> Result<LoadedModel, ServingError> {
     let config: serde_json::Value = serde_json::from_slice(config_bytes)
         .map_err(|e| ServingError::Unsupported(format!("config.json is not JSON: {e}")))?;
@@ -367,7 +374,14 @@ fn load(
     let header =
         Header::parse_file(&mapping, &limits).map_err(|e| ServingError::Internal(e.to_string()))?;
     if model_type == "bert" {
-        let bert = bert::load_bert(&mapping, &header, config_bytes, tokenizer)?;
+        let bert = bert::load_bert(
+            &mapping,
+            &header,
+            config_bytes,
+            tokenizer,
+            crate::infer::kernels::select(false),
+            int8_activations,
+        )?;
         return Ok(LoadedModel {
             source,
             architecture: "bert",

@@ -91,6 +91,7 @@ async fn minilm_embeddings_match_sentence_transformers() {
     let app = spawn_app().await;
     let model_id = upload_minilm(&app).await;
     let fp32 = worst_cosine(&app, &model_id).await;
+    eprintln!("worst cosine to sentence-transformers: FP32 {fp32}");
     assert!(fp32 >= 0.99999, "FP32 worst cosine {fp32}");
     let job = app
         .create_job_ok(&model_id, json!({"granularity": "channel"}))
@@ -98,6 +99,7 @@ async fn minilm_embeddings_match_sentence_transformers() {
     let job = app.wait_for_job(&job).await;
     let artifact_id = job["artifact_id"].as_str().unwrap();
     let int8 = worst_cosine(&app, artifact_id).await;
+    eprintln!("worst cosine to sentence-transformers: int8 per-channel {int8}");
     assert!(int8 >= 0.998, "int8 per-channel worst cosine {int8}");
     let metadata = app.get_json(&format!("/v2/models/{artifact_id}")).await;
     assert_eq!(metadata["parameters"]["weights"], "int8");

@@ -6,8 +6,10 @@
 //!
 //! A [`GemmKernels`] value is a table of plain function pointers for one instruction set. The
 //! caller picks it once with [`select`] and passes the `&'static GemmKernels` to every job; the
-//! kernels never detect features, allocate, spawn threads or do I/O (the caller splits work
-//! across its worker pool, e.g. by ranges of output rows or weight rows).
+//! kernels never detect features, spawn threads or do I/O (the caller splits work across its
+//! worker pool, e.g. by ranges of output rows or of weight rows). The SIMD GEMMs allocate one
+//! contiguous copy of an activation block per call (at most `m × k` elements; tiny next to the
+//! weights they stream).
 //!
 //! The scalar versions in [`scalar`](mod@scalar) define every result:
 //! - `gemm_i8_i32` is an exact integer sum, so every ISA returns identical values;
@@ -37,6 +39,13 @@ use std::fmt;
 /// Largest value of a symmetric int8 code; codes are in `-127..=127`.
 pub const I8_MAX_CODE: f32 = 127.0;
 
+/// `gemm_f32(a, b, m, n, k, c)`: see [`GemmKernels::gemm_f32`].
+pub type GemmF32Fn = fn(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]);
+/// `quantize_rows_i8(a, m, k, q, scales)`: see [`GemmKernels::quantize_rows_i8`].
+pub type QuantizeRowsI8Fn = fn(a: &[f32], m: usize, k: usize, q: &mut [i8], scales: &mut [f32]);
+/// `gemm_i8_i32(a_q, w_q, m, n, k, acc)`: see [`GemmKernels::gemm_i8_i32`].
+pub type GemmI8I32Fn = fn(a_q: &[i8], w_q: &[i8], m: usize, n: usize, k: usize, acc: &mut [i32]);
+
 /// A table of matrix kernels for one ISA, chosen once with [`select`].
 ///
 /// Shapes are checked with `assert!` (a mismatch panics): `a.len() == m * k`,
@@ -46,15 +55,15 @@ pub struct GemmKernels {
     pub isa: &'static str,
     /// `c[m×n] = a[m×k] · bᵀ` where `b` is `[n×k]`; f32 accumulation (SIMD versions use FMA and
     /// a different summation order). `c` is overwritten; `k == 0` gives zeros.
-    pub gemm_f32: fn(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]),
+    pub gemm_f32: GemmF32Fn,
     /// Dynamic per-row symmetric int8 quantization: `scales[i] = max |a_i| / 127` and
     /// `q = clamp(round_half_even(a / scales[i]), -127, 127)`. A row whose scale is 0 (all
     /// zeros, or a maximum so tiny that the division underflows) gets scale 0 and all-zero
     /// codes. Requires finite input; for NaN or ±Inf the codes are unspecified (in range).
-    pub quantize_rows_i8: fn(a: &[f32], m: usize, k: usize, q: &mut [i8], scales: &mut [f32]),
+    pub quantize_rows_i8: QuantizeRowsI8Fn,
     /// `acc[m×n] = Σ_k a_q[i,k] · w_q[j,k]` in i32: exact and identical across ISAs for any
     /// i8 values (including -128) as long as `k < 2^17` (no i32 overflow possible below that).
-    pub gemm_i8_i32: fn(a_q: &[i8], w_q: &[i8], m: usize, n: usize, k: usize, acc: &mut [i32]),
+    pub gemm_i8_i32: GemmI8I32Fn,
 }
 
 impl fmt::Debug for GemmKernels {
@@ -80,6 +89,7 @@ pub fn scalar() -> &'static GemmKernels {
 
 /// Every table this CPU can run, scalar first and the best last.
 pub fn available() -> Vec<&'static GemmKernels> {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut tables = vec![&SCALAR];
     #[cfg(target_arch = "x86_64")]
     {
@@ -120,7 +130,13 @@ pub(crate) fn check_gemm_shapes(
 }
 
 /// Panics unless `a`, `q` and `scales` fit an `m × k` per-row quantization.
-pub(crate) fn check_quantize_shapes(a_len: usize, q_len: usize, scales_len: usize, m: usize, k: usize) {
+pub(crate) fn check_quantize_shapes(
+    a_len: usize,
+    q_len: usize,
+    scales_len: usize,
+    m: usize,
+    k: usize,
+) {
     let want = m.checked_mul(k).expect("quantize_rows_i8: m * k overflows");
     assert_eq!(a_len, want, "quantize_rows_i8: a.len() != m * k");
     assert_eq!(q_len, want, "quantize_rows_i8: q.len() != m * k");

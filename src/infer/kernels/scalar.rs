@@ -50,7 +50,9 @@ pub(crate) fn row_scale(row: &[f32]) -> f32 {
 /// The int8 code of one element for a non-zero `scale`.
 #[inline]
 pub(crate) fn quantize_one(x: f32, scale: f32) -> i8 {
-    (x / scale).round_ties_even().clamp(-I8_MAX_CODE, I8_MAX_CODE) as i8
+    (x / scale)
+        .round_ties_even()
+        .clamp(-I8_MAX_CODE, I8_MAX_CODE) as i8
 }
 
 /// See `GemmKernels::quantize_rows_i8`.

@@ -130,12 +130,14 @@ fn quantize_input(m: usize, k: usize, seed: u64) -> Vec<f32> {
             let value = match kind {
                 // Scale exactly 1.0 (max 127), values on and near the .5 ties.
                 0 if col == 0 => 127.0,
-                0 => ((bits % 255) as f32 - 127.0) + [0.5, -0.5, 0.0, 0.25][(bits >> 8) as usize % 4],
+                0 => {
+                    ((bits % 255) as f32 - 127.0) + [0.5, -0.5, 0.0, 0.25][(bits >> 8) as usize % 4]
+                }
                 1 => 0.0,
                 2 => unit * 3.0e38,
                 3 => unit * 1.0e-40,
                 4 => {
-                    if bits % 3 == 0 {
+                    if bits % 3 == 1 {
                         -0.0
                     } else {
                         unit * 1.0e3
@@ -159,6 +161,10 @@ fn select_and_available() {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         assert!(tables.iter().any(|t| t.isa == "avx2"));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+        assert_eq!(tables.last().unwrap().isa, "avx512");
     }
     assert!(format!("{:?}", select(false)).contains("GemmKernels"));
 }
@@ -218,14 +224,24 @@ fn i8_gemm_worst_case_no_saturation() {
         for table in available() {
             let mut acc = vec![0; m * n];
             (table.gemm_i8_i32)(&a, &w, m, n, k, &mut acc);
-            assert!(acc.iter().all(|&x| x == 16384 * k as i32), "{} k={k}", table.isa);
+            assert!(
+                acc.iter().all(|&x| x == 16384 * k as i32),
+                "{} k={k}",
+                table.isa
+            );
         }
     }
 }
 
 #[test]
 fn block_boundaries() {
-    for (m, n, k) in [(9, 13, 1024), (5, 7, 1025), (4, 8, 2049), (1, 70, 3000), (32, 9, 1100)] {
+    for (m, n, k) in [
+        (9, 13, 1024),
+        (5, 7, 1025),
+        (4, 8, 2049),
+        (1, 70, 3000),
+        (32, 9, 1100),
+    ] {
         check_gemm_i8(m, n, k, (m * n * k) as u64);
         check_gemm_f32(m, n, k, (m + n + k) as u64);
     }
@@ -249,12 +265,38 @@ fn linear_bias_and_scratch_reuse() {
     let w_q = vec![1i8; n * k];
     let w_scales = vec![0.5; n];
     let mut y1 = vec![0.0; m * n];
-    linear_i8(table, &a, m, k, &w_q, &w_scales, n, Some(&bias), &mut sq, &mut ss, &mut sa, &mut y1);
+    linear_i8(
+        table,
+        &a,
+        m,
+        k,
+        &w_q,
+        &w_scales,
+        n,
+        Some(&bias),
+        &mut sq,
+        &mut ss,
+        &mut sa,
+        &mut y1,
+    );
     // Reuse of larger scratch from a previous, bigger call must not change results.
     sq.resize(10_000, 3);
     sa.resize(10_000, 3);
     let mut y2 = vec![0.0; m * n];
-    linear_i8(table, &a, m, k, &w_q, &w_scales, n, Some(&bias), &mut sq, &mut ss, &mut sa, &mut y2);
+    linear_i8(
+        table,
+        &a,
+        m,
+        k,
+        &w_q,
+        &w_scales,
+        n,
+        Some(&bias),
+        &mut sq,
+        &mut ss,
+        &mut sa,
+        &mut y2,
+    );
     assert_eq!(y1, y2);
 }
 

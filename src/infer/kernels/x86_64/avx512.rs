@@ -1,11 +1,13 @@
 //! AVX-512 (F + BW) kernels: 16 f32 lanes, 32 i16 lanes.
 //!
-//! Same structure as `avx2.rs` (dot-product register tiles, weight rows outer, `k` blocked),
+//! Same structure as `avx2.rs` (dot-product register tiles, weight rows outer, `k` blocked
+//! with a contiguous copy of the activation block, activations widened to i16 once per block),
 //! with 512-bit vectors and a 4 × 4 tile (16 accumulators of the 32 registers). The int8 GEMM
-//! sign-extends 32 bytes to i16 (`vpmovsxbw`) and multiplies with `vpmaddwd`, which is exact
-//! for any i8 input (no VNNI needed).
+//! sign-extends 32 weight bytes at a time to i16 (`vpmovsxbw`) and multiplies with `vpmaddwd`,
+//! which is exact for any i8 input (no VNNI needed).
 
 use std::arch::x86_64::*;
+use std::slice;
 
 use crate::infer::kernels::scalar;
 use crate::infer::kernels::I8_MAX_CODE;
@@ -18,8 +20,9 @@ const I8_STEP: usize = 32;
 const ROWS: usize = 4;
 /// Weight rows per register tile (ROWS × COLS = 16 accumulators + 5 operand registers).
 const COLS: usize = 4;
-/// Elements of `k` per block: 4 activation rows + 4 weight rows of this many f32 (32 KiB) or
-/// i8 (8 KiB) stay in L1 (or at worst L2). A multiple of both steps, so only the last block has a scalar tail.
+/// Elements of `k` per block when `m > ROWS`: a tile's 4 activation rows + 4 weight rows of this
+/// many f32 (32 KiB) stay in L1 or L2; the whole packed activation block sits in L2.
+/// A multiple of both steps, so only the last block has a scalar tail.
 const K_BLOCK: usize = 1024;
 
 /// Dot products of `R` activation rows with `C` weight rows over `kc` elements.
@@ -38,6 +41,7 @@ unsafe fn tile_f32<const R: usize, const C: usize>(
 ) -> [[f32; C]; R] {
     let mut sums = [[_mm512_setzero_ps(); C]; R];
     let simd_len = kc - kc % F32_LANES;
+    let tail_len = kc - simd_len;
     let mut kk = 0;
     while kk < simd_len {
         let mut b_vecs = [_mm512_setzero_ps(); C];
@@ -57,11 +61,10 @@ unsafe fn tile_f32<const R: usize, const C: usize>(
     let mut out = [[0.0f32; C]; R];
     for (r, (out_row, row_sums)) in out.iter_mut().zip(&sums).enumerate() {
         // SAFETY: row r is readable for kc f32 (contract above).
-        let a_tail = unsafe { std::slice::from_raw_parts(a.add(r * lda + simd_len), kc - simd_len) };
+        let a_tail = unsafe { slice::from_raw_parts(a.add(r * lda + simd_len), tail_len) };
         for (c, (out, &sum)) in out_row.iter_mut().zip(row_sums).enumerate() {
             // SAFETY: row c is readable for kc f32 (contract above).
-            let b_tail =
-                unsafe { std::slice::from_raw_parts(b.add(c * ldb + simd_len), kc - simd_len) };
+            let b_tail = unsafe { slice::from_raw_parts(b.add(c * ldb + simd_len), tail_len) };
             let tail: f32 = a_tail.iter().zip(b_tail).map(|(&x, &y)| x * y).sum();
             *out = _mm512_reduce_add_ps(sum) + tail;
         }
@@ -69,15 +72,17 @@ unsafe fn tile_f32<const R: usize, const C: usize>(
     out
 }
 
-/// Exact integer dot products of `R` activation rows with `C` weight rows over `kc` elements.
+/// Exact integer dot products of `R` activation rows (already widened to i16) with `C` weight
+/// rows over `kc` elements.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F and BW. For every `r < R`, `a.add(r * lda)` must be valid for reading
-/// `kc` bytes, and for every `c < C`, `w.add(c * ldw)` likewise.
+/// The CPU must support AVX-512 F and BW. For every `r < R`, `a.add(r * lda)` must be valid for
+/// reading `kc` i16, and for every `c < C`, `w.add(c * ldw)` must be valid for reading `kc`
+/// bytes.
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
 unsafe fn tile_i8<const R: usize, const C: usize>(
-    a: *const i8,
+    a: *const i16,
     lda: usize,
     w: *const i8,
     ldw: usize,
@@ -85,6 +90,7 @@ unsafe fn tile_i8<const R: usize, const C: usize>(
 ) -> [[i32; C]; R] {
     let mut sums = [[_mm512_setzero_si512(); C]; R];
     let simd_len = kc - kc % I8_STEP;
+    let tail_len = kc - simd_len;
     let mut kk = 0;
     while kk < simd_len {
         let mut w_vecs = [_mm512_setzero_si512(); C];
@@ -94,9 +100,8 @@ unsafe fn tile_i8<const R: usize, const C: usize>(
             *w_vec = _mm512_cvtepi8_epi16(bytes);
         }
         for (r, row_sums) in sums.iter_mut().enumerate() {
-            // SAFETY: kk + 32 <= kc and row r < R is readable for kc bytes (contract above).
-            let bytes = unsafe { _mm256_loadu_si256(a.add(r * lda + kk).cast()) };
-            let a_vec = _mm512_cvtepi8_epi16(bytes);
+            // SAFETY: kk + 32 <= kc and row r < R is readable for kc i16 (contract above).
+            let a_vec = unsafe { _mm512_loadu_si512(a.add(r * lda + kk).cast()) };
             for (sum, &w_vec) in row_sums.iter_mut().zip(&w_vecs) {
                 *sum = _mm512_add_epi32(*sum, _mm512_madd_epi16(a_vec, w_vec));
             }
@@ -105,28 +110,33 @@ unsafe fn tile_i8<const R: usize, const C: usize>(
     }
     let mut out = [[0i32; C]; R];
     for (r, (out_row, row_sums)) in out.iter_mut().zip(&sums).enumerate() {
-        // SAFETY: row r is readable for kc bytes (contract above).
-        let a_tail = unsafe { std::slice::from_raw_parts(a.add(r * lda + simd_len), kc - simd_len) };
+        // SAFETY: row r is readable for kc i16 (contract above).
+        let a_tail = unsafe { slice::from_raw_parts(a.add(r * lda + simd_len), tail_len) };
         for (c, (out, &sum)) in out_row.iter_mut().zip(row_sums).enumerate() {
             // SAFETY: row c is readable for kc bytes (contract above).
-            let w_tail =
-                unsafe { std::slice::from_raw_parts(w.add(c * ldw + simd_len), kc - simd_len) };
-            *out = _mm512_reduce_add_epi32(sum) + scalar::dot_i8(a_tail, w_tail);
+            let w_tail = unsafe { slice::from_raw_parts(w.add(c * ldw + simd_len), tail_len) };
+            *out = _mm512_reduce_add_epi32(sum)
+                + a_tail
+                    .iter()
+                    .zip(w_tail)
+                    .map(|(&x, &y)| i32::from(x) * i32::from(y))
+                    .sum::<i32>();
         }
     }
     out
 }
 
-/// Adds one `R × C` f32 tile at output `(i, j)` for the `k` block starting at `k0`.
+/// Adds one `R × C` f32 tile at output `(i, j)` for the `k` block starting at `k0`; row `r` of
+/// that block of `a` starts at `a[r * lda + a_k0]` (`a` may be a packed copy of the block).
 ///
 /// # Safety
-/// The CPU must support AVX-512 F and BW; `a` is `m × k`, `b` is `n × k`, `c` is `m × n` (checked
-/// shapes), `i + R <= m`, `j + C <= n` and `k0 + kc <= k`.
+/// The CPU must support AVX-512 F and BW; `a` holds `m` rows of stride `lda` with `a_k0 + kc <= lda`, `b` is
+/// `n × k`, `c` is `m × n` (checked shapes), `i + R <= m`, `j + C <= n` and `k0 + kc <= k`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
 unsafe fn add_tile_f32<const R: usize, const C: usize>(
-    a: &[f32],
+    (a, lda, a_k0): (&[f32], usize, usize),
     b: &[f32],
     c: &mut [f32],
     n: usize,
@@ -135,10 +145,16 @@ unsafe fn add_tile_f32<const R: usize, const C: usize>(
     k0: usize,
     kc: usize,
 ) {
-    // SAFETY: rows i..i+R of `a` and j..j+C of `b` exist and k0 + kc <= k, so every row pointer
+    // SAFETY: rows i..i+R of `a` (stride lda, a_k0 + kc <= lda) and j..j+C of `b` exist and k0 + kc <= k, so every row pointer
     // is readable for kc elements; the CPU supports the features (contract above).
     let sums = unsafe {
-        tile_f32::<R, C>(a.as_ptr().add(i * k + k0), k, b.as_ptr().add(j * k + k0), k, kc)
+        tile_f32::<R, C>(
+            a.as_ptr().add(i * lda + a_k0),
+            lda,
+            b.as_ptr().add(j * k + k0),
+            k,
+            kc,
+        )
     };
     for (r, row) in sums.iter().enumerate() {
         let c_row = &mut c[(i + r) * n + j..][..C];
@@ -148,16 +164,17 @@ unsafe fn add_tile_f32<const R: usize, const C: usize>(
     }
 }
 
-/// Adds one `R × C` i32 tile at output `(i, j)` for the `k` block starting at `k0`.
+/// Adds one `R × C` i32 tile at output `(i, j)` for the `k` block starting at `k0`; row `r` of
+/// that block of `a` starts at `a[r * lda + a_k0]` (`a` may be a packed copy of the block).
 ///
 /// # Safety
-/// The CPU must support AVX-512 F and BW; `a` is `m × k`, `w` is `n × k`, `acc` is `m × n` (checked
-/// shapes), `i + R <= m`, `j + C <= n` and `k0 + kc <= k`.
+/// The CPU must support AVX-512 F and BW; `a` holds `m` rows of stride `lda` with `a_k0 + kc <= lda`, `w` is
+/// `n × k`, `acc` is `m × n` (checked shapes), `i + R <= m`, `j + C <= n` and `k0 + kc <= k`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
 unsafe fn add_tile_i8<const R: usize, const C: usize>(
-    a: &[i8],
+    (a, lda, a_k0): (&[i16], usize, usize),
     w: &[i8],
     acc: &mut [i32],
     n: usize,
@@ -166,10 +183,16 @@ unsafe fn add_tile_i8<const R: usize, const C: usize>(
     k0: usize,
     kc: usize,
 ) {
-    // SAFETY: rows i..i+R of `a` and j..j+C of `w` exist and k0 + kc <= k, so every row pointer
+    // SAFETY: rows i..i+R of `a` (stride lda, a_k0 + kc <= lda) and j..j+C of `w` exist and k0 + kc <= k, so every row pointer
     // is readable for kc elements; the CPU supports AVX-512 F and BW (contract above).
     let sums = unsafe {
-        tile_i8::<R, C>(a.as_ptr().add(i * k + k0), k, w.as_ptr().add(j * k + k0), k, kc)
+        tile_i8::<R, C>(
+            a.as_ptr().add(i * lda + a_k0),
+            lda,
+            w.as_ptr().add(j * k + k0),
+            k,
+            kc,
+        )
     };
     for (r, row) in sums.iter().enumerate() {
         let acc_row = &mut acc[(i + r) * n + j..][..C];
@@ -187,8 +210,21 @@ unsafe fn add_tile_i8<const R: usize, const C: usize>(
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(super) unsafe fn gemm_f32(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]) {
     c.fill(0.0);
-    for k0 in (0..k).step_by(K_BLOCK) {
-        let kc = K_BLOCK.min(k - k0);
+    let mut packed: Vec<f32> = Vec::new();
+    // With a single row tile there is no reuse of weights to protect: one pass over each
+    // weight row keeps the hardware prefetcher streaming.
+    let k_block = if m <= ROWS { k.max(1) } else { K_BLOCK };
+    for k0 in (0..k).step_by(k_block) {
+        let kc = k_block.min(k - k0);
+        // Rows of `a` at a large power-of-two stride share L1 sets and evict each other; a
+        // contiguous copy of the block stays cached while every weight tile passes by.
+        let (a_block, lda, a_k0) = if m > ROWS {
+            packed.clear();
+            packed.extend(a.chunks_exact(k).flat_map(|row| &row[k0..k0 + kc]));
+            (&packed[..], kc, 0)
+        } else {
+            (a, k, k0)
+        };
         let mut j = 0;
         while j < n {
             let full_cols = j + COLS <= n;
@@ -200,10 +236,39 @@ pub(super) unsafe fn gemm_f32(a: &[f32], b: &[f32], m: usize, n: usize, k: usize
                 // AVX-512 F and BW (contract above).
                 unsafe {
                     match (full_rows, full_cols) {
-                        (true, true) => add_tile_f32::<ROWS, COLS>(a, b, c, n, k, (i, j), k0, kc),
-                        (false, true) => add_tile_f32::<1, COLS>(a, b, c, n, k, (i, j), k0, kc),
-                        (true, false) => add_tile_f32::<ROWS, 1>(a, b, c, n, k, (i, j), k0, kc),
-                        (false, false) => add_tile_f32::<1, 1>(a, b, c, n, k, (i, j), k0, kc),
+                        (true, true) => add_tile_f32::<ROWS, COLS>(
+                            (a_block, lda, a_k0),
+                            b,
+                            c,
+                            n,
+                            k,
+                            (i, j),
+                            k0,
+                            kc,
+                        ),
+                        (false, true) => add_tile_f32::<1, COLS>(
+                            (a_block, lda, a_k0),
+                            b,
+                            c,
+                            n,
+                            k,
+                            (i, j),
+                            k0,
+                            kc,
+                        ),
+                        (true, false) => add_tile_f32::<ROWS, 1>(
+                            (a_block, lda, a_k0),
+                            b,
+                            c,
+                            n,
+                            k,
+                            (i, j),
+                            k0,
+                            kc,
+                        ),
+                        (false, false) => {
+                            add_tile_f32::<1, 1>((a_block, lda, a_k0), b, c, n, k, (i, j), k0, kc)
+                        }
                     }
                 }
                 i += if full_rows { ROWS } else { 1 };
@@ -227,8 +292,20 @@ pub(super) unsafe fn gemm_i8_i32(
     acc: &mut [i32],
 ) {
     acc.fill(0);
-    for k0 in (0..k).step_by(K_BLOCK) {
-        let kc = K_BLOCK.min(k - k0);
+    let mut packed: Vec<i16> = Vec::new();
+    // With a single row tile there is no reuse of weights to protect: one pass over each
+    // weight row keeps the hardware prefetcher streaming.
+    let k_block = if m <= ROWS { k.max(1) } else { K_BLOCK };
+    for k0 in (0..k).step_by(k_block) {
+        let kc = k_block.min(k - k0);
+        // The activations are widened to i16 once per block instead of once per weight tile,
+        // and the contiguous copy avoids the L1 set conflicts of rows at a power-of-two stride.
+        packed.clear();
+        packed.extend(
+            a_q.chunks_exact(k)
+                .flat_map(|row| row[k0..k0 + kc].iter().map(|&x| i16::from(x))),
+        );
+        let (a_block, lda, a_k0) = (&packed[..], kc, 0);
         let mut j = 0;
         while j < n {
             let full_cols = j + COLS <= n;
@@ -240,10 +317,46 @@ pub(super) unsafe fn gemm_i8_i32(
                 // AVX-512 F and BW (contract above).
                 unsafe {
                     match (full_rows, full_cols) {
-                        (true, true) => add_tile_i8::<ROWS, COLS>(a_q, w_q, acc, n, k, (i, j), k0, kc),
-                        (false, true) => add_tile_i8::<1, COLS>(a_q, w_q, acc, n, k, (i, j), k0, kc),
-                        (true, false) => add_tile_i8::<ROWS, 1>(a_q, w_q, acc, n, k, (i, j), k0, kc),
-                        (false, false) => add_tile_i8::<1, 1>(a_q, w_q, acc, n, k, (i, j), k0, kc),
+                        (true, true) => add_tile_i8::<ROWS, COLS>(
+                            (a_block, lda, a_k0),
+                            w_q,
+                            acc,
+                            n,
+                            k,
+                            (i, j),
+                            k0,
+                            kc,
+                        ),
+                        (false, true) => add_tile_i8::<1, COLS>(
+                            (a_block, lda, a_k0),
+                            w_q,
+                            acc,
+                            n,
+                            k,
+                            (i, j),
+                            k0,
+                            kc,
+                        ),
+                        (true, false) => add_tile_i8::<ROWS, 1>(
+                            (a_block, lda, a_k0),
+                            w_q,
+                            acc,
+                            n,
+                            k,
+                            (i, j),
+                            k0,
+                            kc,
+                        ),
+                        (false, false) => add_tile_i8::<1, 1>(
+                            (a_block, lda, a_k0),
+                            w_q,
+                            acc,
+                            n,
+                            k,
+                            (i, j),
+                            k0,
+                            kc,
+                        ),
                     }
                 }
                 i += if full_rows { ROWS } else { 1 };
