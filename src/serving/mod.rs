@@ -310,16 +310,46 @@ impl ServingRegistry {
             .clone()
             .try_acquire_owned()
             .map_err(|_| ServingError::Busy)?;
-        let slot = self.pool.acquire().await?;
-        let output = self
-            .pool
-            .run(slot, move || match &model.kind {
-                ModelKind::Bert(bert) => bert.embed(&batch, normalize),
-                ModelKind::Mlp(_) => Err(ServingError::Unsupported(
-                    "embeddings need a bert model".into(),
-                )),
-            })
-            .await??;
+        if !matches!(model.kind, ModelKind::Bert(_)) {
+            return Err(ServingError::Unsupported(
+                "embeddings need a bert model".into(),
+            ));
+        }
+        // Split the batch over the worker threads (contiguous chunks of sequences, balanced by
+        // token count), run the chunks in parallel and reassemble them in order.
+        let total_tokens: usize = batch.iter().map(Vec::len).sum();
+        let parts = self.pool.size().min(batch.len()).max(1);
+        let target = total_tokens.div_ceil(parts).max(1);
+        let mut chunks: Vec<Vec<Vec<u32>>> = Vec::with_capacity(parts);
+        let mut current = Vec::new();
+        let mut current_tokens = 0;
+        for sequence in batch {
+            current_tokens += sequence.len();
+            current.push(sequence);
+            if current_tokens >= target && chunks.len() + 1 < parts {
+                chunks.push(std::mem::take(&mut current));
+                current_tokens = 0;
+            }
+        }
+        if !current.is_empty() {
+            chunks.push(current);
+        }
+        let runs = chunks.into_iter().map(|chunk| {
+            let model = model.clone();
+            async move {
+                let slot = self.pool.acquire().await?;
+                self.pool
+                    .run(slot, move || match &model.kind {
+                        ModelKind::Bert(bert) => bert.embed(&chunk, normalize),
+                        ModelKind::Mlp(_) => unreachable!("checked above"),
+                    })
+                    .await?
+            }
+        });
+        let mut output = Vec::new();
+        for part in futures::future::join_all(runs).await {
+            output.extend(part?);
+        }
         drop(permit);
         Ok(output)
     }
