@@ -168,6 +168,9 @@ async fn infer(
         )));
     };
     let datatype = input.get("datatype").and_then(Value::as_str).unwrap_or("");
+    if datatype == "BYTES" {
+        return infer_text(&state, &name, &request, input, started).await;
+    }
     if !matches!(datatype, "FP32" | "FP64" | "FP16" | "INT64" | "INT32") {
         return Err(bad(format!(
             "input datatype '{datatype}' is not supported here (FP32, FP64, FP16, INT32, INT64)"
@@ -227,6 +230,74 @@ async fn infer(
         "model_version": "1",
         "id": request.get("id").cloned().unwrap_or(Value::Null),
         "outputs": [{"name": "output", "datatype": "FP32", "shape": [rows, model.widths().1], "data": output}],
+    }))
+    .into_response();
+    let timing = format!(
+        "queue;dur={:.3}, compute;dur={:.3}",
+        queued.as_secs_f64() * 1e3,
+        compute.as_secs_f64() * 1e3
+    );
+    if let Ok(value) = HeaderValue::from_str(&timing) {
+        response.headers_mut().insert("server-timing", value);
+    }
+    Ok(response)
+}
+
+/// BYTES (text) input for `bert` models: one embedding row per string.
+async fn infer_text(
+    state: &AppState,
+    name: &str,
+    request: &Value,
+    input: &Value,
+    started: std::time::Instant,
+) -> Result<Response, V2Error> {
+    fn strings(value: &Value, out: &mut Vec<String>) -> Result<(), String> {
+        match value {
+            Value::Array(items) => items.iter().try_for_each(|item| strings(item, out)),
+            Value::String(text) => {
+                out.push(text.clone());
+                Ok(())
+            }
+            other => Err(format!("BYTES data must be strings, found {other}")),
+        }
+    }
+    let mut texts = Vec::new();
+    strings(
+        input
+            .get("data")
+            .ok_or_else(|| bad("the input needs 'data'"))?,
+        &mut texts,
+    )
+    .map_err(bad)?;
+    if texts.is_empty() {
+        return Err(bad("the input holds no strings"));
+    }
+    let model = state.serving.get_or_load(name).await?;
+    let crate::serving::ModelKind::Bert(bert) = &model.kind else {
+        return Err(V2Error(
+            StatusCode::BAD_REQUEST,
+            format!("'{name}' takes numeric tensors, not BYTES"),
+        ));
+    };
+    let batch = texts
+        .iter()
+        .map(|text| {
+            bert.tokenizer
+                .encode(text)
+                .map_err(|e| bad(format!("cannot tokenize: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let queued = started.elapsed();
+    let compute_start = std::time::Instant::now();
+    let embeddings = state.serving.embed(model.clone(), batch, true).await?;
+    let compute = compute_start.elapsed();
+    let width = model.widths().1;
+    let data: Vec<f32> = embeddings.into_iter().flatten().collect();
+    let mut response = Json(json!({
+        "model_name": name,
+        "model_version": "1",
+        "id": request.get("id").cloned().unwrap_or(Value::Null),
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [texts.len(), width], "data": data}],
     }))
     .into_response();
     let timing = format!(

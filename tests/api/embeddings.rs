@@ -119,6 +119,23 @@ async fn minilm_embeddings_match_sentence_transformers() {
         (values.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-4,
         "shortened embeddings are renormalised"
     );
+    // The same model over the Open Inference Protocol with a BYTES input.
+    let response = app
+        .client
+        .post(app.url(&format!("/v2/models/{model_id}/infer")))
+        .json(&json!({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["hello world", "another sentence"]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["outputs"][0]["shape"], json!([2, 384]));
+    let (_, direct) = embed(&app, &model_id, json!(["hello world"])).await;
+    let via_v2: Vec<f64> = body["outputs"][0]["data"].as_array().unwrap()[..384]
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(cosine(&via_v2, &direct[0]) > 0.999_999);
     let models = app.get_json("/v1/models").await;
     assert!(models["data"]
         .as_array()
