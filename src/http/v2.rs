@@ -149,14 +149,113 @@ fn bad(message: impl Into<String>) -> V2Error {
     V2Error(StatusCode::BAD_REQUEST, message.into())
 }
 
+/// Splits a request body into its JSON part and the binary tensor data that follows it
+/// (the binary tensor data extension: `Inference-Header-Content-Length` = JSON bytes).
+fn split_body<'a>(
+    headers: &axum::http::HeaderMap,
+    body: &'a [u8],
+) -> Result<(&'a [u8], &'a [u8]), V2Error> {
+    match headers.get("inference-header-content-length") {
+        None => Ok((body, &[])),
+        Some(value) => {
+            let length: usize = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| bad("Inference-Header-Content-Length is not a number"))?;
+            if length > body.len() {
+                return Err(bad(format!(
+                    "Inference-Header-Content-Length {length} exceeds the body's {} bytes",
+                    body.len()
+                )));
+            }
+            Ok(body.split_at(length))
+        }
+    }
+}
+
+/// The raw bytes of an input sent with `parameters.binary_data_size`, if it was.
+fn binary_part<'a>(input: &Value, binary: &'a [u8]) -> Result<Option<&'a [u8]>, V2Error> {
+    let Some(size) = input
+        .get("parameters")
+        .and_then(|p| p.get("binary_data_size"))
+    else {
+        return Ok(None);
+    };
+    let size = size
+        .as_u64()
+        .ok_or_else(|| bad("binary_data_size must be a non-negative integer"))?
+        as usize;
+    if size != binary.len() {
+        return Err(bad(format!(
+            "binary_data_size {size} does not match the {} bytes after the JSON header",
+            binary.len()
+        )));
+    }
+    Ok(Some(binary))
+}
+
+/// Little-endian tensor bytes of a numeric datatype as f32 values.
+fn decode_binary(datatype: &str, bytes: &[u8]) -> Result<Vec<f32>, V2Error> {
+    let width = match datatype {
+        "FP32" | "INT32" => 4,
+        "FP64" | "INT64" => 8,
+        "FP16" => 2,
+        _ => {
+            return Err(bad(format!(
+                "binary data of datatype '{datatype}' is not supported"
+            )))
+        }
+    };
+    if !bytes.len().is_multiple_of(width) {
+        return Err(bad(format!(
+            "{} bytes are not a whole number of {datatype} values",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(width)
+        .map(|c| match datatype {
+            "FP32" => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+            "INT32" => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32,
+            "FP64" => f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32,
+            "INT64" => i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32,
+            _ => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+        })
+        .collect())
+}
+
+/// BYTES elements in the binary format: each a 4-byte little-endian length and its bytes.
+fn decode_binary_strings(mut bytes: &[u8]) -> Result<Vec<String>, V2Error> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        if bytes.len() < 4 {
+            return Err(bad("truncated BYTES element length"));
+        }
+        let length = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        let rest = &bytes[4..];
+        if rest.len() < length {
+            return Err(bad("truncated BYTES element"));
+        }
+        out.push(
+            String::from_utf8(rest[..length].to_vec())
+                .map_err(|_| bad("BYTES element is not UTF-8 text"))?,
+        );
+        bytes = &rest[length..];
+    }
+    Ok(out)
+}
+
 async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, V2Error> {
     let started = std::time::Instant::now();
+    let (json_part, binary) = split_body(&headers, &body)?;
     let request: Value =
-        serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+        serde_json::from_slice(json_part).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
     let inputs = request
         .get("inputs")
         .and_then(Value::as_array)
@@ -169,7 +268,7 @@ async fn infer(
     };
     let datatype = input.get("datatype").and_then(Value::as_str).unwrap_or("");
     if datatype == "BYTES" {
-        return infer_text(&state, &name, &request, input, started).await;
+        return infer_text(&state, &name, &request, input, binary, started).await;
     }
     if !matches!(datatype, "FP32" | "FP64" | "FP16" | "INT64" | "INT32") {
         return Err(bad(format!(
@@ -187,14 +286,20 @@ async fn infer(
                 .ok_or_else(|| bad("shape dimensions must be non-negative integers"))
         })
         .collect::<Result<_, _>>()?;
-    let mut data = Vec::new();
-    flatten(
-        input
-            .get("data")
-            .ok_or_else(|| bad("the input needs 'data'"))?,
-        &mut data,
-    )
-    .map_err(bad)?;
+    let data = match binary_part(input, binary)? {
+        Some(bytes) => decode_binary(datatype, bytes)?,
+        None => {
+            let mut data = Vec::new();
+            flatten(
+                input
+                    .get("data")
+                    .ok_or_else(|| bad("the input needs 'data'"))?,
+                &mut data,
+            )
+            .map_err(bad)?;
+            data
+        }
+    };
     let elements: usize = shape.iter().product();
     if elements != data.len() {
         return Err(bad(format!(
@@ -249,6 +354,7 @@ async fn infer_text(
     name: &str,
     request: &Value,
     input: &Value,
+    binary: &[u8],
     started: std::time::Instant,
 ) -> Result<Response, V2Error> {
     fn strings(value: &Value, out: &mut Vec<String>) -> Result<(), String> {
@@ -261,14 +367,20 @@ async fn infer_text(
             other => Err(format!("BYTES data must be strings, found {other}")),
         }
     }
-    let mut texts = Vec::new();
-    strings(
-        input
-            .get("data")
-            .ok_or_else(|| bad("the input needs 'data'"))?,
-        &mut texts,
-    )
-    .map_err(bad)?;
+    let texts = match binary_part(input, binary)? {
+        Some(bytes) => decode_binary_strings(bytes)?,
+        None => {
+            let mut texts = Vec::new();
+            strings(
+                input
+                    .get("data")
+                    .ok_or_else(|| bad("the input needs 'data'"))?,
+                &mut texts,
+            )
+            .map_err(bad)?;
+            texts
+        }
+    };
     if texts.is_empty() {
         return Err(bad("the input holds no strings"));
     }

@@ -140,6 +140,52 @@ async fn digits_fp32_and_int8_through_the_v2_protocol() {
         labels[0]
     );
 
+    // The binary tensor data extension: JSON header, then raw little-endian FP32 rows.
+    let header = serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "parameters": {"binary_data_size": 2 * 64 * 4}}]})).unwrap();
+    let mut body = header.clone();
+    for value in rows[0].iter().chain(&rows[1]) {
+        body.extend_from_slice(&value.to_le_bytes());
+    }
+    let response = app
+        .client
+        .post(app.url("/v2/models/digits/infer"))
+        .header("inference-header-content-length", header.len().to_string())
+        .header("content-type", "application/octet-stream")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let binary: Value = response.json().await.unwrap();
+    let json_form: Value = app
+        .client
+        .post(app.url("/v2/models/digits/infer"))
+        .json(&json!({"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": [rows[0], rows[1]]}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        binary["outputs"][0]["data"], json_form["outputs"][0]["data"],
+        "binary and JSON inputs agree"
+    );
+    // A lying header length or size is a 400 with the v2 error body.
+    let response = app
+        .client
+        .post(app.url("/v2/models/digits/infer"))
+        .header(
+            "inference-header-content-length",
+            (body.len() + 1).to_string(),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.json::<Value>().await.unwrap()["error"].is_string());
+
     // Explicit unload and load.
     let unloaded: Value = app
         .client
