@@ -167,16 +167,19 @@ async fn embeddings(State(state): State<AppState>, body: Bytes) -> Result<Respon
             }
         },
     };
+    let count = match &inputs {
+        Inputs::Texts(texts) => texts.len(),
+        Inputs::Tokens(batch) => batch.len(),
+    };
+    if count > MAX_INPUTS {
+        return Err(invalid(
+            format!("at most {MAX_INPUTS} inputs per request"),
+            Some("input"),
+        ));
+    }
     let batch: Vec<Vec<u32>> = match inputs {
         Inputs::Tokens(batch) => batch,
-        Inputs::Texts(texts) => texts
-            .iter()
-            .map(|text| {
-                bert.tokenizer
-                    .encode(text)
-                    .map_err(|e| invalid(format!("cannot tokenize input: {e}"), Some("input")))
-            })
-            .collect::<Result<_, _>>()?,
+        Inputs::Texts(texts) => state.serving.tokenize(model.clone(), texts).await?,
     };
     if batch.len() > MAX_INPUTS {
         return Err(invalid(

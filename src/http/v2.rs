@@ -391,25 +391,19 @@ async fn infer_text(
             format!("'{name}' takes numeric tensors, not BYTES"),
         ));
     };
-    let batch = texts
-        .iter()
-        .map(|text| {
-            bert.tokenizer
-                .encode(text)
-                .map_err(|e| bad(format!("cannot tokenize: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let width = bert.hidden_size();
+    let n_texts = texts.len();
+    let batch = state.serving.tokenize(model.clone(), texts).await?;
     let queued = started.elapsed();
     let compute_start = std::time::Instant::now();
     let embeddings = state.serving.embed(model.clone(), batch, true).await?;
     let compute = compute_start.elapsed();
-    let width = model.widths().1;
     let data: Vec<f32> = embeddings.into_iter().flatten().collect();
     let mut response = Json(json!({
         "model_name": name,
         "model_version": "1",
         "id": request.get("id").cloned().unwrap_or(Value::Null),
-        "outputs": [{"name": "output", "datatype": "FP32", "shape": [texts.len(), width], "data": data}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [n_texts, width], "data": data}],
     }))
     .into_response();
     let timing = format!(

@@ -298,6 +298,31 @@ impl ServingRegistry {
         Ok(output)
     }
 
+    /// Tokenizes texts with a `bert` model's tokenizer on the worker pool (tokenizing is CPU work
+    /// and stays off the async executor).
+    pub async fn tokenize(
+        &self,
+        model: Arc<LoadedModel>,
+        texts: Vec<String>,
+    ) -> Result<Vec<Vec<u32>>, ServingError> {
+        let slot = self.pool.acquire().await?;
+        self.pool
+            .run(slot, move || match &model.kind {
+                ModelKind::Bert(bert) => texts
+                    .iter()
+                    .map(|text| {
+                        bert.tokenizer.encode(text).map_err(|e| {
+                            ServingError::BadInput(format!("cannot tokenize input: {e}"))
+                        })
+                    })
+                    .collect(),
+                ModelKind::Mlp(_) => Err(ServingError::Unsupported(
+                    "this model does not take text".into(),
+                )),
+            })
+            .await?
+    }
+
     /// Embeds token-id sequences with a `bert` model on the worker pool.
     pub async fn embed(
         &self,
