@@ -26,6 +26,7 @@ use crate::formats::compressed_tensors::{
     bitsandbytes_nf4_config, float_weight_args, int_weight_args, quantization_config, ConfigGroup,
 };
 use crate::formats::safetensors::{Dtype, Header, Limits, TensorInfo};
+use crate::quant::convert::float_values;
 use crate::quant::ggml::GgmlKernels;
 use crate::quant::int8::Granularity;
 use crate::quant::kernels::Kernels;
@@ -143,25 +144,8 @@ fn tensor_as_f32<'a>(bytes: &'a [u8], dtype: Dtype) -> Cow<'a, [f32]> {
             return Cow::Borrowed(body);
         }
     }
-    let values: Vec<f32> = match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")) as f32)
-            .collect(),
-        other => unreachable!("keep_reason keeps non-float dtype {other:?}"),
-    };
+    let values = float_values(dtype, bytes)
+        .unwrap_or_else(|| unreachable!("plan_tensor keeps non-float dtype {dtype:?}"));
     Cow::Owned(values)
 }
 

@@ -14,6 +14,7 @@
 //!   asymmetric), built on a kernel table.
 
 pub mod binary;
+pub mod convert;
 pub mod fp8;
 pub mod ggml;
 pub mod int4;

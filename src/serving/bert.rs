@@ -8,6 +8,7 @@ use crate::infer::bert::{BertConfig, BertError, BertModel, LinearBackend};
 use crate::infer::kernels::{linear_f32, linear_i8, GemmKernels};
 use crate::infer::mlp::DenseWeights;
 use crate::infer::tokenize::BertTokenizer;
+use crate::quant::convert::float_values;
 
 use super::ServingError;
 
@@ -155,24 +156,6 @@ impl BertServing {
     }
 }
 
-fn floats(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        _ => return None,
-    })
-}
-
 /// Builds a served BERT from a mapped safetensors file (blocking; worker pool).
 pub fn load_bert(
     file: &[u8],
@@ -209,12 +192,12 @@ pub fn load_bert(
     let float_tensor = |name: &str| -> Result<Vec<f32>, ServingError> {
         let (info, bytes) =
             bytes_of(name).ok_or_else(|| unsupported(format!("missing tensor '{name}'")))?;
-        if let Some(values) = floats(bytes, info.dtype) {
+        if let Some(values) = float_values(info.dtype, bytes) {
             return Ok(values);
         }
         if info.dtype == Dtype::I8 {
             if let Some((scale_info, scale_bytes)) = bytes_of(&format!("{name}_scale")) {
-                let scales = floats(scale_bytes, scale_info.dtype).unwrap_or_default();
+                let scales = float_values(scale_info.dtype, scale_bytes).unwrap_or_default();
                 let rows = info.shape.first().copied().unwrap_or(1).max(1);
                 let cols = bytes.len() / rows;
                 return Ok(bytes
@@ -244,14 +227,14 @@ pub fn load_bert(
             int8 = true;
             DenseWeights::Int8 {
                 q: bytes.iter().map(|&v| v as i8).collect(),
-                scales: floats(scale_bytes, scale_info.dtype)
+                scales: float_values(scale_info.dtype, scale_bytes)
                     .ok_or_else(|| unsupported("scale is not a float tensor".into()))?,
                 zero_points: bytes_of(&format!("{weight_name}_zero_point"))
                     .map(|(_, b)| b.iter().map(|&v| v as i8).collect())
                     .unwrap_or_default(),
             }
         } else {
-            DenseWeights::F32(floats(bytes, info.dtype).ok_or_else(|| {
+            DenseWeights::F32(float_values(info.dtype, bytes).ok_or_else(|| {
                 unsupported(format!(
                     "'{weight_name}' is stored as {}, which serving cannot read",
                     info.dtype.as_str()
@@ -264,7 +247,7 @@ pub fn load_bert(
         };
         let bias = match bytes_of(&format!("{}.bias", spec.name)) {
             Some((t, b)) => Some(
-                floats(b, t.dtype)
+                float_values(t.dtype, b)
                     .ok_or_else(|| unsupported("bias is not a float tensor".into()))?,
             ),
             None => None,

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::formats::safetensors::{Dtype, Header, Limits};
 use crate::infer::mlp::{DenseLayer, DenseWeights, Mlp, MlpConfig, MlpError};
 use crate::pool::{PoolError, WorkerPool};
+use crate::quant::convert::float_values;
 use crate::store::{BlobStore, SharedMetadataStore, StoreError, StoredFile};
 
 #[derive(Debug, thiserror::Error)]
@@ -380,24 +381,6 @@ impl ServingRegistry {
     }
 }
 
-fn f32_values(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        _ => return None,
-    })
-}
-
 /// Loads a model from a safetensors file by its config's `model_type` (blocking: runs on the
 /// worker pool).
 fn load(
@@ -479,16 +462,11 @@ fn load(
         let (outputs, inputs) = (info.shape[0], info.shape[1]);
         let weights = match info.dtype {
             Dtype::I8 => {
-                let (_, scale_bytes) = bytes_of(&format!("{name}.weight_scale"))
+                let (scale_info, scale_bytes) = bytes_of(&format!("{name}.weight_scale"))
                     .ok_or_else(|| unsupported(name, "int8 weight without weight_scale".into()))?;
-                let scales = f32_values(
-                    scale_bytes,
-                    header
-                        .get(&format!("{name}.weight_scale"))
-                        .expect("found")
-                        .dtype,
-                )
-                .ok_or_else(|| unsupported(name, "weight_scale is not a float tensor".into()))?;
+                let scales = float_values(scale_info.dtype, scale_bytes).ok_or_else(|| {
+                    unsupported(name, "weight_scale is not a float tensor".into())
+                })?;
                 let zero_points = bytes_of(&format!("{name}.weight_zero_point"))
                     .map(|(_, b)| b.iter().map(|&v| v as i8).collect())
                     .unwrap_or_default();
@@ -499,7 +477,7 @@ fn load(
                     zero_points,
                 }
             }
-            dtype => DenseWeights::F32(f32_values(bytes, dtype).ok_or_else(|| {
+            dtype => DenseWeights::F32(float_values(dtype, bytes).ok_or_else(|| {
                 unsupported(
                     name,
                     format!(
@@ -511,7 +489,7 @@ fn load(
         };
         let bias = match bytes_of(&format!("{name}.bias")) {
             Some((t, b)) => Some(
-                f32_values(b, t.dtype)
+                float_values(t.dtype, b)
                     .ok_or_else(|| unsupported(name, "bias is not a float tensor".into()))?,
             ),
             None => None,
