@@ -284,3 +284,42 @@ async fn v2_errors_are_json_with_4xx_statuses() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn loaded_models_beyond_the_memory_budget_are_evicted_least_recently_used_first() {
+    // A budget smaller than one model: loading a second evicts the first, never the new one.
+    let app = crate::helpers::spawn_app_with(|s| s.serving_memory_bytes = 1).await;
+    let first = upload_digits_with_config(&app).await;
+    let second = upload_digits_with_config(&app).await;
+    for id in [&first, &second] {
+        let loaded: Value = app
+            .client
+            .post(app.url(&format!("/api/v1/serving/{id}/load")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(loaded["loaded"], true);
+    }
+    let unload = |id: String| {
+        let request = app
+            .client
+            .post(app.url(&format!("/api/v1/serving/{id}/unload")));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap()["unloaded"].clone() }
+    };
+    assert_eq!(
+        unload(first.clone()).await,
+        false,
+        "the older model was evicted"
+    );
+    assert_eq!(
+        unload(second.clone()).await,
+        true,
+        "the newest model stays resident"
+    );
+    // Evicted models load again on demand.
+    assert_eq!(accuracy(&app, &first).await, 0.9694444444444444);
+    app.stop().await;
+}
