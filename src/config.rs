@@ -105,6 +105,16 @@ pub struct Settings {
     #[arg(long, env = "QUANTD_INT8_ACTIVATIONS", default_value_t = false)]
     pub int8_activations: bool,
 
+    /// Dynamic batching: concurrent inference requests for one model are merged into batches
+    /// of up to this many items (sequences or rows).
+    #[arg(long, env = "QUANTD_BATCH_MAX_SIZE", default_value_t = 32)]
+    pub batch_max_size: usize,
+
+    /// Dynamic batching: how long (milliseconds) the first request of a batch waits for others
+    /// to join it. 0 batches only the requests that are already waiting.
+    #[arg(long, env = "QUANTD_BATCH_MAX_DELAY_MS", default_value_t = 2)]
+    pub batch_max_delay_ms: u64,
+
     /// Log line format.
     #[arg(long, env = "QUANTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -118,6 +128,16 @@ pub struct Settings {
         hide = true
     )]
     pub debug_tensor_delay_ms: u64,
+
+    /// Testing aid: every inference batch sleeps this many milliseconds before it runs, so that
+    /// admission (429) and batching can be exercised. Keep 0 in production.
+    #[arg(
+        long,
+        env = "QUANTD_DEBUG_INFERENCE_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub debug_inference_delay_ms: u64,
 }
 
 impl Settings {
@@ -155,8 +175,11 @@ impl Settings {
             serving_memory_bytes: 4 << 30,
             max_inflight_inferences: 64,
             int8_activations: false,
+            batch_max_size: 32,
+            batch_max_delay_ms: 2,
             log_format: LogFormat::Text,
             debug_tensor_delay_ms: 0,
+            debug_inference_delay_ms: 0,
         }
     }
 

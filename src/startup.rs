@@ -87,9 +87,14 @@ impl Application {
                 max_header_bytes: settings.max_header_bytes,
                 max_file_bytes: settings.max_upload_bytes,
             },
-            usize::try_from(settings.serving_memory_bytes).unwrap_or(usize::MAX),
-            settings.max_inflight_inferences,
-            settings.int8_activations,
+            crate::serving::ServingOptions {
+                memory_budget: usize::try_from(settings.serving_memory_bytes).unwrap_or(usize::MAX),
+                max_inflight: settings.max_inflight_inferences,
+                int8_activations: settings.int8_activations,
+                max_batch: settings.batch_max_size,
+                max_batch_delay: Duration::from_millis(settings.batch_max_delay_ms),
+                debug_delay: Duration::from_millis(settings.debug_inference_delay_ms),
+            },
         ));
         let state = AppState {
             inner: Arc::new(AppInner {

@@ -148,7 +148,7 @@ async fn embeddings(State(state): State<AppState>, body: Bytes) -> Result<Respon
         }
     };
     let model = state.serving.get_or_load(name).await?;
-    let ModelKind::Bert(bert) = &model.kind else {
+    let ModelKind::Bert(bert) = &*model.kind else {
         return Err(OpenAiError::from(ServingError::Unsupported(format!(
             "'{name}' is a {} model; embeddings need a bert model",
             model.architecture
@@ -188,10 +188,8 @@ async fn embeddings(State(state): State<AppState>, body: Bytes) -> Result<Respon
         ));
     }
     let prompt_tokens: usize = batch.iter().map(Vec::len).sum();
-    let queued = started.elapsed();
-    let compute_start = std::time::Instant::now();
-    let embeddings = state.serving.embed(model.clone(), batch, true).await?;
-    let compute = compute_start.elapsed();
+    let parsed = started.elapsed();
+    let (embeddings, timing) = state.serving.embed(model.clone(), batch).await?;
     let data: Vec<Value> = embeddings
         .into_iter()
         .enumerate()
@@ -224,12 +222,7 @@ async fn embeddings(State(state): State<AppState>, body: Bytes) -> Result<Respon
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }))
     .into_response();
-    let timing = format!(
-        "queue;dur={:.3}, compute;dur={:.3}",
-        queued.as_secs_f64() * 1e3,
-        compute.as_secs_f64() * 1e3
-    );
-    if let Ok(value) = HeaderValue::from_str(&timing) {
+    if let Ok(value) = HeaderValue::from_str(&timing.server_timing(parsed)) {
         response.headers_mut().insert("server-timing", value);
     }
     Ok(response)

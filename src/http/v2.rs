@@ -110,6 +110,7 @@ fn metadata(model: &LoadedModel, requested: &str) -> Value {
             "source": model.source.kind,
             "id": model.source.id,
             "weights": model.weights,
+            "dequantized_at_load": model.dequantized,
             "memory_bytes": model.memory_bytes,
         },
     })
@@ -326,10 +327,8 @@ async fn infer(
             )))
         }
     };
-    let queued = started.elapsed();
-    let compute_start = std::time::Instant::now();
-    let output = state.serving.infer(model.clone(), data, rows).await?;
-    let compute = compute_start.elapsed();
+    let parsed = started.elapsed();
+    let (output, timing) = state.serving.infer(model.clone(), data, rows).await?;
     let mut response = Json(json!({
         "model_name": name,
         "model_version": "1",
@@ -337,12 +336,7 @@ async fn infer(
         "outputs": [{"name": "output", "datatype": "FP32", "shape": [rows, model.widths().1], "data": output}],
     }))
     .into_response();
-    let timing = format!(
-        "queue;dur={:.3}, compute;dur={:.3}",
-        queued.as_secs_f64() * 1e3,
-        compute.as_secs_f64() * 1e3
-    );
-    if let Ok(value) = HeaderValue::from_str(&timing) {
+    if let Ok(value) = HeaderValue::from_str(&timing.server_timing(parsed)) {
         response.headers_mut().insert("server-timing", value);
     }
     Ok(response)
@@ -385,7 +379,7 @@ async fn infer_text(
         return Err(bad("the input holds no strings"));
     }
     let model = state.serving.get_or_load(name).await?;
-    let crate::serving::ModelKind::Bert(bert) = &model.kind else {
+    let crate::serving::ModelKind::Bert(bert) = &*model.kind else {
         return Err(V2Error(
             StatusCode::BAD_REQUEST,
             format!("'{name}' takes numeric tensors, not BYTES"),
@@ -394,10 +388,8 @@ async fn infer_text(
     let width = bert.hidden_size();
     let n_texts = texts.len();
     let batch = state.serving.tokenize(model.clone(), texts).await?;
-    let queued = started.elapsed();
-    let compute_start = std::time::Instant::now();
-    let embeddings = state.serving.embed(model.clone(), batch, true).await?;
-    let compute = compute_start.elapsed();
+    let parsed = started.elapsed();
+    let (embeddings, timing) = state.serving.embed(model.clone(), batch).await?;
     let data: Vec<f32> = embeddings.into_iter().flatten().collect();
     let mut response = Json(json!({
         "model_name": name,
@@ -406,12 +398,7 @@ async fn infer_text(
         "outputs": [{"name": "output", "datatype": "FP32", "shape": [n_texts, width], "data": data}],
     }))
     .into_response();
-    let timing = format!(
-        "queue;dur={:.3}, compute;dur={:.3}",
-        queued.as_secs_f64() * 1e3,
-        compute.as_secs_f64() * 1e3
-    );
-    if let Ok(value) = HeaderValue::from_str(&timing) {
+    if let Ok(value) = HeaderValue::from_str(&timing.server_timing(parsed)) {
         response.headers_mut().insert("server-timing", value);
     }
     Ok(response)

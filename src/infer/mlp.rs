@@ -103,6 +103,34 @@ pub enum DenseWeights {
         scales: Vec<f32>,
         zero_points: Vec<i8>,
     },
+    /// Block-quantized (int8 / q8_0 / int4 / q4_0 / q4_1), run with int8 activations quantized
+    /// per 32-element block (see [`crate::infer::matrix`]).
+    Blocks(crate::infer::matrix::BlockMatrix),
+}
+
+impl DenseWeights {
+    /// How the weights are held in memory: `f32`, `int8` (per-row codes), or the block format's
+    /// source name (`int8`, `q8_0`, `int4`, `q4_0`, `q4_1`).
+    pub fn held_as(&self) -> &'static str {
+        match self {
+            DenseWeights::F32(_) => "f32",
+            DenseWeights::Int8 { .. } => "int8",
+            DenseWeights::Blocks(matrix) => matrix.stored_as,
+        }
+    }
+
+    /// Bytes held in memory.
+    pub fn memory_bytes(&self) -> usize {
+        match self {
+            DenseWeights::F32(w) => w.len() * 4,
+            DenseWeights::Int8 {
+                q,
+                scales,
+                zero_points,
+            } => q.len() + scales.len() * 4 + zero_points.len(),
+            DenseWeights::Blocks(matrix) => matrix.memory_bytes(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +173,12 @@ impl DenseLayer {
                     return Err(fail("zero points do not match the scales".into()));
                 }
             }
+            DenseWeights::Blocks(matrix) if matrix.n != self.outputs || matrix.k != self.inputs => {
+                return Err(fail(format!(
+                    "weight is [{}x{}], expected [{}x{}]",
+                    matrix.n, matrix.k, self.outputs, self.inputs
+                )))
+            }
             _ => {}
         }
         if let Some(bias) = &self.bias {
@@ -161,20 +195,39 @@ impl DenseLayer {
 
     /// Bytes the weights occupy in memory.
     pub fn weight_bytes(&self) -> usize {
-        let weights = match &self.weights {
-            DenseWeights::F32(w) => w.len() * 4,
-            DenseWeights::Int8 {
-                q,
-                scales,
-                zero_points,
-            } => q.len() + scales.len() * 4 + zero_points.len(),
-        };
-        weights + self.bias.as_ref().map_or(0, |b| b.len() * 4)
+        self.weights.memory_bytes() + self.bias.as_ref().map_or(0, |b| b.len() * 4)
     }
 
-    /// `y = x · Wᵀ + b` for one input row, then the activation.
+    /// `y = x · Wᵀ + b` for `rows` input rows, then the activation. Block-quantized weights run
+    /// through the block kernels on the whole batch; f32 and per-row int8 weights row by row in
+    /// plain f32 (the reference arithmetic).
+    fn forward_batch(
+        &self,
+        kernels: &crate::infer::kernels::GemmKernels,
+        x: &[f32],
+        rows: usize,
+        y: &mut [f32],
+    ) {
+        if let DenseWeights::Blocks(matrix) = &self.weights {
+            let mut acts = crate::infer::kernels::blocks::BlockActs::new();
+            matrix.linear(kernels, x, rows, self.bias.as_deref(), &mut acts, y);
+            for value in y.iter_mut() {
+                *value = activate(self.activation, *value);
+            }
+            return;
+        }
+        for (x_row, y_row) in x
+            .chunks_exact(self.inputs)
+            .zip(y.chunks_exact_mut(self.outputs))
+        {
+            self.forward_row(x_row, y_row);
+        }
+    }
+
+    /// `y = x · Wᵀ + b` for one input row, then the activation (f32 and per-row int8 weights).
     fn forward_row(&self, x: &[f32], y: &mut [f32]) {
         match &self.weights {
+            DenseWeights::Blocks(_) => unreachable!("forward_batch runs block weights"),
             DenseWeights::F32(w) => {
                 for (o, out) in y.iter_mut().enumerate() {
                     let row = &w[o * self.inputs..(o + 1) * self.inputs];
@@ -302,24 +355,16 @@ impl Mlp {
                 got: input.len().checked_div(rows).unwrap_or(0),
             });
         }
-        let mut output = Vec::with_capacity(rows * self.output_width());
-        let widest = self
-            .layers
-            .iter()
-            .map(|l| l.outputs.max(l.inputs))
-            .max()
-            .unwrap_or(0);
-        let (mut a, mut b) = (vec![0f32; widest], vec![0f32; widest]);
-        for row in input.chunks_exact(width) {
-            a[..width].copy_from_slice(row);
-            let mut current = width;
-            for layer in &self.layers {
-                layer.forward_row(&a[..current], &mut b[..layer.outputs]);
-                std::mem::swap(&mut a, &mut b);
-                current = layer.outputs;
-            }
-            let out = &mut a[..current];
-            if self.softmax {
+        let kernels = crate::infer::kernels::select(false);
+        let mut current = input.to_vec();
+        for layer in &self.layers {
+            let mut next = vec![0f32; rows * layer.outputs];
+            layer.forward_batch(kernels, &current, rows, &mut next);
+            current = next;
+        }
+        let mut output = current;
+        if self.softmax {
+            for out in output.chunks_exact_mut(self.output_width()) {
                 let max = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let sum: f32 = out
                     .iter_mut()
@@ -330,7 +375,6 @@ impl Mlp {
                     .sum();
                 out.iter_mut().for_each(|v| *v /= sum);
             }
-            output.extend_from_slice(out);
         }
         Ok(output)
     }

@@ -3,6 +3,8 @@
 //! worker pool.
 
 pub mod bert;
+pub mod fastmath;
 pub mod kernels;
+pub mod matrix;
 pub mod mlp;
 pub mod tokenize;

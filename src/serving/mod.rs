@@ -3,20 +3,23 @@
 //! budget with least-recently-used eviction, and runs inference on the worker pool with bounded
 //! admission (beyond it callers get [`ServingError::Busy`], i.e. 429).
 
+pub mod batch;
 pub mod bert;
+pub mod weights;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::formats::safetensors::{Dtype, Header, Limits};
-use crate::infer::mlp::{DenseLayer, DenseWeights, Mlp, MlpConfig, MlpError};
+use crate::formats::safetensors::{Header, Limits};
+use crate::infer::mlp::{DenseLayer, Mlp, MlpConfig, MlpError};
 use crate::pool::{PoolError, WorkerPool};
-use crate::quant::convert::float_values;
 use crate::store::{BlobStore, SharedMetadataStore, StoreError, StoredFile};
+
+use batch::{BatchConfig, Batched, Batcher, RunFn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServingError {
@@ -63,16 +66,73 @@ pub struct Source {
 pub struct LoadedModel {
     pub source: Source,
     pub architecture: &'static str,
-    /// `f32` or `int8` (Linear weights as held in memory).
-    pub weights: &'static str,
-    pub kind: ModelKind,
+    /// How the Linear weights are held in memory: `f32`, `int8`, `q8_0`, `int4`, `q4_0`, `q4_1`
+    /// (joined with `+` when layers differ).
+    pub weights: String,
+    /// Stored schemes that were dequantized to f32 at load (`fp8`, `q5_0`, ...), if any.
+    pub dequantized: Vec<String>,
+    pub kind: Arc<ModelKind>,
     pub memory_bytes: usize,
+    /// Merges concurrent requests into batches (see [`batch`]).
+    batcher: ModelBatcher,
+}
+
+/// The batching task of a loaded model: rows for `mlp`, token-id sequences for `bert`.
+#[derive(Debug)]
+enum ModelBatcher {
+    Rows(Batcher<Vec<f32>, Vec<f32>>),
+    Sequences(Batcher<Vec<u32>, Vec<f32>>),
+}
+
+/// Queue and compute time of one request, and the size of the batch it ran in.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub queue: Duration,
+    pub compute: Duration,
+    pub batch_items: usize,
+}
+
+impl Timing {
+    /// The `Server-Timing` header value: `queue` and `compute` in milliseconds, and the batch.
+    pub fn server_timing(&self, parse: Duration) -> String {
+        format!(
+            "parse;dur={:.3}, queue;dur={:.3}, compute;dur={:.3}, batch;desc=\"{} items\"",
+            parse.as_secs_f64() * 1e3,
+            self.queue.as_secs_f64() * 1e3,
+            self.compute.as_secs_f64() * 1e3,
+            self.batch_items
+        )
+    }
+}
+
+fn timing<O>(batched: &Batched<O>) -> Timing {
+    Timing {
+        queue: batched.queue,
+        compute: batched.compute,
+        batch_items: batched.batch_items,
+    }
+}
+
+/// Serving settings (from `config::Settings`).
+#[derive(Debug, Clone, Copy)]
+pub struct ServingOptions {
+    /// Memory the resident models may use together (LRU eviction beyond it).
+    pub memory_budget: usize,
+    /// Inference requests admitted at once; beyond it, [`ServingError::Busy`].
+    pub max_inflight: usize,
+    /// Run int8 weights against int8-quantized activations (see `serving::bert`).
+    pub int8_activations: bool,
+    /// Items (sequences or rows) per dynamic batch, and how long a batch waits to fill.
+    pub max_batch: usize,
+    pub max_batch_delay: Duration,
+    /// Testing aid: every batch sleeps this long before it runs (keeps requests in flight).
+    pub debug_delay: Duration,
 }
 
 impl LoadedModel {
     /// Values per input row (`None` for text models) and per output row.
     pub fn widths(&self) -> (Option<usize>, usize) {
-        match &self.kind {
+        match &*self.kind {
             ModelKind::Mlp(mlp) => (Some(mlp.input_width()), mlp.output_width()),
             ModelKind::Bert(bert) => (None, bert.hidden_size()),
         }
@@ -95,12 +155,10 @@ pub struct ServingRegistry {
     blobs: BlobStore,
     pool: Arc<WorkerPool>,
     limits: Limits,
-    memory_budget: usize,
+    options: ServingOptions,
     resident: Mutex<HashMap<Uuid, Resident>>,
     /// Admission for inference: requests beyond these permits are refused at once (429).
     inflight: Arc<Semaphore>,
-    /// Run int8 weights against int8-quantized activations (see `serving::bert`).
-    int8_activations: bool,
 }
 
 impl ServingRegistry {
@@ -109,19 +167,16 @@ impl ServingRegistry {
         blobs: BlobStore,
         pool: Arc<WorkerPool>,
         limits: Limits,
-        memory_budget: usize,
-        max_inflight: usize,
-        int8_activations: bool,
+        options: ServingOptions,
     ) -> Self {
         ServingRegistry {
             store,
             blobs,
             pool,
             limits,
-            memory_budget,
+            options,
             resident: Mutex::new(HashMap::new()),
-            inflight: Arc::new(Semaphore::new(max_inflight.max(1))),
-            int8_activations,
+            inflight: Arc::new(Semaphore::new(options.max_inflight.max(1))),
         }
     }
 
@@ -138,11 +193,6 @@ impl ServingRegistry {
                 });
             }
             if let Some(artifact) = self.store.get_artifact(id).await? {
-                if artifact.format == "gguf" {
-                    return Err(ServingError::Unsupported(format!(
-                        "artifact {id} is a GGUF file; serving reads safetensors artifacts"
-                    )));
-                }
                 let model_name = self
                     .store
                     .get_model(artifact.model_id)
@@ -206,7 +256,7 @@ impl ServingRegistry {
         };
         let path = self.blobs.local_path(&source.sha256);
         let limits = self.limits;
-        let int8_activations = self.int8_activations;
+        let int8_activations = self.options.int8_activations;
         let slot = self.pool.acquire().await?;
         let loaded_source = source.clone();
         let model = self
@@ -222,7 +272,7 @@ impl ServingRegistry {
                 )
             })
             .await??;
-        let model = Arc::new(model);
+        let model = Arc::new(self.start_batcher(model));
         let mut resident = self.resident.lock().expect("not poisoned");
         resident.insert(
             source.id,
@@ -234,7 +284,7 @@ impl ServingRegistry {
         // Least-recently-used eviction down to the budget; the model just loaded stays.
         loop {
             let total: usize = resident.values().map(|r| r.model.memory_bytes).sum();
-            if total <= self.memory_budget {
+            if total <= self.options.memory_budget {
                 break;
             }
             let victim = resident
@@ -271,32 +321,97 @@ impl ServingRegistry {
             .contains_key(&id)
     }
 
-    /// Runs `rows` inputs through an `mlp` model on the worker pool.
+    /// Starts the batching task of a freshly loaded model.
+    fn start_batcher(&self, loaded: Loaded) -> LoadedModel {
+        let config = BatchConfig {
+            max_batch: self.options.max_batch,
+            max_delay: self.options.max_batch_delay,
+            max_concurrent: self.pool.size(),
+        };
+        let kind = Arc::new(loaded.kind);
+        let pool = self.pool.clone();
+        let delay = self.options.debug_delay;
+        let batcher = match &*kind {
+            ModelKind::Mlp(_) => {
+                let kind = kind.clone();
+                let run: RunFn<Vec<f32>, Vec<f32>> = Arc::new(move |rows: Vec<Vec<f32>>| {
+                    let (kind, pool) = (kind.clone(), pool.clone());
+                    Box::pin(async move {
+                        debug_delay(delay).await;
+                        parallel_chunks(
+                            &pool,
+                            rows,
+                            |_| 1,
+                            move |chunk| match &*kind {
+                                ModelKind::Mlp(mlp) => run_mlp(mlp, &chunk),
+                                ModelKind::Bert(_) => unreachable!("an mlp batcher"),
+                            },
+                        )
+                        .await
+                    })
+                });
+                ModelBatcher::Rows(Batcher::start(config, run))
+            }
+            ModelKind::Bert(_) => {
+                let kind = kind.clone();
+                let run: RunFn<Vec<u32>, Vec<f32>> = Arc::new(move |sequences: Vec<Vec<u32>>| {
+                    let (kind, pool) = (kind.clone(), pool.clone());
+                    Box::pin(async move {
+                        debug_delay(delay).await;
+                        parallel_chunks(&pool, sequences, Vec::len, move |chunk| match &*kind {
+                            ModelKind::Bert(bert) => bert.embed(&chunk, true),
+                            ModelKind::Mlp(_) => unreachable!("a bert batcher"),
+                        })
+                        .await
+                    })
+                });
+                ModelBatcher::Sequences(Batcher::start(config, run))
+            }
+        };
+        LoadedModel {
+            source: loaded.source,
+            architecture: loaded.architecture,
+            weights: loaded.weights,
+            dequantized: loaded.dequantized,
+            memory_bytes: loaded.memory_bytes,
+            kind,
+            batcher,
+        }
+    }
+
+    /// Admission: a permit while the request is in flight, or [`ServingError::Busy`] (429).
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ServingError> {
+        self.inflight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServingError::Busy)
+    }
+
+    /// Runs `rows` inputs through an `mlp` model (dynamically batched with other requests, on
+    /// the worker pool). Returns the output rows, concatenated.
     pub async fn infer(
         &self,
         model: Arc<LoadedModel>,
         input: Vec<f32>,
         rows: usize,
-    ) -> Result<Vec<f32>, ServingError> {
-        let permit = self
-            .inflight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ServingError::Busy)?;
-        let slot = self.pool.acquire().await?;
-        let output = self
-            .pool
-            .run(slot, move || match &model.kind {
-                ModelKind::Mlp(mlp) => mlp
-                    .forward(&input, rows)
-                    .map_err(|e| ServingError::BadInput(e.to_string())),
-                ModelKind::Bert(_) => Err(ServingError::Unsupported(
-                    "a bert model embeds text: use POST /v1/embeddings".into(),
-                )),
-            })
-            .await??;
-        drop(permit);
-        Ok(output)
+    ) -> Result<(Vec<f32>, Timing), ServingError> {
+        let _permit = self.admit()?;
+        let ModelBatcher::Rows(batcher) = &model.batcher else {
+            return Err(ServingError::Unsupported(
+                "a bert model embeds text: use POST /v1/embeddings".into(),
+            ));
+        };
+        if rows == 0 || !input.len().is_multiple_of(rows) {
+            return Err(ServingError::BadInput(format!(
+                "{} values do not split into {rows} rows",
+                input.len()
+            )));
+        }
+        let width = input.len() / rows;
+        let items: Vec<Vec<f32>> = input.chunks_exact(width).map(<[f32]>::to_vec).collect();
+        let batched = batcher.submit(items).await?;
+        let timing = timing(&batched);
+        Ok((batched.outputs.into_iter().flatten().collect(), timing))
     }
 
     /// Tokenizes texts with a `bert` model's tokenizer on the worker pool (tokenizing is CPU work
@@ -308,7 +423,7 @@ impl ServingRegistry {
     ) -> Result<Vec<Vec<u32>>, ServingError> {
         let slot = self.pool.acquire().await?;
         self.pool
-            .run(slot, move || match &model.kind {
+            .run(slot, move || match &*model.kind {
                 ModelKind::Bert(bert) => texts
                     .iter()
                     .map(|text| {
@@ -324,61 +439,105 @@ impl ServingRegistry {
             .await?
     }
 
-    /// Embeds token-id sequences with a `bert` model on the worker pool.
+    /// Embeds token-id sequences with a `bert` model (L2-normalised; dynamically batched with
+    /// other requests, on the worker pool).
     pub async fn embed(
         &self,
         model: Arc<LoadedModel>,
         batch: Vec<Vec<u32>>,
-        normalize: bool,
-    ) -> Result<Vec<Vec<f32>>, ServingError> {
-        let permit = self
-            .inflight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ServingError::Busy)?;
-        if !matches!(model.kind, ModelKind::Bert(_)) {
+    ) -> Result<(Vec<Vec<f32>>, Timing), ServingError> {
+        let _permit = self.admit()?;
+        let (ModelKind::Bert(bert), ModelBatcher::Sequences(batcher)) =
+            (&*model.kind, &model.batcher)
+        else {
             return Err(ServingError::Unsupported(
                 "embeddings need a bert model".into(),
             ));
+        };
+        // Check every sequence before it joins a batch shared with other requests.
+        for (index, sequence) in batch.iter().enumerate() {
+            bert.config
+                .check_sequence(index, sequence)
+                .map_err(|e| ServingError::BadInput(e.to_string()))?;
         }
-        // Split the batch over the worker threads (contiguous chunks of sequences, balanced by
-        // token count), run the chunks in parallel and reassemble them in order.
-        let total_tokens: usize = batch.iter().map(Vec::len).sum();
-        let parts = self.pool.size().min(batch.len()).max(1);
-        let target = total_tokens.div_ceil(parts).max(1);
-        let mut chunks: Vec<Vec<Vec<u32>>> = Vec::with_capacity(parts);
-        let mut current = Vec::new();
-        let mut current_tokens = 0;
-        for sequence in batch {
-            current_tokens += sequence.len();
-            current.push(sequence);
-            if current_tokens >= target && chunks.len() + 1 < parts {
-                chunks.push(std::mem::take(&mut current));
-                current_tokens = 0;
-            }
-        }
-        if !current.is_empty() {
-            chunks.push(current);
-        }
-        let runs = chunks.into_iter().map(|chunk| {
-            let model = model.clone();
-            async move {
-                let slot = self.pool.acquire().await?;
-                self.pool
-                    .run(slot, move || match &model.kind {
-                        ModelKind::Bert(bert) => bert.embed(&chunk, normalize),
-                        ModelKind::Mlp(_) => unreachable!("checked above"),
-                    })
-                    .await?
-            }
-        });
-        let mut output = Vec::new();
-        for part in futures::future::join_all(runs).await {
-            output.extend(part?);
-        }
-        drop(permit);
-        Ok(output)
+        let batched = batcher.submit(batch).await?;
+        let timing = timing(&batched);
+        Ok((batched.outputs, timing))
     }
+}
+
+async fn debug_delay(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
+fn run_mlp(mlp: &Mlp, rows: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ServingError> {
+    let input: Vec<f32> = rows.iter().flatten().copied().collect();
+    let output = mlp
+        .forward(&input, rows.len())
+        .map_err(|e| ServingError::BadInput(e.to_string()))?;
+    let width = mlp.output_width();
+    Ok(output
+        .chunks_exact(width.max(1))
+        .map(<[f32]>::to_vec)
+        .collect())
+}
+
+/// Splits `items` into at most `pool.size()` contiguous chunks of about equal `weight`, runs
+/// `work` on each chunk on the worker pool in parallel, and concatenates the outputs in order.
+async fn parallel_chunks<I, O, W, F>(
+    pool: &WorkerPool,
+    items: Vec<I>,
+    weight: W,
+    work: F,
+) -> Result<Vec<O>, ServingError>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    W: Fn(&I) -> usize,
+    F: Fn(Vec<I>) -> Result<Vec<O>, ServingError> + Send + Sync + 'static,
+{
+    let total: usize = items.iter().map(&weight).sum();
+    let parts = pool.size().min(items.len()).max(1);
+    let target = total.div_ceil(parts).max(1);
+    let mut chunks: Vec<Vec<I>> = Vec::with_capacity(parts);
+    let mut current = Vec::new();
+    let mut current_weight = 0;
+    for item in items {
+        current_weight += weight(&item);
+        current.push(item);
+        if current_weight >= target && chunks.len() + 1 < parts {
+            chunks.push(std::mem::take(&mut current));
+            current_weight = 0;
+        }
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    let work = Arc::new(work);
+    let runs = chunks.into_iter().map(|chunk| {
+        let work = work.clone();
+        async move {
+            let slot = pool.acquire().await?;
+            pool.run(slot, move || work(chunk)).await?
+        }
+    });
+    let mut output = Vec::new();
+    for part in futures::future::join_all(runs).await {
+        output.extend(part?);
+    }
+    Ok(output)
+}
+
+/// A model as loaded from storage, before its batcher starts.
+struct Loaded {
+    source: Source,
+    architecture: &'static str,
+    weights: String,
+    dequantized: Vec<String>,
+    kind: ModelKind,
+    memory_bytes: usize,
 }
 
 /// Loads a model from a safetensors file by its config's `model_type` (blocking: runs on the
@@ -390,7 +549,7 @@ fn load(
     source: Source,
     limits: Limits,
     int8_activations: bool,
-) -> Result<LoadedModel, ServingError> {
+) -> Result<Loaded, ServingError> {
     let config: serde_json::Value = serde_json::from_slice(config_bytes)
         .map_err(|e| ServingError::Unsupported(format!("config.json is not JSON: {e}")))?;
     let model_type = config
@@ -409,91 +568,96 @@ fn load(
     // SAFETY: blobs are content-addressed and never modified in place (see jobs::pipeline).
     let mapping =
         unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ServingError::Internal(e.to_string()))?;
-    let header =
-        Header::parse_file(&mapping, &limits).map_err(|e| ServingError::Internal(e.to_string()))?;
+    let int8 = if int8_activations {
+        weights::Int8Mode::PerRow
+    } else {
+        weights::Int8Mode::Blocks
+    };
+    // Stored files were validated at upload / written by quantd, so a parse failure here is ours.
+    let (header, gguf);
+    let weight_file = if mapping.starts_with(b"GGUF") {
+        gguf =
+            crate::formats::gguf::read_gguf(&mapping, &crate::formats::gguf::GgufLimits::REFERENCE)
+                .map_err(|e| ServingError::Internal(e.to_string()))?;
+        weights::WeightFile::Gguf {
+            file: &mapping,
+            gguf: &gguf,
+        }
+    } else {
+        header = Header::parse_file(&mapping, &limits)
+            .map_err(|e| ServingError::Internal(e.to_string()))?;
+        weights::WeightFile::Safetensors {
+            file: &mapping,
+            header: &header,
+        }
+    };
+    let mut report = weights::LoadReport::default();
     if model_type == "bert" {
         let bert = bert::load_bert(
-            &mapping,
-            &header,
+            &weight_file,
             config_bytes,
             tokenizer,
             crate::infer::kernels::select(false),
-            int8_activations,
+            int8,
+            &mut report,
         )?;
-        return Ok(LoadedModel {
+        return Ok(Loaded {
             source,
             architecture: "bert",
-            weights: if bert.int8 { "int8" } else { "f32" },
+            weights: report.weights(),
+            dequantized: report.dequantized.iter().map(|s| s.to_string()).collect(),
             memory_bytes: bert.memory_bytes,
             kind: ModelKind::Bert(Box::new(bert)),
         });
     }
     let mlp_config =
         MlpConfig::from_value(&config).map_err(|e| ServingError::Unsupported(e.to_string()))?;
-    let bytes_of = |name: &str| {
-        header.get(name).map(|t| {
-            (
-                t,
-                &mapping[(header.data_start + t.data_offsets.0) as usize
-                    ..(header.data_start + t.data_offsets.1) as usize],
-            )
-        })
-    };
-    let unsupported = |layer: &str, why: String| {
-        ServingError::Unsupported(
-            MlpError::Layer {
-                layer: layer.to_owned(),
-                reason: why,
-            }
-            .to_string(),
-        )
-    };
     let mut layers = Vec::new();
-    let mut int8 = false;
     for (name, activation) in mlp_config.layers() {
-        let (info, bytes) = bytes_of(&format!("{name}.weight"))
-            .ok_or_else(|| unsupported(name, format!("no tensor '{name}.weight'")))?;
-        if info.shape.len() != 2 {
-            return Err(unsupported(
-                name,
-                format!("weight has shape {:?}, expected [out, in]", info.shape),
-            ));
+        let (outputs, inputs) = match &weight_file {
+            weights::WeightFile::Safetensors { header, .. } => header
+                .get(&format!("{name}.weight"))
+                .map(|t| t.shape.clone())
+                .or_else(|| {
+                    // int4: the logical shape is in `weight_shape`.
+                    header.get(&format!("{name}.weight_packed")).map(|t| {
+                        t.shape
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &d)| if i == 1 { d * 8 } else { d })
+                            .collect()
+                    })
+                }),
+            weights::WeightFile::Gguf { gguf, .. } => gguf
+                .tensor(&format!("{name}.weight"))
+                .map(|t| t.dims.iter().rev().map(|&d| d as usize).collect()),
         }
-        let (outputs, inputs) = (info.shape[0], info.shape[1]);
-        let weights = match info.dtype {
-            Dtype::I8 => {
-                let (scale_info, scale_bytes) = bytes_of(&format!("{name}.weight_scale"))
-                    .ok_or_else(|| unsupported(name, "int8 weight without weight_scale".into()))?;
-                let scales = float_values(scale_info.dtype, scale_bytes).ok_or_else(|| {
-                    unsupported(name, "weight_scale is not a float tensor".into())
-                })?;
-                let zero_points = bytes_of(&format!("{name}.weight_zero_point"))
-                    .map(|(_, b)| b.iter().map(|&v| v as i8).collect())
-                    .unwrap_or_default();
-                int8 = true;
-                DenseWeights::Int8 {
-                    q: bytes.iter().map(|&v| v as i8).collect(),
-                    scales,
-                    zero_points,
+        .and_then(|shape: Vec<usize>| match shape.as_slice() {
+            [out, inp] => Some((*out, *inp)),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            ServingError::Unsupported(
+                MlpError::Layer {
+                    layer: name.to_owned(),
+                    reason: format!("no 2-D tensor '{name}.weight' ([out, in])"),
                 }
-            }
-            dtype => DenseWeights::F32(float_values(dtype, bytes).ok_or_else(|| {
-                unsupported(
-                    name,
-                    format!(
-                        "weights stored as {} cannot be served (supported: F32, F16, BF16, int8)",
-                        dtype.as_str()
-                    ),
-                )
-            })?),
-        };
-        let bias = match bytes_of(&format!("{name}.bias")) {
-            Some((t, b)) => Some(
-                float_values(t.dtype, b)
-                    .ok_or_else(|| unsupported(name, "bias is not a float tensor".into()))?,
-            ),
-            None => None,
-        };
+                .to_string(),
+            )
+        })?;
+        let weights = weight_file
+            .linear(name, outputs, inputs, int8, &mut report)
+            .map_err(|e| match e {
+                ServingError::Unsupported(reason) => ServingError::Unsupported(
+                    MlpError::Layer {
+                        layer: name.to_owned(),
+                        reason,
+                    }
+                    .to_string(),
+                ),
+                other => other,
+            })?;
+        let bias = weight_file.float(&format!("{name}.bias"))?;
         layers.push(DenseLayer {
             name: name.to_owned(),
             inputs,
@@ -506,10 +670,11 @@ fn load(
     let mlp = Mlp::new(layers, mlp_config.softmax())
         .map_err(|e| ServingError::Unsupported(e.to_string()))?;
     let memory_bytes = mlp.weight_bytes();
-    Ok(LoadedModel {
+    Ok(Loaded {
         source,
         architecture: "mlp",
-        weights: if int8 { "int8" } else { "f32" },
+        weights: report.weights(),
+        dequantized: report.dequantized.iter().map(|s| s.to_string()).collect(),
         kind: ModelKind::Mlp(mlp),
         memory_bytes,
     })

@@ -1,5 +1,6 @@
 //! Run-time dispatched matrix kernels for inference: f32 GEMM, dynamic int8 quantization of
-//! activations and exact int8 × int8 → i32 GEMM.
+//! activations, exact int8 × int8 → i32 GEMM, and GEMMs of block-quantized activations with
+//! block-quantized (q8_0 / q4_0-style) weights (see [`blocks`]).
 //!
 //! Every matrix is row-major. Weights are stored `[out, in]` as torch saves `Linear` weights, so
 //! every GEMM here computes `c = a · bᵀ`: both operands are read along contiguous rows of `k`.
@@ -16,7 +17,10 @@
 //! - `quantize_rows_i8` is bit-identical across ISAs (exact absolute maximum, IEEE division,
 //!   round-half-even);
 //! - `gemm_f32` differs across ISAs by summation order and FMA contraction only (about 1e-6
-//!   relative to `Σ |a·b|` for the sizes in use).
+//!   relative to `Σ |a·b|` for the sizes in use);
+//! - `quantize_blocks` is bit-identical across ISAs (the per-row conventions, per block);
+//! - `gemm_blocks_i8` / `gemm_blocks_u4` use exact integer block sums on every ISA and differ
+//!   only in float rounding and summation order (see [`blocks`]).
 //!
 //! Safety model (as in `crate::quant::kernels`): the SIMD functions are `unsafe fn`s compiled
 //! with `#[target_feature]`. Safe wrappers live only inside private static tables, and [`select`]
@@ -26,15 +30,23 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+pub mod blocks;
 pub mod scalar;
 
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
 #[cfg(test)]
+mod blocks_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
+
+pub use blocks::{
+    gemm_blocks, BlockActs, BlockActsView, BlockWeightsRef, GemmBlocksI8Fn, GemmBlocksU4Fn,
+    QuantizeBlocksFn, QK,
+};
 
 /// Largest value of a symmetric int8 code; codes are in `-127..=127`.
 pub const I8_MAX_CODE: f32 = 127.0;
@@ -51,7 +63,7 @@ pub type GemmI8I32Fn = fn(a_q: &[i8], w_q: &[i8], m: usize, n: usize, k: usize, 
 /// Shapes are checked with `assert!` (a mismatch panics): `a.len() == m * k`,
 /// `b.len() == n * k`, `c.len() == m * n` and so on for every function.
 pub struct GemmKernels {
-    /// `"scalar"`, `"avx2"` or `"avx512"`.
+    /// `"scalar"`, `"avx2"`, `"avx512"` or `"avx512vnni"`.
     pub isa: &'static str,
     /// `c[m×n] = a[m×k] · bᵀ` where `b` is `[n×k]`; f32 accumulation (SIMD versions use FMA and
     /// a different summation order). `c` is overwritten; `k == 0` gives zeros.
@@ -64,6 +76,20 @@ pub struct GemmKernels {
     /// `acc[m×n] = Σ_k a_q[i,k] · w_q[j,k]` in i32: exact and identical across ISAs for any
     /// i8 values (including -128) as long as `k < 2^17` (no i32 overflow possible below that).
     pub gemm_i8_i32: GemmI8I32Fn,
+    /// Per-block symmetric int8 quantization of activations ([`blocks`]): for every row and
+    /// 32-element block, `scales[b] = max |x| / 127`, codes as `quantize_rows_i8` (all zero for
+    /// a zero scale) and `sums[b] = Σ codes`. `k` must be a multiple of 32; `codes` is `m × k`,
+    /// `scales` and `sums` are `m × k / 32`. Bit-identical across ISAs.
+    pub quantize_blocks: QuantizeBlocksFn,
+    /// `y[i·ldy + j] = Σ_b da[i,b] · (d[j,b] · Σ a_code·q + mn[j,b] · s[i,b])` for `n` weight
+    /// rows of int8 block codes `q` (`n × k`, any i8), block scales `d` and optional block
+    /// offsets `mn` (`n × k / 32`; `None` = 0). Activation codes must be in `-127..=127` (as
+    /// `quantize_blocks` makes them); the block integer sums are then exact on every ISA. `y`
+    /// is overwritten at `i < m`, `j < n` only; `ldy >= n`. See [`blocks`] for the rounding.
+    pub gemm_blocks_i8: GemmBlocksI8Fn,
+    /// As `gemm_blocks_i8` for 4-bit block codes `q` in `0..=15`, packed in ggml Q4_0 order
+    /// (`n × k / 2` bytes), with block offsets `mn` always given (`-8·d` for Q4_0).
+    pub gemm_blocks_u4: GemmBlocksU4Fn,
 }
 
 impl fmt::Debug for GemmKernels {
@@ -80,6 +106,9 @@ static SCALAR: GemmKernels = GemmKernels {
     gemm_f32: scalar::gemm_f32,
     quantize_rows_i8: scalar::quantize_rows_i8,
     gemm_i8_i32: scalar::gemm_i8_i32,
+    quantize_blocks: scalar::quantize_blocks,
+    gemm_blocks_i8: scalar::gemm_blocks_i8,
+    gemm_blocks_u4: scalar::gemm_blocks_u4,
 };
 
 /// The portable reference table; always available.
@@ -98,6 +127,9 @@ pub fn available() -> Vec<&'static GemmKernels> {
         }
         if x86_64::avx512_supported() {
             tables.push(&x86_64::AVX512);
+        }
+        if x86_64::avx512_vnni_supported() {
+            tables.push(&x86_64::AVX512_VNNI);
         }
     }
     tables

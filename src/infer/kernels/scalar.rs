@@ -1,5 +1,6 @@
 //! Portable reference kernels: they define every result of the SIMD tables.
 
+use super::blocks::{check_block_gemm_shapes, check_quantize_blocks_shapes, BlockActsView, QK};
 use super::{check_gemm_shapes, check_quantize_shapes, I8_MAX_CODE};
 
 /// Independent f32 partial sums per dot product: shorter dependency chains and a smaller
@@ -109,4 +110,139 @@ pub(crate) fn dot_i8(x: &[i8], y: &[i8]) -> i32 {
         .zip(y)
         .map(|(&p, &q)| i32::from(p) * i32::from(q))
         .sum()
+}
+
+/// See `GemmKernels::quantize_blocks`: `quantize_rows_i8`'s code applied to every block.
+pub fn quantize_blocks(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    codes: &mut [i8],
+    scales: &mut [f32],
+    sums: &mut [i32],
+) {
+    check_quantize_blocks_shapes(a.len(), codes.len(), scales.len(), sums.len(), m, k);
+    for (((block, q_block), scale_out), sum_out) in a
+        .chunks_exact(QK)
+        .zip(codes.chunks_exact_mut(QK))
+        .zip(scales.iter_mut())
+        .zip(sums.iter_mut())
+    {
+        let scale = row_scale(block);
+        *scale_out = scale;
+        quantize_row_with(block, scale, q_block);
+        *sum_out = q_block.iter().map(|&x| i32::from(x)).sum();
+    }
+}
+
+/// See `GemmKernels::gemm_blocks_i8`. Defines the result: per output one f32 sum over the
+/// blocks in order of `da · (d · isum + mn · s)` (`da · (d · isum)` without `mn`).
+pub fn gemm_blocks_i8(
+    a: BlockActsView<'_>,
+    q: &[i8],
+    d: &[f32],
+    mn: Option<&[f32]>,
+    n: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    check_block_gemm_shapes(
+        &a,
+        q.len(),
+        QK,
+        d.len(),
+        mn.map(<[f32]>::len),
+        n,
+        y.len(),
+        ldy,
+    );
+    gemm_blocks_with(
+        a,
+        n,
+        y,
+        ldy,
+        |j, b, a_block| {
+            let w_block = &q[(j * (a.k / QK) + b) * QK..][..QK];
+            let offset = mn.map(|mn| mn[j * (a.k / QK) + b]);
+            (dot_i8(a_block, w_block), offset)
+        },
+        d,
+    );
+}
+
+/// See `GemmKernels::gemm_blocks_u4`. Defines the result as [`gemm_blocks_i8`] does.
+pub fn gemm_blocks_u4(
+    a: BlockActsView<'_>,
+    q: &[u8],
+    d: &[f32],
+    mn: &[f32],
+    n: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    check_block_gemm_shapes(
+        &a,
+        q.len(),
+        QK / 2,
+        d.len(),
+        Some(mn.len()),
+        n,
+        y.len(),
+        ldy,
+    );
+    gemm_blocks_with(
+        a,
+        n,
+        y,
+        ldy,
+        |j, b, a_block| {
+            let idx = j * (a.k / QK) + b;
+            let w_block = &q[idx * (QK / 2)..][..QK / 2];
+            (dot_q4(a_block, w_block), Some(mn[idx]))
+        },
+        d,
+    );
+}
+
+/// Exact integer dot product of 32 activation codes with one Q4 block (16 bytes, element `t`
+/// in the low nibble of byte `t`, element `t + 16` in the high nibble).
+pub(crate) fn dot_q4(a_block: &[i8], w_block: &[u8]) -> i32 {
+    let (a_lo, a_hi) = a_block.split_at(QK / 2);
+    w_block
+        .iter()
+        .zip(a_lo.iter().zip(a_hi))
+        .map(|(&byte, (&lo, &hi))| {
+            i32::from(byte & 0x0f) * i32::from(lo) + i32::from(byte >> 4) * i32::from(hi)
+        })
+        .sum()
+}
+
+/// The shared loop of the scalar block GEMMs; `block(j, b, a_block)` returns the exact
+/// integer sum of weight row `j`'s block `b` with `a_block`, and that block's `mn` if any.
+fn gemm_blocks_with(
+    a: BlockActsView<'_>,
+    n: usize,
+    y: &mut [f32],
+    ldy: usize,
+    block: impl Fn(usize, usize, &[i8]) -> (i32, Option<f32>),
+    d: &[f32],
+) {
+    let nb = a.k / QK;
+    for i in 0..a.m {
+        let a_row = &a.codes[i * a.k..][..a.k];
+        for j in 0..n {
+            let mut sum = 0.0f32;
+            for (b, a_block) in a_row.chunks_exact(QK).enumerate() {
+                let (isum, offset) = block(j, b, a_block);
+                let da = a.scales[i * nb + b];
+                let weighted = d[j * nb + b] * isum as f32;
+                let inner = match offset {
+                    Some(mn) => weighted + mn * a.sums[i * nb + b] as f32,
+                    None => weighted,
+                };
+                sum += da * inner;
+            }
+            y[i * ldy + j] = sum;
+        }
+    }
 }

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::*;
 
 /// A deterministic pseudo-random sequence of u64 (64-bit LCG).
-fn lcg(seed: u64) -> impl FnMut() -> u64 {
+pub(super) fn lcg(seed: u64) -> impl FnMut() -> u64 {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
     move || {
         state = state
@@ -119,7 +119,7 @@ fn check_quantize(a: &[f32], m: usize, k: usize) {
 }
 
 /// Rows mixing random values, exact ties, zeros, huge and tiny magnitudes.
-fn quantize_input(m: usize, k: usize, seed: u64) -> Vec<f32> {
+pub(super) fn quantize_input(m: usize, k: usize, seed: u64) -> Vec<f32> {
     let mut next = lcg(seed);
     let mut a = Vec::with_capacity(m * k);
     for row in 0..m {
@@ -164,7 +164,15 @@ fn select_and_available() {
     }
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-        assert_eq!(tables.last().unwrap().isa, "avx512");
+        assert!(tables.iter().any(|t| t.isa == "avx512"));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+    {
+        assert_eq!(tables.last().unwrap().isa, "avx512vnni");
     }
     assert!(format!("{:?}", select(false)).contains("GemmKernels"));
 }
@@ -229,6 +237,41 @@ fn i8_gemm_worst_case_no_saturation() {
                 "{} k={k}",
                 table.isa
             );
+        }
+    }
+}
+
+#[test]
+fn i8_gemm_extreme_combinations() {
+    // Every pairing of -128, -127, -1, 0, 1, 127 (the VNNI table offsets activations by 128,
+    // so -128 and 127 map to the unsigned extremes 0 and 255), for tails and k blocks.
+    let extremes = [-128i8, -127, -1, 0, 1, 127];
+    for k in [1, 6, 36, 64, 65, 127, 2048, 2049, 4160] {
+        let (m, n) = (6, 6);
+        let a: Vec<i8> = (0..m * k).map(|x| extremes[(x / k + x) % 6]).collect();
+        let w: Vec<i8> = (0..n * k).map(|x| extremes[(x / k) % 6]).collect();
+        let expected: Vec<i32> = (0..m * n)
+            .map(|idx| {
+                let (i, j) = (idx / n, idx % n);
+                (0..k)
+                    .map(|kk| i32::from(a[i * k + kk]) * i32::from(w[j * k + kk]))
+                    .sum()
+            })
+            .collect();
+        for table in available() {
+            let mut acc = vec![0; m * n];
+            (table.gemm_i8_i32)(&a, &w, m, n, k, &mut acc);
+            assert_eq!(acc, expected, "{} k={k}", table.isa);
+        }
+    }
+    // The largest magnitudes the i32 result allows: 127 · -128 and -128 · -128 over long rows.
+    let k = 100_000;
+    for (x, y) in [(127i8, -128i8), (-128, -128), (-128, 127)] {
+        let expected = i32::from(x) * i32::from(y) * k as i32;
+        for table in available() {
+            let mut acc = vec![0; 4];
+            (table.gemm_i8_i32)(&vec![x; 2 * k], &vec![y; 2 * k], 2, 2, k, &mut acc);
+            assert_eq!(acc, [expected; 4], "{} {x}·{y}", table.isa);
         }
     }
 }

@@ -9,6 +9,7 @@
 use std::arch::x86_64::*;
 use std::slice;
 
+use crate::infer::kernels::blocks::QK;
 use crate::infer::kernels::scalar;
 use crate::infer::kernels::I8_MAX_CODE;
 
@@ -437,6 +438,37 @@ pub(super) unsafe fn quantize_rows_i8(
             q_row.fill(0);
         } else {
             quantize_row(row, scale, q_row);
+        }
+    }
+}
+
+/// See `GemmKernels::quantize_blocks`: the per-row code of `quantize_rows_i8` applied to every
+/// 32-element block, so scales and codes are bit-identical to `scalar::quantize_blocks`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW, and the shapes must have been checked with
+/// `check_quantize_blocks_shapes`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn quantize_blocks(
+    a: &[f32],
+    codes: &mut [i8],
+    scales: &mut [f32],
+    sums: &mut [i32],
+) {
+    for (((block, q_block), scale_out), sum_out) in a
+        .chunks_exact(QK)
+        .zip(codes.chunks_exact_mut(QK))
+        .zip(scales.iter_mut())
+        .zip(sums.iter_mut())
+    {
+        let scale = absmax(block) / I8_MAX_CODE;
+        *scale_out = scale;
+        if scale == 0.0 {
+            q_block.fill(0);
+            *sum_out = 0;
+        } else {
+            quantize_row(block, scale, q_block);
+            *sum_out = q_block.iter().map(|&x| i32::from(x)).sum();
         }
     }
 }
