@@ -15,9 +15,12 @@
 //! arithmetic per token does not depend on the batch, so a batch gives the same embeddings as
 //! embedding each sequence on its own.
 //!
-//! Pure computation: no I/O, no threads.
+//! Pure computation, no I/O. Attention runs its (sequence, head) pairs in parallel on the current
+//! rayon pool (the caller's `install`, or rayon's global pool).
 
 use std::collections::{BTreeMap, HashMap};
+
+use rayon::prelude::*;
 
 /// Errors from configuring or running the model.
 #[derive(Debug, thiserror::Error)]
@@ -501,11 +504,6 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
         let max_len = batch.iter().map(Vec::len).max().unwrap_or(0);
         let nh = cfg.num_heads;
         let d = cfg.head_dim();
-        let mut scores = vec![0f32; max_len * max_len];
-        let mut qh = vec![0f32; max_len * d];
-        let mut kh = vec![0f32; max_len * d];
-        let mut vt = vec![0f32; max_len * d];
-        let mut ch = vec![0f32; max_len * d];
         let scale = 1.0 / (d as f32).sqrt();
         let math = crate::infer::fastmath::select(false);
 
@@ -513,28 +511,26 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
             self.lin(&names.q, &x, m, h, h, &mut q)?;
             self.lin(&names.k, &x, m, h, h, &mut k)?;
             self.lin(&names.v, &x, m, h, h, &mut v)?;
-            // Attention within each sequence, one head at a time:
+            // Attention within each sequence, one head at a time, the (sequence, head) pairs in
+            // parallel on the current rayon pool:
             // scores = Q_h·K_hᵀ / sqrt(d), P = softmax(scores), ctx_h = P·V_h.
-            for s in 0..batch.len() {
+            let heads: Vec<Vec<f32>> = (0..batch.len() * nh)
+                .into_par_iter()
+                .map_init(
+                    || AttentionScratch::new(max_len, d),
+                    |scratch, pair| {
+                        let (s, head) = (pair / nh, pair % nh);
+                        let (o, len) = (offsets[s], offsets[s + 1] - offsets[s]);
+                        scratch.head(&q, &k, &v, o, len, head * d, h, d, scale, math)
+                    },
+                )
+                .collect();
+            for (pair, ch) in heads.iter().enumerate() {
+                let (s, head) = (pair / nh, pair % nh);
                 let (o, len) = (offsets[s], offsets[s + 1] - offsets[s]);
-                for head in 0..nh {
-                    let c0 = head * d;
-                    for i in 0..len {
-                        let src = (o + i) * h + c0;
-                        qh[i * d..(i + 1) * d].copy_from_slice(&q[src..src + d]);
-                        kh[i * d..(i + 1) * d].copy_from_slice(&k[src..src + d]);
-                        for c in 0..d {
-                            vt[c * len + i] = v[src + c];
-                        }
-                    }
-                    let sc = &mut scores[..len * len];
-                    matmul_wt(&qh[..len * d], len, d, &kh[..len * d], len, None, sc);
-                    (math.softmax_rows)(sc, len, scale);
-                    matmul_wt(sc, len, len, &vt[..d * len], d, None, &mut ch[..len * d]);
-                    for i in 0..len {
-                        let dst = (o + i) * h + c0;
-                        ctx[dst..dst + d].copy_from_slice(&ch[i * d..(i + 1) * d]);
-                    }
+                for i in 0..len {
+                    let dst = (o + i) * h + head * d;
+                    ctx[dst..dst + d].copy_from_slice(&ch[i * d..(i + 1) * d]);
                 }
             }
             self.lin(&names.attn_out, &ctx, m, h, h, &mut tmp)?;
@@ -583,6 +579,65 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
             out.push(acc.iter().map(|&a| a as f32).collect());
         }
         Ok(out)
+    }
+}
+
+/// Per-thread buffers for one attention head of one sequence.
+struct AttentionScratch {
+    qh: Vec<f32>,
+    kh: Vec<f32>,
+    vt: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+impl AttentionScratch {
+    fn new(max_len: usize, d: usize) -> Self {
+        AttentionScratch {
+            qh: vec![0f32; max_len * d],
+            kh: vec![0f32; max_len * d],
+            vt: vec![0f32; max_len * d],
+            scores: vec![0f32; max_len * max_len],
+        }
+    }
+
+    /// `softmax(Q_h·K_hᵀ · scale) · V_h` for the `len` rows from `o`, head columns `c0..c0 + d`
+    /// of the `[tokens × h]` matrices; returns `[len × d]`.
+    #[allow(clippy::too_many_arguments)]
+    fn head(
+        &mut self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        o: usize,
+        len: usize,
+        c0: usize,
+        h: usize,
+        d: usize,
+        scale: f32,
+        math: &crate::infer::fastmath::MathKernels,
+    ) -> Vec<f32> {
+        for i in 0..len {
+            let src = (o + i) * h + c0;
+            self.qh[i * d..(i + 1) * d].copy_from_slice(&q[src..src + d]);
+            self.kh[i * d..(i + 1) * d].copy_from_slice(&k[src..src + d]);
+            for c in 0..d {
+                self.vt[c * len + i] = v[src + c];
+            }
+        }
+        let sc = &mut self.scores[..len * len];
+        matmul_wt(
+            &self.qh[..len * d],
+            len,
+            d,
+            &self.kh[..len * d],
+            len,
+            None,
+            sc,
+        );
+        (math.softmax_rows)(sc, len, scale);
+        let mut ch = vec![0f32; len * d];
+        matmul_wt(sc, len, len, &self.vt[..d * len], d, None, &mut ch);
+        ch
     }
 }
 

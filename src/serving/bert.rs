@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use rayon::prelude::*;
+
 use crate::infer::bert::{BertConfig, BertError, BertModel, LinearBackend};
 use crate::infer::kernels::blocks::BlockActs;
 use crate::infer::kernels::{linear_f32, linear_i8, GemmKernels};
@@ -26,29 +28,9 @@ pub struct ServedLinear {
     kernels: &'static GemmKernels,
 }
 
-impl LinearBackend for ServedLinear {
-    fn linear(
-        &self,
-        name: &str,
-        x: &[f32],
-        m: usize,
-        k: usize,
-        n: usize,
-        y: &mut [f32],
-    ) -> Result<(), BertError> {
-        let entry = self
-            .layers
-            .get(name)
-            .ok_or_else(|| BertError::MissingLinear(name.to_owned()))?;
-        if entry.out != n || entry.inp != k {
-            return Err(BertError::LinearShape {
-                name: name.to_owned(),
-                out: n,
-                inp: k,
-                got_out: entry.out,
-                got_in: entry.inp,
-            });
-        }
+impl ServedLinear {
+    /// `y[m×n] = x[m×k]·Wᵀ + b` on the calling thread.
+    fn linear_rows(&self, entry: &Entry, x: &[f32], m: usize, k: usize, n: usize, y: &mut [f32]) {
         match &entry.weights {
             DenseWeights::F32(w) => {
                 linear_f32(self.kernels, x, m, k, w, n, entry.bias.as_deref(), y)
@@ -102,6 +84,46 @@ impl LinearBackend for ServedLinear {
                 }
                 linear_f32(self.kernels, x, m, k, &decoded, n, entry.bias.as_deref(), y);
             }
+        }
+    }
+}
+
+impl LinearBackend for ServedLinear {
+    fn linear(
+        &self,
+        name: &str,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        y: &mut [f32],
+    ) -> Result<(), BertError> {
+        let entry = self
+            .layers
+            .get(name)
+            .ok_or_else(|| BertError::MissingLinear(name.to_owned()))?;
+        if entry.out != n || entry.inp != k {
+            return Err(BertError::LinearShape {
+                name: name.to_owned(),
+                out: n,
+                inp: k,
+                got_out: entry.out,
+                got_in: entry.inp,
+            });
+        }
+        // Split the rows over the current rayon pool (the serving compute pool): every part is a
+        // contiguous block of rows of x and y, at least 16 rows so that the kernels' register
+        // tiles stay full.
+        let parts = rayon::current_num_threads().min(m / 16).max(1);
+        if parts > 1 {
+            let rows = m.div_ceil(parts);
+            y.par_chunks_mut(rows * n)
+                .zip(x.par_chunks(rows * k))
+                .for_each(|(y_part, x_part)| {
+                    self.linear_rows(entry, x_part, x_part.len() / k, k, n, y_part)
+                });
+        } else {
+            self.linear_rows(entry, x, m, k, n, y);
         }
         Ok(())
     }

@@ -159,6 +159,9 @@ pub struct ServingRegistry {
     resident: Mutex<HashMap<Uuid, Resident>>,
     /// Admission for inference: requests beyond these permits are refused at once (429).
     inflight: Arc<Semaphore>,
+    /// Threads a BERT forward pass spreads its Linear layers and attention heads over; entered
+    /// only from worker-pool jobs (`install`), so inference never runs on the async executor.
+    compute: Arc<rayon::ThreadPool>,
 }
 
 impl ServingRegistry {
@@ -172,11 +175,18 @@ impl ServingRegistry {
         ServingRegistry {
             store,
             blobs,
-            pool,
+            pool: pool.clone(),
             limits,
             options,
             resident: Mutex::new(HashMap::new()),
             inflight: Arc::new(Semaphore::new(options.max_inflight.max(1))),
+            compute: Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(pool.size())
+                    .thread_name(|index| format!("quantd-infer-{index}"))
+                    .build()
+                    .expect("building the inference thread pool"),
+            ),
         }
     }
 
@@ -354,15 +364,21 @@ impl ServingRegistry {
             }
             ModelKind::Bert(_) => {
                 let kind = kind.clone();
+                let compute = self.compute.clone();
                 let run: RunFn<Vec<u32>, Vec<f32>> = Arc::new(move |sequences: Vec<Vec<u32>>| {
-                    let (kind, pool) = (kind.clone(), pool.clone());
+                    let (kind, pool, compute) = (kind.clone(), pool.clone(), compute.clone());
                     Box::pin(async move {
                         debug_delay(delay).await;
-                        parallel_chunks(&pool, sequences, Vec::len, move |chunk| match &*kind {
-                            ModelKind::Bert(bert) => bert.embed(&chunk, true),
-                            ModelKind::Mlp(_) => unreachable!("a bert batcher"),
+                        // One pool job per batch; inside it the forward pass spreads over the
+                        // compute threads.
+                        let slot = pool.acquire().await?;
+                        pool.run(slot, move || {
+                            compute.install(|| match &*kind {
+                                ModelKind::Bert(bert) => bert.embed(&sequences, true),
+                                ModelKind::Mlp(_) => unreachable!("a bert batcher"),
+                            })
                         })
-                        .await
+                        .await?
                     })
                 });
                 ModelBatcher::Sequences(Batcher::start(config, run))
@@ -614,29 +630,7 @@ fn load(
         MlpConfig::from_value(&config).map_err(|e| ServingError::Unsupported(e.to_string()))?;
     let mut layers = Vec::new();
     for (name, activation) in mlp_config.layers() {
-        let (outputs, inputs) = match &weight_file {
-            weights::WeightFile::Safetensors { header, .. } => header
-                .get(&format!("{name}.weight"))
-                .map(|t| t.shape.clone())
-                .or_else(|| {
-                    // int4: the logical shape is in `weight_shape`.
-                    header.get(&format!("{name}.weight_packed")).map(|t| {
-                        t.shape
-                            .iter()
-                            .enumerate()
-                            .map(|(i, &d)| if i == 1 { d * 8 } else { d })
-                            .collect()
-                    })
-                }),
-            weights::WeightFile::Gguf { gguf, .. } => gguf
-                .tensor(&format!("{name}.weight"))
-                .map(|t| t.dims.iter().rev().map(|&d| d as usize).collect()),
-        }
-        .and_then(|shape: Vec<usize>| match shape.as_slice() {
-            [out, inp] => Some((*out, *inp)),
-            _ => None,
-        })
-        .ok_or_else(|| {
+        let (outputs, inputs) = weight_file.linear_shape(name).ok_or_else(|| {
             ServingError::Unsupported(
                 MlpError::Layer {
                     layer: name.to_owned(),

@@ -1,7 +1,8 @@
 //! Reading served weights from a memory-mapped safetensors or GGUF file, in whatever form quantd
 //! wrote them: Linear weights stay quantized where a kernel runs them (int8, int4, q8_0, q4_0,
 //! q4_1 as blocks; see `infer::matrix`), other schemes are dequantized to f32 at load (fp8,
-//! q5_0, q5_1) and the model metadata says so; everything else is refused with a reason.
+//! binary, ternary, kmeans, q5_0, q5_1) and the model metadata says so; everything else (NF4) is
+//! refused with a reason.
 
 use std::collections::BTreeSet;
 
@@ -9,9 +10,12 @@ use crate::formats::gguf::{GgufFile, GgufTensorInfo};
 use crate::formats::safetensors::{Dtype, Header, TensorInfo};
 use crate::infer::matrix::BlockMatrix;
 use crate::infer::mlp::DenseWeights;
+use crate::quant::binary::try_dequantize_binary;
 use crate::quant::convert::float_values;
 use crate::quant::fp8::{dequantize_fp8, Fp8Format};
 use crate::quant::ggml::{self, GgmlType};
+use crate::quant::kmeans::try_dequantize_kmeans;
+use crate::quant::ternary::try_dequantize_ternary;
 
 use super::ServingError;
 
@@ -50,6 +54,9 @@ impl LoadReport {
         }
     }
 }
+
+/// What serving reads, for error messages.
+const SERVED: &str = "served: f32/f16/bf16, int8, int4, fp8, binary, ternary, kmeans; GGUF f32/f16/q8_0/q4_0/q4_1/q5_0/q5_1";
 
 fn unsupported(message: String) -> ServingError {
     ServingError::Unsupported(message)
@@ -132,6 +139,81 @@ impl<'a> WeightFile<'a> {
         }
     }
 
+    /// The logical `[out, in]` shape of the Linear weight `<layer>.weight`, however it is stored
+    /// (plain, int4 `weight_packed`, a quantd layout's `.shape` metadata, GGUF innermost-first
+    /// dimensions); `None` if there is no such 2-D weight.
+    pub fn linear_shape(&self, layer: &str) -> Option<(usize, usize)> {
+        let name = format!("{layer}.weight");
+        let shape: Vec<usize> = match self {
+            WeightFile::Safetensors { header, .. } => {
+                if let Some(shape) = header.metadata.get(&format!("quantd.{name}.shape")) {
+                    serde_json::from_str(shape).ok()?
+                } else if let Some(t) = header.get(&format!("{name}_packed")) {
+                    vec![*t.shape.first()?, t.shape.get(1)? * 8]
+                } else {
+                    header.get(&name)?.shape.clone()
+                }
+            }
+            WeightFile::Gguf { gguf, .. } => gguf
+                .tensor(&name)?
+                .dims
+                .iter()
+                .rev()
+                .map(|&d| usize::try_from(d).ok())
+                .collect::<Option<_>>()?,
+        };
+        match shape.as_slice() {
+            [out, inp] => Some((*out, *inp)),
+            _ => None,
+        }
+    }
+
+    /// A quantd sub-byte layout (binary, ternary, kmeans; `docs/quantd-layouts.md`), dequantized.
+    fn quantd_layout(
+        header: &Header,
+        file: &'a [u8],
+        name: &str,
+        out: usize,
+        inp: usize,
+    ) -> Option<Result<(&'static str, Vec<f32>), ServingError>> {
+        let scheme = header.metadata.get(&format!("quantd.{name}.scheme"))?;
+        let bad = |why: String| unsupported(format!("'{name}' ({scheme}): {why}"));
+        let result = (|| {
+            let (_, packed) = Self::st(header, file, name).ok_or_else(|| bad("missing".into()))?;
+            let float = |suffix: &str| {
+                Self::st(header, file, &format!("{name}{suffix}"))
+                    .and_then(|(info, bytes)| float_values(info.dtype, bytes))
+                    .ok_or_else(|| bad(format!("no float '{name}{suffix}'")))
+            };
+            match scheme.as_str() {
+                "binary" => Ok((
+                    "binary",
+                    try_dequantize_binary(packed, &float("_scale")?, out, inp)
+                        .map_err(|e| bad(e.to_string()))?,
+                )),
+                "ternary" => Ok((
+                    "ternary",
+                    try_dequantize_ternary(packed, &float("_scale")?, out, inp)
+                        .map_err(|e| bad(e.to_string()))?,
+                )),
+                "kmeans" => {
+                    let bits: u8 = header
+                        .metadata
+                        .get(&format!("quantd.{name}.bits"))
+                        .and_then(|b| b.parse().ok())
+                        .ok_or_else(|| bad("no bits".into()))?;
+                    Ok((
+                        "kmeans",
+                        try_dequantize_kmeans(packed, &float("_codebook")?, bits, out * inp)
+                            .map_err(|e| bad(e.to_string()))?,
+                    ))
+                }
+                other => Err(bad(format!("unknown quantd scheme '{other}'"))),
+            }
+        })();
+        Some(result)
+    }
+
     /// The Linear weight `<layer>.weight` of shape `[out, inp]`, held as compactly as a kernel
     /// can run it; records what it became in `report`.
     pub fn linear(
@@ -153,7 +235,11 @@ impl<'a> WeightFile<'a> {
         };
         let weights = match self {
             WeightFile::Safetensors { file, header } => {
-                if let Some((info, bytes)) = Self::st(header, file, &name) {
+                if let Some(decoded) = Self::quantd_layout(header, file, &name, out, inp) {
+                    let (scheme, values) = decoded?;
+                    report.dequantized.insert(scheme);
+                    DenseWeights::F32(values)
+                } else if let Some((info, bytes)) = Self::st(header, file, &name) {
                     if info.shape.iter().product::<usize>() != out * inp
                         || info.shape.first() != Some(&out)
                     {
@@ -210,9 +296,13 @@ impl<'a> WeightFile<'a> {
                             DenseWeights::F32(dequantize_fp8(bytes, &scales, out, inp, format))
                         }
                         dtype => DenseWeights::F32(float_values(dtype, bytes).ok_or_else(|| {
+                            let layout = if header.get(&format!("{name}.absmax")).is_some() {
+                                "bitsandbytes NF4".to_owned()
+                            } else {
+                                dtype.as_str().to_owned()
+                            };
                             unsupported(format!(
-                                "'{name}' is stored as {}; serving reads F32/F16/BF16, int8, int4, fp8",
-                                dtype.as_str()
+                                "'{name}' is stored as {layout}, a scheme serving does not run ({SERVED})"
                             ))
                         })?),
                     }
@@ -286,7 +376,7 @@ impl<'a> WeightFile<'a> {
                         format!("missing tensor '{name}'")
                     } else {
                         format!(
-                            "layer '{layer}' is stored as {stored:?}, a scheme serving does not run (served: f32/f16/bf16, int8, int4, fp8; GGUF q8_0/q4_0/q4_1/q5_0/q5_1/f16)"
+                            "layer '{layer}' is stored as {stored:?}, a scheme serving does not run ({SERVED})"
                         )
                     }));
                 }

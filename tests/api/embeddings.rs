@@ -86,6 +86,23 @@ async fn worst_cosine(app: &TestApp, model: &str) -> f64 {
     worst
 }
 
+/// Runs a quantization job and returns its artifact id.
+async fn quantize(app: &TestApp, model_id: &str, job: Value) -> String {
+    let mut body = job;
+    body["model_id"] = json!(model_id);
+    let response = app
+        .client
+        .post(app.url("/api/v1/jobs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let created: Value = response.json().await.unwrap();
+    let done = app.wait_for_job(created["id"].as_str().unwrap()).await;
+    done["artifact_id"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn minilm_embeddings_match_sentence_transformers() {
     let app = spawn_app().await;
@@ -103,6 +120,42 @@ async fn minilm_embeddings_match_sentence_transformers() {
     assert!(int8 >= 0.998, "int8 per-channel worst cosine {int8}");
     let metadata = app.get_json(&format!("/v2/models/{artifact_id}")).await;
     assert_eq!(metadata["parameters"]["weights"], "int8");
+
+    // Block formats served straight from their stored bytes (GGUF or compressed-tensors), each
+    // beside the same quantization written out dequantized (f32 weights, f32 activations): the
+    // gap between the two is what the block kernels' int8 activations cost. The floors to
+    // sentence-transformers are the schemes' own quality (4 bits per weight, embeddings included).
+    let sentences = reference()["sentences"].clone();
+    for (job, held_as, floor) in [
+        (json!({"scheme": "q8_0", "format": "gguf"}), "q8_0", 0.998),
+        (
+            json!({"scheme": "int4", "options": {"group_size": 32}}),
+            "int4",
+            0.93,
+        ),
+        (json!({"scheme": "q4_0", "format": "gguf"}), "q4_0", 0.95),
+    ] {
+        let stored = quantize(&app, &model_id, job.clone()).await;
+        let worst = worst_cosine(&app, &stored).await;
+        let metadata = app.get_json(&format!("/v2/models/{stored}")).await;
+        assert_eq!(metadata["parameters"]["weights"], held_as, "{job}");
+        let mut dequantized_job = job.clone();
+        dequantized_job["format"] = json!("dequantized");
+        let dequantized = quantize(&app, &model_id, dequantized_job).await;
+        let (_, served) = embed(&app, &stored, sentences.clone()).await;
+        let (_, plain) = embed(&app, &dequantized, sentences.clone()).await;
+        let agreement = served
+            .iter()
+            .zip(&plain)
+            .map(|(a, b)| cosine(a, b))
+            .fold(1.0f64, f64::min);
+        eprintln!("{job}: worst cosine to sentence-transformers {worst}, to its dequantized twin {agreement}");
+        assert!(worst >= floor, "{job}: worst cosine {worst}");
+        assert!(
+            agreement >= 0.999,
+            "{job}: served vs dequantized {agreement}"
+        );
+    }
 
     // base64 and dimensions.
     let response = app.client.post(app.url("/v1/embeddings")).json(&json!({"model": model_id, "input": "hello world", "encoding_format": "base64", "dimensions": 64})).send().await.unwrap();

@@ -264,24 +264,6 @@ async fn v2_errors_are_json_with_4xx_statuses() {
     // Two models with the same name: the name is ambiguous, ids still work.
     app.upload_digits().await;
     expect_error(400)(app.get("/v2/models/digits").await).await;
-    // GGUF artifacts are not served.
-    let response = app
-        .client
-        .post(app.url("/api/v1/jobs"))
-        .json(&json!({"model_id": id, "scheme": "q8_0", "format": "gguf"}))
-        .send()
-        .await
-        .unwrap();
-    let job: Value = response.json().await.unwrap();
-    let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
-    expect_error(422)(
-        app.get(&format!(
-            "/v2/models/{}",
-            job["artifact_id"].as_str().unwrap()
-        ))
-        .await,
-    )
-    .await;
     app.stop().await;
 }
 
@@ -321,5 +303,225 @@ async fn loaded_models_beyond_the_memory_budget_are_evicted_least_recently_used_
     );
     // Evicted models load again on demand.
     assert_eq!(accuracy(&app, &first).await, 0.9694444444444444);
+    app.stop().await;
+}
+
+/// Creates a job with any scheme/format and returns the artifact id once it succeeded.
+async fn artifact(app: &TestApp, model_id: &str, body: Value) -> String {
+    let mut body = body;
+    body["model_id"] = json!(model_id);
+    let response = app
+        .client
+        .post(app.url("/api/v1/jobs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{body}");
+    let job: Value = response.json().await.unwrap();
+    let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    job["artifact_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn quantized_artifacts_are_served_from_their_stored_form_or_dequantized_at_load() {
+    let app = spawn_app().await;
+    let id = upload_digits_with_config(&app).await;
+    // (job, weights held in memory, dequantized at load, accuracy tolerance in points)
+    let cases = [
+        (
+            json!({"scheme": "q8_0", "format": "gguf"}),
+            "q8_0",
+            json!([]),
+            0.5,
+        ),
+        (
+            json!({"scheme": "int4", "options": {"group_size": 32}}),
+            "int4",
+            json!([]),
+            1.5,
+        ),
+        (
+            json!({"scheme": "int4", "options": {"group_size": 64, "symmetric": false}}),
+            "int4",
+            json!([]),
+            1.5,
+        ),
+        (
+            json!({"scheme": "q4_0", "format": "gguf"}),
+            "q4_0",
+            json!([]),
+            1.5,
+        ),
+        (
+            json!({"scheme": "q4_1", "format": "gguf"}),
+            "q4_1",
+            json!([]),
+            1.5,
+        ),
+        (
+            json!({"scheme": "q5_0", "format": "gguf"}),
+            "f32",
+            json!(["q5_0"]),
+            0.5,
+        ),
+        (json!({"scheme": "fp8"}), "f32", json!(["fp8"]), 0.5),
+        (
+            json!({"scheme": "kmeans", "options": {"bits": 6}}),
+            "f32",
+            json!(["kmeans"]),
+            1.5,
+        ),
+        // Served (dequantized at load), however poor one bit per weight is.
+        (json!({"scheme": "binary"}), "f32", json!(["binary"]), 100.0),
+    ];
+    for (job, held_as, dequantized, points) in cases {
+        let artifact_id = artifact(&app, &id, job.clone()).await;
+        let got = accuracy(&app, &artifact_id).await;
+        eprintln!("digits {job}: accuracy {got}");
+        assert!(
+            (got - 0.9694444444444444).abs() * 100.0 <= points,
+            "{job}: accuracy {got}"
+        );
+        let metadata = app.get_json(&format!("/v2/models/{artifact_id}")).await;
+        assert_eq!(metadata["parameters"]["weights"], held_as, "{job}");
+        assert_eq!(
+            metadata["parameters"]["dequantized_at_load"], dequantized,
+            "{job}"
+        );
+    }
+    // A layout serving neither runs nor dequantizes (bitsandbytes NF4): 422 saying why.
+    let nf4 = artifact(&app, &id, json!({"scheme": "nf4"})).await;
+    let response = app.get(&format!("/v2/models/{nf4}")).await;
+    assert_eq!(response.status(), 422);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("scheme serving does not run"),
+        "{error}"
+    );
+    app.stop().await;
+}
+
+/// Posts one digits row and returns (logits, Server-Timing).
+async fn infer_row(app: &TestApp, row: &[f32]) -> (Vec<f64>, String) {
+    let response = app
+        .client
+        .post(app.url("/v2/models/digits/infer"))
+        .json(&json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let timing = response.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    let logits = body["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    (logits, timing)
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_batched_and_each_gets_its_own_answer() {
+    // A long batching window so that all concurrent requests land in one batch.
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.batch_max_delay_ms = 300;
+        s.batch_max_size = 64;
+    })
+    .await;
+    upload_digits_with_config(&app).await;
+    let (rows, _) = test_split();
+    // Alone (sequentially): the reference answers.
+    let mut alone = Vec::new();
+    for row in &rows[..8] {
+        alone.push(infer_row(&app, row).await.0);
+    }
+    let together =
+        futures::future::join_all(rows[..8].iter().map(|row| infer_row(&app, row))).await;
+    let mut largest_batch = 0;
+    for ((logits, timing), want) in together.iter().zip(&alone) {
+        assert_eq!(
+            logits, want,
+            "a request's answer does not depend on its batch"
+        );
+        assert!(
+            timing.contains("queue;dur=") && timing.contains("compute;dur="),
+            "{timing}"
+        );
+        let items: usize = timing
+            .split("batch;desc=\"")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no batch size in {timing}"));
+        largest_batch = largest_batch.max(items);
+    }
+    assert!(
+        largest_batch >= 2,
+        "concurrent requests were merged (largest batch {largest_batch})"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn requests_beyond_the_inflight_budget_get_429_with_retry_after() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.max_inflight_inferences = 1;
+        s.debug_inference_delay_ms = 1500;
+    })
+    .await;
+    upload_digits_with_config(&app).await;
+    let (rows, _) = test_split();
+    // Load first, so the slow request below is slow only inside the batch.
+    let loaded = app
+        .client
+        .post(app.url("/api/v1/serving/digits/load"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(loaded.status(), 200);
+    let slow = {
+        let client = app.client.clone();
+        let url = app.url("/v2/models/digits/infer");
+        let row = rows[0].clone();
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"inputs": [{"name": "input", "shape": [64], "datatype": "FP32", "data": row}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let response = app
+        .client
+        .post(app.url("/v2/models/digits/infer"))
+        .json(&json!({"inputs": [{"name": "input", "shape": [64], "datatype": "FP32", "data": rows[1]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"].is_string(), "{error}");
+    // The same budget covers /v1/embeddings-style OpenAI errors, tested in embeddings.rs; the
+    // admitted request still completes.
+    assert_eq!(slow.await.unwrap(), 200);
     app.stop().await;
 }
