@@ -11,9 +11,9 @@
 //! Batches are *packed*, not padded: all real tokens of all sequences are stacked into one
 //! `[tokens × hidden]` matrix for the Linear layers, LayerNorms and GELU (which act per token), and
 //! attention only looks at the tokens of the same sequence. That is exactly what a padded batch
-//! with an attention mask and masked mean pooling computes, without spending work on padding; the
-//! arithmetic per token does not depend on the batch, so a batch gives the same embeddings as
-//! embedding each sequence on its own.
+//! with an attention mask and masked mean pooling computes, without spending work on padding. A
+//! batch gives each sequence the embedding it gets on its own, up to float rounding (the GEMM
+//! kernels block and split their work by the number of rows, which changes summation order).
 //!
 //! Pure computation, no I/O. Attention runs its (sequence, head) pairs in parallel on the current
 //! rayon pool (the caller's `install`, or rayon's global pool).
@@ -683,153 +683,8 @@ fn layer_norm(x: &mut [f32], h: usize, gamma: &[f32], beta: &[f32], eps: f32) {
     }
 }
 
-/// Sums the lanes pairwise (fixed order). `N` is a power of two.
-#[inline(always)]
-fn reduce_lanes<const N: usize>(acc: &[f32; N]) -> f32 {
-    let mut v = *acc;
-    let mut w = N;
-    while w > 1 {
-        w /= 2;
-        for i in 0..w {
-            v[i] += v[i + w];
-        }
-    }
-    v[0]
-}
-
-/// Micro-kernel: dot products of `R` rows of `x` with `C` rows of `w` (all of length `k`).
-/// Each output is computed with exactly the same operations as [`dot`], so the result for a row
-/// does not depend on which tile it fell into.
-#[inline(always)]
-fn tile<const R: usize, const C: usize, const FMA: bool, const LANES: usize>(
-    xs: [&[f32]; R],
-    ws: [&[f32]; C],
-    k: usize,
-) -> [[f32; C]; R] {
-    let mut acc = [[[0f32; LANES]; C]; R];
-    let chunks = k / LANES;
-    let xc: [&[[f32; LANES]]; R] =
-        std::array::from_fn(|r| &xs[r][..k].as_chunks::<LANES>().0[..chunks]);
-    let wc: [&[[f32; LANES]]; C] =
-        std::array::from_fn(|c| &ws[c][..k].as_chunks::<LANES>().0[..chunks]);
-    for ch in 0..chunks {
-        let xv: [[f32; LANES]; R] = std::array::from_fn(|r| xc[r][ch]);
-        let wv: [[f32; LANES]; C] = std::array::from_fn(|c| wc[c][ch]);
-        for r in 0..R {
-            for c in 0..C {
-                for l in 0..LANES {
-                    acc[r][c][l] = if FMA {
-                        xv[r][l].mul_add(wv[c][l], acc[r][c][l])
-                    } else {
-                        acc[r][c][l] + xv[r][l] * wv[c][l]
-                    };
-                }
-            }
-        }
-    }
-    let mut out = [[0f32; C]; R];
-    for r in 0..R {
-        for c in 0..C {
-            let mut tail = 0f32;
-            for i in chunks * LANES..k {
-                tail += xs[r][i] * ws[c][i];
-            }
-            out[r][c] = reduce_lanes(&acc[r][c]) + tail;
-        }
-    }
-    out
-}
-
-const TILE_R: usize = 4;
-const TILE_C: usize = 3;
-/// Output columns (weight rows) per cache block.
-const BLOCK_N: usize = 96;
-
-#[inline(always)]
-fn matmul_wt_impl<const FMA: bool, const LANES: usize>(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    let xrow = |i: usize| &x[i * k..(i + 1) * k];
-    let wrow = |j: usize| &w[j * k..(j + 1) * k];
-    let mut j0 = 0;
-    while j0 < n {
-        let j1 = (j0 + BLOCK_N).min(n);
-        let mut i = 0;
-        while i < m {
-            let rows = (m - i).min(TILE_R);
-            let mut j = j0;
-            while j < j1 {
-                let cols = (j1 - j).min(TILE_C);
-                if rows == TILE_R && cols == TILE_C {
-                    let t = tile::<TILE_R, TILE_C, FMA, LANES>(
-                        std::array::from_fn(|r| xrow(i + r)),
-                        std::array::from_fn(|c| wrow(j + c)),
-                        k,
-                    );
-                    for (r, tr) in t.iter().enumerate() {
-                        y[(i + r) * n + j..(i + r) * n + j + TILE_C].copy_from_slice(tr);
-                    }
-                } else {
-                    for r in 0..rows {
-                        for c in 0..cols {
-                            y[(i + r) * n + j + c] =
-                                tile::<1, 1, FMA, LANES>([xrow(i + r)], [wrow(j + c)], k)[0][0];
-                        }
-                    }
-                }
-                j += cols;
-            }
-            i += rows;
-        }
-        j0 = j1;
-    }
-    if let Some(b) = bias {
-        for row in y.chunks_exact_mut(n) {
-            add_assign(row, b);
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn matmul_wt_avx2_fma(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    matmul_wt_impl::<true, 8>(x, m, k, w, n, bias, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn matmul_wt_avx2(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    matmul_wt_impl::<false, 8>(x, m, k, w, n, bias, y)
-}
-
-/// `y[m×n] = x[m×k]·Wᵀ (+ bias)` with `w` row-major `[n×k]`, in f32.
-///
-/// Blocked (4×3 register tiles, 96 weight rows per cache block) and vectorized (8 lane
-/// accumulators per output); uses AVX2+FMA, else AVX2, when the CPU has them (detected at run
-/// time), else the portable build. The result for each output element does not depend on `m`, on
-/// the row's position in `x` or on the other rows, so batching never changes a result.
+/// `y[m×n] = x[m×k]·Wᵀ (+ bias)` with `w` row-major `[n×k]`, in f32, through the run-time
+/// dispatched f32 GEMM of [`crate::infer::kernels`] (AVX-512, AVX2+FMA or scalar).
 ///
 /// # Panics
 /// If a slice is shorter than its stated shape.
@@ -850,26 +705,16 @@ pub fn matmul_wt(
         bias.is_none_or(|b| b.len() >= n),
         "matmul_wt: bias too short"
     );
-    let (x, w, y) = (&x[..m * k], &w[..n * k], &mut y[..m * n]);
-    let bias = bias.map(|b| &b[..n]);
-    if m == 0 || n == 0 {
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            unsafe { matmul_wt_avx2_fma(x, m, k, w, n, bias, y) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            unsafe { matmul_wt_avx2(x, m, k, w, n, bias, y) };
-            return;
-        }
-    }
-    matmul_wt_impl::<false, 8>(x, m, k, w, n, bias, y)
+    crate::infer::kernels::linear_f32(
+        crate::infer::kernels::select(false),
+        &x[..m * k],
+        m,
+        k,
+        &w[..n * k],
+        n,
+        bias.map(|b| &b[..n]),
+        &mut y[..m * n],
+    );
 }
 
 struct F32Entry {

@@ -268,15 +268,37 @@ impl BlockMatrix {
         acts: &mut BlockActs,
         y: &mut [f32],
     ) {
+        self.linear_range(kernels, x, m, 0, self.n, bias, acts, y);
+    }
+
+    /// Output columns `j0..j1` only: `y[m × (j1 - j0)] = x · W[j0..j1]ᵀ (+ bias[j0..j1], given
+    /// already sliced)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_range(
+        &self,
+        kernels: &GemmKernels,
+        x: &[f32],
+        m: usize,
+        j0: usize,
+        j1: usize,
+        bias: Option<&[f32]>,
+        acts: &mut BlockActs,
+        y: &mut [f32],
+    ) {
+        assert!(
+            j0 <= j1 && j1 <= self.n,
+            "BlockMatrix::linear_range: columns"
+        );
+        let n = j1 - j0;
         assert_eq!(x.len(), m * self.k, "BlockMatrix::linear: x");
-        assert_eq!(y.len(), m * self.n, "BlockMatrix::linear: y");
-        if m == 0 || self.n == 0 {
+        assert_eq!(y.len(), m * n, "BlockMatrix::linear: y");
+        if m == 0 || n == 0 {
             return;
         }
         acts.quantize(kernels, x, m, self.k);
-        gemm_blocks(kernels, acts, self.weights(), self.n, y, self.n);
+        gemm_blocks(kernels, acts, self.weights().rows(self.k, j0, j1), n, y, n);
         if let Some(bias) = bias {
-            for row in y.chunks_exact_mut(self.n) {
+            for row in y.chunks_exact_mut(n) {
                 for (out, &b) in row.iter_mut().zip(bias) {
                     *out += b;
                 }
@@ -311,6 +333,25 @@ mod tests {
             let mut y = vec![0f32; m * n];
             let mut acts = BlockActs::new();
             matrix.linear(table, &x, m, Some(&bias), &mut acts, &mut y);
+            // A column range gives the same columns.
+            let (j0, j1) = (1.min(n), n);
+            let mut part = vec![0f32; m * (j1 - j0)];
+            matrix.linear_range(
+                table,
+                &x,
+                m,
+                j0,
+                j1,
+                Some(&bias[j0..j1]),
+                &mut acts,
+                &mut part,
+            );
+            for i in 0..m {
+                for j in j0..j1 {
+                    let (a, b) = (part[i * (j1 - j0) + j - j0], y[i * n + j]);
+                    assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "range {a} vs {b}");
+                }
+            }
             for i in 0..m {
                 for j in 0..n {
                     let exact: f64 = (0..k)

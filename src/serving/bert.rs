@@ -29,17 +29,29 @@ pub struct ServedLinear {
 }
 
 impl ServedLinear {
-    /// `y[m×n] = x[m×k]·Wᵀ + b` on the calling thread.
-    fn linear_rows(&self, entry: &Entry, x: &[f32], m: usize, k: usize, n: usize, y: &mut [f32]) {
+    /// Output columns `j0..j1` of `x[m×k]·Wᵀ + b` into `y[m × (j1 - j0)]`, on the calling thread.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_cols(
+        &self,
+        entry: &Entry,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        j0: usize,
+        j1: usize,
+        y: &mut [f32],
+    ) {
+        let n = j1 - j0;
+        let bias = entry.bias.as_deref().map(|b| &b[j0..j1]);
         match &entry.weights {
             DenseWeights::F32(w) => {
-                linear_f32(self.kernels, x, m, k, w, n, entry.bias.as_deref(), y)
+                linear_f32(self.kernels, x, m, k, &w[j0 * k..j1 * k], n, bias, y)
             }
             // int8 / q8_0 / int4 / q4_0 / q4_1 blocks × activations quantized per 32-element
             // block: exact integer block sums, one scale multiply per block.
             DenseWeights::Blocks(matrix) => {
                 let mut acts = BlockActs::new();
-                matrix.linear(self.kernels, x, m, entry.bias.as_deref(), &mut acts, y);
+                matrix.linear_range(self.kernels, x, m, j0, j1, bias, &mut acts, y);
             }
             // Symmetric per-channel int8 loaded for per-row activation scales
             // (`QUANTD_INT8_ACTIVATIONS`): exact i32 accumulation, one dequantizing multiply per
@@ -48,17 +60,17 @@ impl ServedLinear {
                 q,
                 scales,
                 zero_points,
-            } if zero_points.is_empty() && scales.len() == n => {
+            } if zero_points.is_empty() && scales.len() == entry.out => {
                 let (mut aq, mut ascales, mut acc) = (Vec::new(), Vec::new(), Vec::new());
                 linear_i8(
                     self.kernels,
                     x,
                     m,
                     k,
-                    q,
-                    scales,
+                    &q[j0 * k..j1 * k],
+                    &scales[j0..j1],
                     n,
-                    entry.bias.as_deref(),
+                    bias,
                     &mut aq,
                     &mut ascales,
                     &mut acc,
@@ -74,7 +86,7 @@ impl ServedLinear {
                 // stay int8 in memory and are decoded per call into an f32 scratch matrix (O(n·k),
                 // small next to the O(m·n·k) GEMM that follows).
                 let mut decoded = vec![0f32; n * k];
-                for (j, row) in decoded.chunks_exact_mut(k).enumerate() {
+                for (row, j) in decoded.chunks_exact_mut(k).zip(j0..j1) {
                     let index = if scales.len() == 1 { 0 } else { j };
                     let zero = zero_points.get(index).map_or(0.0, |&z| f32::from(z));
                     let scale = scales[index];
@@ -82,7 +94,7 @@ impl ServedLinear {
                         *value = (f32::from(qv) - zero) * scale;
                     }
                 }
-                linear_f32(self.kernels, x, m, k, &decoded, n, entry.bias.as_deref(), y);
+                linear_f32(self.kernels, x, m, k, &decoded, n, bias, y);
             }
         }
     }
@@ -111,19 +123,40 @@ impl LinearBackend for ServedLinear {
                 got_in: entry.inp,
             });
         }
-        // Split the rows over the current rayon pool (the serving compute pool): every part is a
-        // contiguous block of rows of x and y, at least 16 rows so that the kernels' register
-        // tiles stay full.
-        let parts = rayon::current_num_threads().min(m / 16).max(1);
-        if parts > 1 {
-            let rows = m.div_ceil(parts);
+        // Spread the work over the current rayon pool (the serving compute pool). Many rows:
+        // contiguous blocks of rows of x and y (at least 16 rows each, so that the kernels'
+        // register tiles stay full; every part streams all the weights). Few rows (short
+        // requests, memory-bound): blocks of output columns, so that each thread streams only
+        // its share of the weights; the parts are then interleaved into y.
+        let threads = rayon::current_num_threads();
+        let row_parts = threads.min(m / 16).max(1);
+        if row_parts > 1 {
+            let rows = m.div_ceil(row_parts);
             y.par_chunks_mut(rows * n)
                 .zip(x.par_chunks(rows * k))
                 .for_each(|(y_part, x_part)| {
-                    self.linear_rows(entry, x_part, x_part.len() / k, k, n, y_part)
+                    self.linear_cols(entry, x_part, x_part.len() / k, k, 0, n, y_part)
                 });
+        } else if threads > 1 && m > 0 && n >= 64 * threads {
+            // Column ranges in multiples of 32 rows of W.
+            let cols = n.div_ceil(threads).div_ceil(32) * 32;
+            let parts: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(cols))
+                .into_par_iter()
+                .map(|part| {
+                    let (j0, j1) = (part * cols, ((part + 1) * cols).min(n));
+                    let mut out = vec![0f32; m * (j1 - j0)];
+                    self.linear_cols(entry, x, m, k, j0, j1, &mut out);
+                    (j0, out)
+                })
+                .collect();
+            for (j0, out) in parts {
+                let width = out.len() / m;
+                for (y_row, out_row) in y.chunks_exact_mut(n).zip(out.chunks_exact(width)) {
+                    y_row[j0..j0 + width].copy_from_slice(out_row);
+                }
+            }
         } else {
-            self.linear_rows(entry, x, m, k, n, y);
+            self.linear_cols(entry, x, m, k, 0, n, y);
         }
         Ok(())
     }
