@@ -1,7 +1,8 @@
 //! Sentence-embedding throughput and latency of all-MiniLM-L6-v2 through `POST /v1/embeddings`
 //! on an in-process server: FP32, int8 weights (f32 activations, the default) and int8 weights ×
-//! int8 activations (`QUANTD_INT8_ACTIVATIONS`). Batch 32 × 128 tokens in one request (split over
-//! the worker threads by the server), and batch-1 latency at 128 and 7 tokens.
+//! int8 activations (`QUANTD_INT8_ACTIVATIONS`). Batch 32 × 128 tokens in one request, 32
+//! concurrent one-sentence requests (dynamic batching), the same batch in-process (the serving
+//! registry without HTTP), and batch-1 latency at 128 and 7 tokens over HTTP and in-process.
 //! `cargo bench --bench embeddings` (model from `QUANTD_MINILM_DIR` or the tests' venv).
 
 use std::path::PathBuf;
@@ -58,6 +59,37 @@ async fn post(client: &reqwest::Client, base: &str, model: &str, input: &[Vec<u3
     response.bytes().await.unwrap();
 }
 
+/// Runs a quantization job to completion; returns the artifact id.
+async fn quantize(client: &reqwest::Client, base: &str, body: Value) -> String {
+    let job: Value = client
+        .post(format!("{base}/api/v1/jobs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    loop {
+        let job: Value = client
+            .get(format!(
+                "{base}/api/v1/jobs/{}",
+                job["id"].as_str().unwrap()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["state"] == "succeeded" {
+            return job["artifact_id"].as_str().unwrap().to_owned();
+        }
+        assert!(job["state"] != "failed", "{job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn best<F, Fut>(runs: usize, mut f: F) -> Duration
 where
     F: FnMut() -> Fut,
@@ -80,6 +112,7 @@ async fn run(int8_activations: bool, rows: &mut Vec<String>) {
     let app = Application::build(settings).await.unwrap();
     let base = format!("http://{}", app.local_addr());
     let shutdown = app.shutdown_token();
+    let serving = app.serving();
     let server = tokio::spawn(app.run());
     let client = reqwest::Client::new();
     let dir = minilm_dir();
@@ -101,52 +134,77 @@ async fn run(int8_activations: bool, rows: &mut Vec<String>) {
             .await
             .unwrap();
     }
-    let job: Value = client
-        .post(format!("{base}/api/v1/jobs"))
-        .json(&json!({"model_id": id, "scheme": "int8"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let artifact = loop {
-        let job: Value = client
-            .get(format!(
-                "{base}/api/v1/jobs/{}",
-                job["id"].as_str().unwrap()
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if job["state"] == "succeeded" {
-            break job["artifact_id"].as_str().unwrap().to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let artifact = quantize(&client, &base, json!({"model_id": id, "scheme": "int8"})).await;
     let batch = sequences(32, 128, 7);
     let one_long = sequences(1, 128, 9);
     let one_short = sequences(1, 7, 11);
     let variants: Vec<(String, String)> = if int8_activations {
-        vec![("int8 weights x int8 activations".into(), artifact)]
+        vec![(
+            "int8 per-channel × int8 activations per row (QUANTD_INT8_ACTIVATIONS)".into(),
+            artifact,
+        )]
     } else {
+        let q8_0 = quantize(
+            &client,
+            &base,
+            json!({"model_id": id, "scheme": "q8_0", "format": "gguf"}),
+        )
+        .await;
+        let q4_0 = quantize(
+            &client,
+            &base,
+            json!({"model_id": id, "scheme": "q4_0", "format": "gguf"}),
+        )
+        .await;
         vec![
             ("FP32".into(), id.clone()),
-            ("int8 weights, f32 activations".into(), artifact),
+            (
+                "int8 per-channel × int8 activations per 32-block (default)".into(),
+                artifact,
+            ),
+            ("q8_0 GGUF".into(), q8_0),
+            ("q4_0 GGUF".into(), q4_0),
         ]
     };
     for (label, model) in variants {
-        let throughput = best(3, || post(&client, &base, &model, &batch)).await;
-        let latency_long = best(5, || post(&client, &base, &model, &one_long)).await;
-        let latency_short = best(5, || post(&client, &base, &model, &one_short)).await;
+        let throughput = best(8, || post(&client, &base, &model, &batch)).await;
+        let latency_long = best(20, || post(&client, &base, &model, &one_long)).await;
+        let latency_short = best(20, || post(&client, &base, &model, &one_short)).await;
+        // 32 clients at once, one 128-token sentence each: dynamic batching merges them.
+        let concurrent = best(5, || async {
+            futures::future::join_all(batch.chunks(1).map(|one| post(&client, &base, &model, one)))
+                .await;
+        })
+        .await;
+        // In-process: the same serving registry without HTTP and JSON.
+        let loaded = serving.get_or_load(&model).await.unwrap();
+        let in_process = best(8, || async {
+            serving.embed(loaded.clone(), batch.clone()).await.unwrap();
+        })
+        .await;
+        let in_process_long = best(20, || async {
+            serving
+                .embed(loaded.clone(), one_long.clone())
+                .await
+                .unwrap();
+        })
+        .await;
+        let in_process_short = best(20, || async {
+            serving
+                .embed(loaded.clone(), one_short.clone())
+                .await
+                .unwrap();
+        })
+        .await;
         rows.push(format!(
-            "| {label} | {:.1} | {:.1} | {:.1} |",
+            "| {label} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
             32.0 / throughput.as_secs_f64(),
+            32.0 / concurrent.as_secs_f64(),
+            32.0 / in_process.as_secs_f64(),
             latency_long.as_secs_f64() * 1e3,
-            latency_short.as_secs_f64() * 1e3
+            in_process_long.as_secs_f64() * 1e3,
+            latency_short.as_secs_f64() * 1e3,
+            in_process_short.as_secs_f64() * 1e3,
         ));
     }
     shutdown.cancel();
@@ -158,8 +216,8 @@ async fn main() {
     let mut rows = Vec::new();
     run(false, &mut rows).await;
     run(true, &mut rows).await;
-    println!("| all-MiniLM-L6-v2 via /v1/embeddings | sentences/s, 32 × 128 tokens, one request | batch 1 × 128 ms | batch 1 × 7 ms |");
-    println!("|---|---|---|---|");
+    println!("| all-MiniLM-L6-v2 | sent/s 32 × 128, one HTTP request | sent/s, 32 concurrent HTTP requests × 128 | sent/s 32 × 128 in-process | 1 × 128 ms HTTP | 1 × 128 ms in-process | 1 × 7 ms HTTP | 1 × 7 ms in-process |");
+    println!("|---|---|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");
     }

@@ -122,6 +122,11 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// The serving registry, for in-process inference (benchmarks) next to the HTTP API.
+    pub fn serving(&self) -> Arc<crate::serving::ServingRegistry> {
+        self.state.inner.serving.clone()
+    }
+
     /// Cancel this token to stop the application gracefully.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
