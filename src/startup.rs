@@ -53,6 +53,13 @@ impl Application {
             requested = ?settings.kernels,
             "kernels selected"
         );
+        let inference = crate::serving::inference_kernels(settings.kernels);
+        tracing::info!(
+            gemm = inference.0.isa,
+            math = inference.1.isa,
+            available = ?crate::infer::kernels::available().iter().map(|t| t.isa).collect::<Vec<_>>(),
+            "inference kernels selected"
+        );
         let store = open_store(&settings).await?;
         let blobs =
             BlobStore::local(settings.data_dir.join("blobs")).context("opening the blob store")?;
@@ -94,6 +101,8 @@ impl Application {
                 max_batch: settings.batch_max_size,
                 max_batch_delay: Duration::from_millis(settings.batch_max_delay_ms),
                 debug_delay: Duration::from_millis(settings.debug_inference_delay_ms),
+                kernels: inference.0,
+                math: inference.1,
             },
         ));
         let state = AppState {

@@ -70,6 +70,10 @@ pub struct Info {
     pub kernel_isa: String,
     /// Instruction sets this CPU supports.
     pub available_isas: Vec<String>,
+    /// Instruction set of the inference GEMM kernels in use (e.g. `avx512vnni`).
+    pub inference_isa: String,
+    /// Inference GEMM instruction sets this CPU supports.
+    pub available_inference_isas: Vec<String>,
     /// Blocking worker threads.
     pub workers: usize,
     pub uptime_seconds: u64,
@@ -88,6 +92,11 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
         available_isas: kernels::available()
             .iter()
             .map(|isa| isa.to_string())
+            .collect(),
+        inference_isa: state.serving.kernels().isa.to_string(),
+        available_inference_isas: crate::infer::kernels::available()
+            .iter()
+            .map(|t| t.isa.to_string())
             .collect(),
         workers: state.pool.size(),
         uptime_seconds: state.started_at.elapsed().as_secs(),

@@ -87,11 +87,11 @@ impl Activation {
         }
     }
 
-    /// Applies the activation in place.
-    pub fn apply(self, xs: &mut [f32]) {
+    /// Applies the activation in place (GELU through `math`).
+    pub fn apply(self, xs: &mut [f32], math: &crate::infer::fastmath::MathKernels) {
         match self {
             // f32 erf within 2e-7 of f64 (see `fastmath`), vectorized for the CPU.
-            Self::Gelu => (crate::infer::fastmath::select(false).gelu)(xs),
+            Self::Gelu => (math.gelu)(xs),
             Self::GeluTanh => {
                 const C: f64 = 0.797_884_560_802_865_4; // sqrt(2/pi)
                 for x in xs {
@@ -370,6 +370,8 @@ pub struct BertModel<'a, L: LinearBackend, T: TensorSource> {
     tensors: &'a T,
     prefix: String,
     layers: Vec<LayerNames>,
+    gemm: &'static crate::infer::kernels::GemmKernels,
+    math: &'static crate::infer::fastmath::MathKernels,
 }
 
 impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
@@ -415,7 +417,20 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
             tensors,
             prefix,
             layers,
+            gemm: crate::infer::kernels::select(false),
+            math: crate::infer::fastmath::select(false),
         })
+    }
+
+    /// Uses these kernel tables (attention GEMMs, GELU, softmax) instead of the best detected.
+    pub fn with_kernels(
+        mut self,
+        gemm: &'static crate::infer::kernels::GemmKernels,
+        math: &'static crate::infer::fastmath::MathKernels,
+    ) -> Self {
+        self.gemm = gemm;
+        self.math = math;
+        self
     }
 
     /// The model's configuration.
@@ -505,7 +520,7 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
         let nh = cfg.num_heads;
         let d = cfg.head_dim();
         let scale = 1.0 / (d as f32).sqrt();
-        let math = crate::infer::fastmath::select(false);
+        let (math, gemm) = (self.math, self.gemm);
 
         for names in &self.layers {
             self.lin(&names.q, &x, m, h, h, &mut q)?;
@@ -521,7 +536,7 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
                     |scratch, pair| {
                         let (s, head) = (pair / nh, pair % nh);
                         let (o, len) = (offsets[s], offsets[s + 1] - offsets[s]);
-                        scratch.head(&q, &k, &v, o, len, head * d, h, d, scale, math)
+                        scratch.head(&q, &k, &v, o, len, head * d, h, d, scale, (gemm, math))
                     },
                 )
                 .collect();
@@ -543,7 +558,7 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
                 cfg.layer_norm_eps,
             );
             self.lin(&names.inter, &x, m, h, f, &mut inter)?;
-            cfg.hidden_act.apply(&mut inter);
+            cfg.hidden_act.apply(&mut inter, math);
             self.lin(&names.out, &inter, m, f, h, &mut tmp)?;
             add_assign(&mut x, &tmp);
             layer_norm(
@@ -614,7 +629,10 @@ impl AttentionScratch {
         h: usize,
         d: usize,
         scale: f32,
-        math: &crate::infer::fastmath::MathKernels,
+        (gemm, math): (
+            &crate::infer::kernels::GemmKernels,
+            &crate::infer::fastmath::MathKernels,
+        ),
     ) -> Vec<f32> {
         for i in 0..len {
             let src = (o + i) * h + c0;
@@ -625,18 +643,10 @@ impl AttentionScratch {
             }
         }
         let sc = &mut self.scores[..len * len];
-        matmul_wt(
-            &self.qh[..len * d],
-            len,
-            d,
-            &self.kh[..len * d],
-            len,
-            None,
-            sc,
-        );
+        (gemm.gemm_f32)(&self.qh[..len * d], &self.kh[..len * d], len, len, d, sc);
         (math.softmax_rows)(sc, len, scale);
         let mut ch = vec![0f32; len * d];
-        matmul_wt(sc, len, len, &self.vt[..d * len], d, None, &mut ch);
+        (gemm.gemm_f32)(sc, &self.vt[..d * len], len, d, len, &mut ch);
         ch
     }
 }

@@ -309,6 +309,8 @@ pub fn activate(activation: Activation, x: f32) -> f32 {
 pub struct Mlp {
     pub layers: Vec<DenseLayer>,
     pub softmax: bool,
+    /// Kernels for block-quantized layers (the best detected unless set).
+    pub kernels: &'static crate::infer::kernels::GemmKernels,
 }
 
 impl Mlp {
@@ -331,7 +333,11 @@ impl Mlp {
         if layers.is_empty() {
             return Err(MlpError::Config("no layers".into()));
         }
-        Ok(Mlp { layers, softmax })
+        Ok(Mlp {
+            layers,
+            softmax,
+            kernels: crate::infer::kernels::select(false),
+        })
     }
 
     pub fn input_width(&self) -> usize {
@@ -355,7 +361,7 @@ impl Mlp {
                 got: input.len().checked_div(rows).unwrap_or(0),
             });
         }
-        let kernels = crate::infer::kernels::select(false);
+        let kernels = self.kernels;
         let mut current = input.to_vec();
         for layer in &self.layers {
             let mut next = vec![0f32; rows * layer.outputs];

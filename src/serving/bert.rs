@@ -184,6 +184,7 @@ pub struct BertServing {
     pub tokenizer: BertTokenizer,
     pub int8: bool,
     pub memory_bytes: usize,
+    math: &'static crate::infer::fastmath::MathKernels,
 }
 
 impl std::fmt::Debug for BertServing {
@@ -207,7 +208,8 @@ impl BertServing {
         normalize: bool,
     ) -> Result<Vec<Vec<f32>>, ServingError> {
         let model = BertModel::new(self.config.clone(), &self.linear, &self.tensors)
-            .map_err(|e| ServingError::Internal(e.to_string()))?;
+            .map_err(|e| ServingError::Internal(e.to_string()))?
+            .with_kernels(self.linear.kernels, self.math);
         model.embed(batch, normalize).map_err(|e| match e {
             BertError::Input(message) => ServingError::BadInput(message),
             other => ServingError::Internal(other.to_string()),
@@ -220,7 +222,10 @@ pub fn load_bert(
     file: &WeightFile<'_>,
     config_bytes: &[u8],
     tokenizer_json: Option<&[u8]>,
-    kernels: &'static GemmKernels,
+    (kernels, math): (
+        &'static GemmKernels,
+        &'static crate::infer::fastmath::MathKernels,
+    ),
     int8: Int8Mode,
     report: &mut LoadReport,
 ) -> Result<BertServing, ServingError> {
@@ -268,6 +273,7 @@ pub fn load_bert(
         tokenizer,
         int8,
         memory_bytes,
+        math,
     };
     // Fail at load, not at the first request, when something is missing or misshapen.
     BertModel::new(serving.config.clone(), &serving.linear, &serving.tensors)

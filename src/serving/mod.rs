@@ -127,6 +127,35 @@ pub struct ServingOptions {
     pub max_batch_delay: Duration,
     /// Testing aid: every batch sleeps this long before it runs (keeps requests in flight).
     pub debug_delay: Duration,
+    /// Inference kernels (GEMMs; GELU and softmax), chosen at start-up.
+    pub kernels: &'static crate::infer::kernels::GemmKernels,
+    pub math: &'static crate::infer::fastmath::MathKernels,
+}
+
+/// The inference kernel tables for a `QUANTD_KERNELS` choice: `scalar` forces the scalar
+/// twins, `avx2` the AVX2 tables, anything else the best this CPU runs (AVX-512 VNNI first).
+pub fn inference_kernels(
+    choice: crate::quant::kernels::KernelChoice,
+) -> (
+    &'static crate::infer::kernels::GemmKernels,
+    &'static crate::infer::fastmath::MathKernels,
+) {
+    use crate::infer::{fastmath, kernels};
+    use crate::quant::kernels::KernelChoice;
+    match choice {
+        KernelChoice::Scalar => (kernels::scalar(), fastmath::scalar()),
+        KernelChoice::Avx2 => (
+            kernels::available()
+                .into_iter()
+                .find(|t| t.isa == "avx2")
+                .unwrap_or_else(|| kernels::select(false)),
+            fastmath::available()
+                .into_iter()
+                .find(|t| t.isa == "avx2")
+                .unwrap_or_else(|| fastmath::select(false)),
+        ),
+        _ => (kernels::select(false), fastmath::select(false)),
+    }
 }
 
 impl LoadedModel {
@@ -266,7 +295,7 @@ impl ServingRegistry {
         };
         let path = self.blobs.local_path(&source.sha256);
         let limits = self.limits;
-        let int8_activations = self.options.int8_activations;
+        let options = self.options;
         let slot = self.pool.acquire().await?;
         let loaded_source = source.clone();
         let model = self
@@ -278,7 +307,7 @@ impl ServingRegistry {
                     tokenizer.as_deref(),
                     loaded_source,
                     limits,
-                    int8_activations,
+                    options,
                 )
             })
             .await??;
@@ -393,6 +422,11 @@ impl ServingRegistry {
             kind,
             batcher,
         }
+    }
+
+    /// The inference GEMM kernels in use.
+    pub fn kernels(&self) -> &'static crate::infer::kernels::GemmKernels {
+        self.options.kernels
     }
 
     /// Admission: a permit while the request is in flight, or [`ServingError::Busy`] (429).
@@ -564,7 +598,7 @@ fn load(
     tokenizer: Option<&[u8]>,
     source: Source,
     limits: Limits,
-    int8_activations: bool,
+    options: ServingOptions,
 ) -> Result<Loaded, ServingError> {
     let config: serde_json::Value = serde_json::from_slice(config_bytes)
         .map_err(|e| ServingError::Unsupported(format!("config.json is not JSON: {e}")))?;
@@ -584,7 +618,7 @@ fn load(
     // SAFETY: blobs are content-addressed and never modified in place (see jobs::pipeline).
     let mapping =
         unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ServingError::Internal(e.to_string()))?;
-    let int8 = if int8_activations {
+    let int8 = if options.int8_activations {
         weights::Int8Mode::PerRow
     } else {
         weights::Int8Mode::Blocks
@@ -613,7 +647,7 @@ fn load(
             &weight_file,
             config_bytes,
             tokenizer,
-            crate::infer::kernels::select(false),
+            (options.kernels, options.math),
             int8,
             &mut report,
         )?;
@@ -661,8 +695,9 @@ fn load(
             activation,
         });
     }
-    let mlp = Mlp::new(layers, mlp_config.softmax())
+    let mut mlp = Mlp::new(layers, mlp_config.softmax())
         .map_err(|e| ServingError::Unsupported(e.to_string()))?;
+    mlp.kernels = options.kernels;
     let memory_bytes = mlp.weight_bytes();
     Ok(Loaded {
         source,

@@ -61,7 +61,12 @@ async fn kernels_can_be_forced_to_scalar() {
         s.kernels = quantd::quant::kernels::KernelChoice::Scalar
     })
     .await;
-    assert_eq!(app.get_json("/api/v1/info").await["kernel_isa"], "scalar");
+    let info = app.get_json("/api/v1/info").await;
+    assert_eq!(info["kernel_isa"], "scalar");
+    assert_eq!(
+        info["inference_isa"], "scalar",
+        "inference kernels are forced too"
+    );
     let model = app.upload_digits().await;
     let job = app
         .create_job_ok(model["id"].as_str().unwrap(), serde_json::json!({}))
