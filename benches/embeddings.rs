@@ -211,6 +211,34 @@ async fn run(int8_activations: bool, rows: &mut Vec<String>) {
     server.await.unwrap().unwrap();
 }
 
+/// Runs `scripts/ort_peer.sh` (ONNX Runtime FP32 and dynamic int8 on the same token ids) and
+/// returns its table and its `peer-json` figures, unless `QUANTD_BENCH_PEER=0` or it fails.
+fn onnx_runtime_peer() -> Option<(String, Value)> {
+    if std::env::var("QUANTD_BENCH_PEER").as_deref() == Ok("0") {
+        return None;
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/ort_peer.sh");
+    let output = Command::new(script).output().ok()?;
+    if !output.status.success() {
+        eprintln!(
+            "ONNX Runtime peer failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return None;
+    }
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let json = text
+        .lines()
+        .find_map(|line| line.strip_prefix("peer-json: "))
+        .and_then(|j| serde_json::from_str(j).ok())?;
+    let table = text
+        .lines()
+        .filter(|line| line.starts_with('|'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Some((table, json))
+}
+
 #[tokio::main]
 async fn main() {
     let mut rows = Vec::new();
@@ -218,7 +246,28 @@ async fn main() {
     run(true, &mut rows).await;
     println!("| all-MiniLM-L6-v2 | sent/s 32 × 128, one HTTP request | sent/s, 32 concurrent HTTP requests × 128 | sent/s 32 × 128 in-process | 1 × 128 ms HTTP | 1 × 128 ms in-process | 1 × 7 ms HTTP | 1 × 7 ms in-process |");
     println!("|---|---|---|---|---|---|---|---|");
-    for row in rows {
+    for row in &rows {
         println!("{row}");
+    }
+    if let Some((table, peer)) = onnx_runtime_peer() {
+        println!();
+        println!("{table}");
+        println!();
+        // Ratios against the peer measured in this run (one HTTP request of 32 × 128).
+        let ort_fp32 = peer["fp32"]["sentences_per_s"].as_f64().unwrap_or(f64::NAN);
+        let ort_int8 = peer["int8"]["sentences_per_s"].as_f64().unwrap_or(f64::NAN);
+        for row in &rows {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            if let (Some(label), Some(rate)) = (
+                cells.get(1),
+                cells.get(2).and_then(|c| c.parse::<f64>().ok()),
+            ) {
+                println!(
+                    "{label}: {:.2}× ONNX Runtime FP32, {:.2}× ONNX Runtime dynamic int8 (32 × 128 throughput)",
+                    rate / ort_fp32,
+                    rate / ort_int8
+                );
+            }
+        }
     }
 }

@@ -3,8 +3,8 @@ on the same inputs as `cargo bench --bench embeddings` (32 sequences x 128 deter
 batch-1 latency at 128 and 7 tokens), 2 intra-op threads, plus the worst cosine of int8 to FP32 on
 the fixture sentences.
 
-usage: target/interop-venv/bin/pip install onnxruntime onnx onnxscript
-       target/interop-venv/bin/python scripts/ort_peer.py
+usage: scripts/ort_peer.sh (installs onnxruntime into the tests' venv, then runs this)
+The last line is machine-readable (`peer-json: {...}`) for the embeddings bench's ratios.
 """
 import json
 import os
@@ -94,13 +94,16 @@ def main():
     batch, long1, short1 = sequences(32, 128, 7), sequences(1, 128, 9), sequences(1, 7, 11)
     print("| ONNX Runtime %s, 2 threads | sentences/s, 32 x 128 | batch 1 x 128 ms | batch 1 x 7 ms | worst cosine to sentence-transformers |" % ort.__version__)
     print("|---|---|---|---|---|")
-    for label, path in [("FP32", fp32_path), ("dynamic int8 (per-channel)", int8_path)]:
+    results = {}
+    for key, label, path in [("fp32", "FP32", fp32_path), ("int8", "dynamic int8 (per-channel)", int8_path)]:
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         throughput = 32 / best(lambda: embed(session, batch), 3)
         latency_long = best(lambda: embed(session, long1), 5) * 1e3
         latency_short = best(lambda: embed(session, short1), 5) * 1e3
         worst = min(float(np.dot(embed(session, np.array([ids])) [0], ref)) for ids, ref in zip(fixture["token_ids"], reference))
         print(f"| {label} | {throughput:.1f} | {latency_long:.1f} | {latency_short:.1f} | {worst:.5f} |")
+        results[key] = {"sentences_per_s": throughput, "ms_1x128": latency_long, "ms_1x7": latency_short, "worst_cosine": worst}
+    print("peer-json: " + json.dumps(results))
 
 
 if __name__ == "__main__":
