@@ -329,17 +329,78 @@ async fn infer(
     };
     let parsed = started.elapsed();
     let (output, timing) = state.serving.infer(model.clone(), data, rows).await?;
-    let mut response = Json(json!({
-        "model_name": name,
-        "model_version": "1",
-        "id": request.get("id").cloned().unwrap_or(Value::Null),
-        "outputs": [{"name": "output", "datatype": "FP32", "shape": [rows, model.widths().1], "data": output}],
-    }))
-    .into_response();
-    if let Ok(value) = HeaderValue::from_str(&timing.server_timing(parsed)) {
+    Ok(respond(
+        &name,
+        &request,
+        [rows, model.widths().1],
+        output,
+        &timing.server_timing(parsed),
+    ))
+}
+
+/// Whether the client asked for the output as raw bytes (binary tensor data extension):
+/// `parameters.binary_data_output: true` on the request, or `parameters.binary_data: true` on
+/// the requested output.
+fn wants_binary_output(request: &Value) -> bool {
+    let flag = |v: Option<&Value>| v.and_then(Value::as_bool).unwrap_or(false);
+    flag(request.pointer("/parameters/binary_data_output"))
+        || request
+            .get("outputs")
+            .and_then(Value::as_array)
+            .is_some_and(|outputs| {
+                outputs
+                    .iter()
+                    .any(|o| flag(o.pointer("/parameters/binary_data")))
+            })
+}
+
+/// The inference response: JSON, or with the binary tensor data extension a JSON header
+/// (`Inference-Header-Content-Length` bytes) followed by the FP32 output, little-endian.
+fn respond(
+    name: &str,
+    request: &Value,
+    shape: [usize; 2],
+    data: Vec<f32>,
+    server_timing: &str,
+) -> Response {
+    let id = request.get("id").cloned().unwrap_or(Value::Null);
+    let mut response = if wants_binary_output(request) {
+        let header = json!({
+            "model_name": name,
+            "model_version": "1",
+            "id": id,
+            "outputs": [{"name": "output", "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": data.len() * 4}}],
+        })
+        .to_string();
+        let mut body = Vec::with_capacity(header.len() + data.len() * 4);
+        body.extend_from_slice(header.as_bytes());
+        for value in &data {
+            body.extend_from_slice(&value.to_le_bytes());
+        }
+        let mut response = body.into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.insert(
+            "inference-header-content-length",
+            HeaderValue::from(header.len()),
+        );
+        response
+    } else {
+        Json(json!({
+            "model_name": name,
+            "model_version": "1",
+            "id": id,
+            "outputs": [{"name": "output", "datatype": "FP32", "shape": shape, "data": data}],
+        }))
+        .into_response()
+    };
+    if let Ok(value) = HeaderValue::from_str(server_timing) {
         response.headers_mut().insert("server-timing", value);
     }
-    Ok(response)
+    response
 }
 
 /// BYTES (text) input for `bert` models: one embedding row per string.
@@ -391,17 +452,13 @@ async fn infer_text(
     let parsed = started.elapsed();
     let (embeddings, timing) = state.serving.embed(model.clone(), batch).await?;
     let data: Vec<f32> = embeddings.into_iter().flatten().collect();
-    let mut response = Json(json!({
-        "model_name": name,
-        "model_version": "1",
-        "id": request.get("id").cloned().unwrap_or(Value::Null),
-        "outputs": [{"name": "output", "datatype": "FP32", "shape": [n_texts, width], "data": data}],
-    }))
-    .into_response();
-    if let Ok(value) = HeaderValue::from_str(&timing.server_timing(parsed)) {
-        response.headers_mut().insert("server-timing", value);
-    }
-    Ok(response)
+    Ok(respond(
+        name,
+        request,
+        [n_texts, width],
+        data,
+        &timing.server_timing(parsed),
+    ))
 }
 
 async fn load(

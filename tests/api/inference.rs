@@ -171,6 +171,40 @@ async fn digits_fp32_and_int8_through_the_v2_protocol() {
         binary["outputs"][0]["data"], json_form["outputs"][0]["data"],
         "binary and JSON inputs agree"
     );
+    // Binary output on request: a JSON header, then the raw little-endian FP32 logits.
+    let response = app
+        .client
+        .post(app.url("/v2/models/digits/infer"))
+        .json(&json!({"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": [rows[0], rows[1]]}], "outputs": [{"name": "output", "parameters": {"binary_data": true}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    let header_len: usize = response.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = response.bytes().await.unwrap();
+    let header: Value = serde_json::from_slice(&bytes[..header_len]).unwrap();
+    assert_eq!(header["outputs"][0]["shape"], json!([2, 10]));
+    assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], 80);
+    let raw: Vec<f32> = bytes[header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    // JSON carries each f32 as its shortest decimal, which reads back to the same f32.
+    let from_json: Vec<f32> = json_form["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(raw, from_json, "binary and JSON outputs agree");
     // A lying header length or size is a 400 with the v2 error body.
     let response = app
         .client
