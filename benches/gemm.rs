@@ -8,7 +8,9 @@
 //! - `q8-block`: q8_0-like int8 blocks of 32 (`quantize_blocks` + `gemm_blocks_i8`, no `mn`);
 //! - `q4-block`: q4_0-like 4-bit blocks (`quantize_blocks` + `gemm_blocks_u4`, `mn = -8·d`).
 //!
-//! The scalar table is skipped (minutes per case); every other available table is measured.
+//! The scalar table is skipped (minutes per case); every other available table is measured on one
+//! thread, and the best table also on two threads (`gemm-2t/...`: the N weight rows split in
+//! halves over a two-thread rayon pool), the setting of the candle-core figures in BENCHMARKS.md.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -124,6 +126,67 @@ fn bench_table(c: &mut Criterion, table: &'static GemmKernels, w: &Weights) {
     }
 }
 
+/// The best table on two threads: each computes half of the output columns (weight rows).
+fn bench_two_threads(c: &mut Criterion, table: &'static GemmKernels, w: &Weights) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let half = N / 2;
+    for m in [1usize, 32] {
+        let x = values(m * K, 2 + m as u64);
+        let mut group = c.benchmark_group(format!("gemm-2t/{}/m{m}", table.isa));
+        group.throughput(Throughput::Elements((2 * m * N * K) as u64));
+        group.sample_size(10);
+        group.warm_up_time(Duration::from_millis(300));
+        group.measurement_time(Duration::from_millis(1500));
+        let (mut y0, mut y1) = (vec![0.0f32; m * half], vec![0.0f32; m * half]);
+        group.bench_function(BenchmarkId::from_parameter("f32"), |b| {
+            b.iter(|| {
+                pool.join(
+                    || (table.gemm_f32)(black_box(&x), &w.f32[..half * K], m, half, K, &mut y0),
+                    || (table.gemm_f32)(black_box(&x), &w.f32[half * K..], m, half, K, &mut y1),
+                )
+            })
+        });
+        let (mut acc0, mut acc1) = (vec![0i32; m * half], vec![0i32; m * half]);
+        let (mut q, mut scales) = (vec![0i8; m * K], vec![0.0f32; m]);
+        group.bench_function(BenchmarkId::from_parameter("i8-row"), |b| {
+            b.iter(|| {
+                (table.quantize_rows_i8)(black_box(&x), m, K, &mut q, &mut scales);
+                pool.join(
+                    || (table.gemm_i8_i32)(&q, &w.i8_rows[..half * K], m, half, K, &mut acc0),
+                    || (table.gemm_i8_i32)(&q, &w.i8_rows[half * K..], m, half, K, &mut acc1),
+                )
+            })
+        });
+        let mut acts = BlockActs::new();
+        let q8 = BlockWeightsRef::I8 {
+            q: &w.q8,
+            d: &w.q8_d,
+            mn: None,
+        };
+        let q4 = BlockWeightsRef::U4 {
+            q: &w.q4,
+            d: &w.q4_d,
+            mn: &w.q4_mn,
+        };
+        for (label, weights) in [("q8-block", q8), ("q4-block", q4)] {
+            group.bench_function(BenchmarkId::from_parameter(label), |b| {
+                b.iter(|| {
+                    acts.quantize(table, black_box(&x), m, K);
+                    let acts = &acts;
+                    pool.join(
+                        || gemm_blocks(table, acts, weights.rows(K, 0, half), half, &mut y0, half),
+                        || gemm_blocks(table, acts, weights.rows(K, half, N), half, &mut y1, half),
+                    )
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
 fn gemm(c: &mut Criterion) {
     let w = weights();
     for table in kernels::available() {
@@ -131,6 +194,7 @@ fn gemm(c: &mut Criterion) {
             bench_table(c, table, &w);
         }
     }
+    bench_two_threads(c, kernels::select(false), &w);
 }
 
 criterion_group!(benches, gemm);
