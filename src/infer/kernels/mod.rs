@@ -8,9 +8,10 @@
 //! A [`GemmKernels`] value is a table of plain function pointers for one instruction set. The
 //! caller picks it once with [`select`] and passes the `&'static GemmKernels` to every job; the
 //! kernels never detect features, spawn threads or do I/O (the caller splits work across its
-//! worker pool, e.g. by ranges of output rows or of weight rows). The SIMD GEMMs allocate one
-//! contiguous copy of an activation block per call (at most `m × k` elements; tiny next to the
-//! weights they stream).
+//! worker pool, e.g. by ranges of output rows or of weight rows). Scratch memory: the
+//! dot-product GEMMs copy an activation block per call (at most `m × k` elements); the AVX-512
+//! f32 GEMM's packed path (m ≥ 48) packs weight panels into a per-thread buffer reused across
+//! calls.
 //!
 //! The scalar versions in [`scalar`](mod@scalar) define every result:
 //! - `gemm_i8_i32` is an exact integer sum, so every ISA returns identical values;

@@ -5,8 +5,13 @@
 //! with 512-bit vectors and a 4 × 4 tile (16 accumulators of the 32 registers). The int8 GEMM
 //! sign-extends 32 weight bytes at a time to i16 (`vpmovsxbw`) and multiplies with `vpmaddwd`,
 //! which is exact for any i8 input (no VNNI needed).
+//!
+//! The f32 GEMM keeps those dot-product tiles only for few rows (memory-bound, `b` read in
+//! place); from `PACK_MIN_ROWS` rows (or `MR` rows with short `k`) it packs blocks of `b` into
+//! 32-row panels in a per-thread buffer and runs an 8 × 32 outer-product micro-kernel.
 
 use std::arch::x86_64::*;
+use std::cell::Cell;
 use std::slice;
 
 use crate::infer::kernels::blocks::QK;
@@ -203,13 +208,13 @@ unsafe fn add_tile_i8<const R: usize, const C: usize>(
     }
 }
 
-/// See `GemmKernels::gemm_f32`.
+/// `gemm_f32` with dot-product tiles, for few rows of `a`.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F and BW, and the shapes must have been checked with
 /// `check_gemm_shapes`.
 #[target_feature(enable = "avx512f,avx512bw")]
-pub(super) unsafe fn gemm_f32(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]) {
+unsafe fn gemm_f32_dot(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]) {
     c.fill(0.0);
     let mut packed: Vec<f32> = Vec::new();
     // With a single row tile there is no reuse of weights to protect: one pass over each
@@ -277,6 +282,236 @@ pub(super) unsafe fn gemm_f32(a: &[f32], b: &[f32], m: usize, n: usize, k: usize
             j += if full_cols { COLS } else { 1 };
         }
     }
+}
+
+/// Rows of `a` below which `gemm_f32` keeps the dot-product tiles: with so few rows every
+/// weight is used only a few times, and reading `b` in place beats transposing it into panels
+/// first (measured: still slightly ahead at 32 rows on Zen 4).
+const PACK_MIN_ROWS: usize = 48;
+/// Below `PACK_MIN_ROWS`, `k` up to this still packs (from `MR` rows on): short dot products
+/// spend most of their time in horizontal sums.
+const DOT_MIN_K: usize = 128;
+/// Output rows of the outer-product micro-kernel (`MR × 2` accumulators of 16 lanes).
+const MR: usize = 8;
+/// Output columns (weight rows) of the outer-product micro-kernel: one panel of packed `b`.
+const NR: usize = 2 * F32_LANES;
+/// Elements of `k` per packed block: long runs of each weight row when packing, and an
+/// `MR`-row slice of `a` (16 KiB) stays in L1/L2 while the micro-kernel sweeps the panels.
+const KC: usize = 512;
+/// Weight rows per packed block (a multiple of `NR`): `NC × KC` f32 (512 KiB) stay in L2 while
+/// every row tile of `a` passes by.
+const NC: usize = 256;
+
+/// One cache line of f32: the unit of the packing buffer, so every panel is 64-byte aligned.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([f32; F32_LANES]);
+
+thread_local! {
+    /// Per-thread packing buffer for `b`, kept across calls so that repeated small GEMMs
+    /// (attention) neither allocate nor fault in fresh pages.
+    static B_PACK: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
+}
+
+/// Transposes a 16 × 16 block held as 16 row vectors.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    let mut u = [_mm512_setzero_ps(); 16];
+    for i in 0..4 {
+        let (lo, hi) = (4 * i, 4 * i + 2);
+        u[4 * i] = _mm512_shuffle_ps::<0x44>(t[lo], t[hi]);
+        u[4 * i + 1] = _mm512_shuffle_ps::<0xee>(t[lo], t[hi]);
+        u[4 * i + 2] = _mm512_shuffle_ps::<0x44>(t[lo + 1], t[hi + 1]);
+        u[4 * i + 3] = _mm512_shuffle_ps::<0xee>(t[lo + 1], t[hi + 1]);
+    }
+    // u[4i + c] holds column c of rows 4i..4i+4 in each 128-bit lane l (columns 4l + c).
+    for i in 0..2 {
+        for c in 0..4 {
+            t[8 * i + c] = _mm512_shuffle_f32x4::<0x88>(u[8 * i + c], u[8 * i + 4 + c]);
+            t[8 * i + 4 + c] = _mm512_shuffle_f32x4::<0xdd>(u[8 * i + c], u[8 * i + 4 + c]);
+        }
+    }
+    let mut out = [_mm512_setzero_ps(); 16];
+    for c in 0..8 {
+        out[c] = _mm512_shuffle_f32x4::<0x88>(t[c], t[8 + c]);
+        out[8 + c] = _mm512_shuffle_f32x4::<0xdd>(t[c], t[8 + c]);
+    }
+    out
+}
+
+/// Mask of the first `len` (at most 16) lanes.
+fn lane_mask(len: usize) -> __mmask16 {
+    if len >= F32_LANES {
+        !0
+    } else {
+        (1u16 << len) - 1
+    }
+}
+
+/// Packs weight rows `j0..j0 + nc` over `k0..k0 + kc` into panels of `NR` rows: panel `q` holds
+/// `dst[q·NR·kc + p·NR + jj] = b[(j0 + q·NR + jj)·k + k0 + p]`, zero for rows past `j0 + nc`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW; `b` is `n × k` with `j0 + nc <= n`, `k0 + kc <= k`,
+/// and `dst` is 64-byte aligned and valid for writing `nc.div_ceil(NR) · NR · kc` f32.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn pack_b(
+    b: &[f32],
+    k: usize,
+    (j0, nc): (usize, usize),
+    (k0, kc): (usize, usize),
+    dst: *mut f32,
+) {
+    for q in 0..nc.div_ceil(NR) {
+        // SAFETY: panel q < nc.div_ceil(NR) lies inside `dst` (contract above).
+        let panel = unsafe { dst.add(q * NR * kc) };
+        for half in 0..NR / F32_LANES {
+            let row0 = q * NR + half * F32_LANES;
+            let rows = nc.saturating_sub(row0).min(F32_LANES);
+            for p0 in (0..kc).step_by(F32_LANES) {
+                let len = F32_LANES.min(kc - p0);
+                let mask = lane_mask(len);
+                let mut block = [_mm512_setzero_ps(); 16];
+                for (r, vec) in block.iter_mut().enumerate().take(rows) {
+                    // SAFETY: row j0 + row0 + r < j0 + nc <= n and the masked lanes stay below
+                    // k0 + kc <= k, so every loaded element is inside `b`.
+                    *vec = unsafe {
+                        _mm512_maskz_loadu_ps(mask, b.as_ptr().add((j0 + row0 + r) * k + k0 + p0))
+                    };
+                }
+                let columns = transpose16(block);
+                for (p, &col) in columns.iter().enumerate().take(len) {
+                    // SAFETY: p0 + p < kc, so the 16 f32 at this offset are inside panel q, and
+                    // the offset is a multiple of 16 f32 from the 64-byte aligned `dst`.
+                    unsafe { _mm512_store_ps(panel.add((p0 + p) * NR + half * F32_LANES), col) };
+                }
+            }
+        }
+    }
+}
+
+/// `c[r·ldc + jj] (+)= Σ_p a[r·lda + p] · panel[p·NR + jj]` for `r < R`, `jj < nr`: one
+/// `R × NR` outer-product tile, accumulated in registers over `kc` and then added to `c`
+/// (`accumulate`) or stored over it.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW; for every `r < R`, `a.add(r * lda)` is valid for
+/// reading `kc` f32 and `c.add(r * ldc)` for reading and writing `nr <= NR` f32; `panel` is
+/// 64-byte aligned and valid for reading `kc · NR` f32.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_f32<const R: usize>(
+    a: *const f32,
+    lda: usize,
+    panel: *const f32,
+    kc: usize,
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for p in 0..kc {
+        // SAFETY: p < kc, so both aligned vectors of row p of the panel are readable.
+        let (b0, b1) = unsafe {
+            (
+                _mm512_load_ps(panel.add(p * NR)),
+                _mm512_load_ps(panel.add(p * NR + F32_LANES)),
+            )
+        };
+        for (r, row_acc) in acc.iter_mut().enumerate() {
+            // SAFETY: r < R and p < kc (contract above).
+            let a_vec = _mm512_set1_ps(unsafe { *a.add(r * lda + p) });
+            row_acc[0] = _mm512_fmadd_ps(a_vec, b0, row_acc[0]);
+            row_acc[1] = _mm512_fmadd_ps(a_vec, b1, row_acc[1]);
+        }
+    }
+    let masks = [lane_mask(nr), lane_mask(nr.saturating_sub(F32_LANES))];
+    for (r, row_acc) in acc.iter().enumerate() {
+        for (half, (&sum, &mask)) in row_acc.iter().zip(&masks).enumerate() {
+            // SAFETY: lanes up to nr of row r < R are valid (contract above); masked-off lanes
+            // are neither read nor written.
+            unsafe {
+                let out = c.add(r * ldc + half * F32_LANES);
+                let value = if accumulate {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out), sum)
+                } else {
+                    sum
+                };
+                _mm512_mask_storeu_ps(out, mask, value);
+            }
+        }
+    }
+}
+
+/// See `GemmKernels::gemm_f32`. Few rows use the dot-product tiles of `gemm_f32_dot`; otherwise
+/// blocks of `b` are packed (per-thread buffer) into panels of `NR` weight rows and an
+/// `MR × NR` outer-product micro-kernel (broadcast activation × two weight vectors) runs over
+/// them, with no horizontal sums.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW, and the shapes must have been checked with
+/// `check_gemm_shapes`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn gemm_f32(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]) {
+    let pack = m >= PACK_MIN_ROWS || (m >= MR && k < DOT_MIN_K);
+    if !pack || n == 0 || k == 0 {
+        // SAFETY: same contract (above).
+        unsafe { gemm_f32_dot(a, b, m, n, k, c) };
+        return;
+    }
+    let mut pack = B_PACK.take();
+    let need = NC.min(n.div_ceil(NR) * NR) * KC.min(k) / F32_LANES;
+    if pack.len() < need {
+        pack.resize(need, Line([0.0; F32_LANES]));
+    }
+    let pack_ptr = pack.as_mut_ptr().cast::<f32>();
+    for j0 in (0..n).step_by(NC) {
+        let nc = NC.min(n - j0);
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            // SAFETY: j0 + nc <= n, k0 + kc <= k, and `pack` holds at least
+            // nc.div_ceil(NR) · NR · kc f32 (sized above), 64-byte aligned as `Line`s.
+            unsafe { pack_b(b, k, (j0, nc), (k0, kc), pack_ptr) };
+            let accumulate = k0 > 0;
+            for i in (0..m).step_by(MR) {
+                let rows = MR.min(m - i);
+                // SAFETY: rows i..i + rows of `a` (m × k) are readable from column k0 for kc
+                // elements.
+                let a_tile = unsafe { a.as_ptr().add(i * k + k0) };
+                for q in 0..nc.div_ceil(NR) {
+                    let j = j0 + q * NR;
+                    let nr = NR.min(n - j);
+                    // SAFETY: panel q was packed above (kc · NR f32, 64-byte aligned); rows
+                    // i..i + rows of `c` (m × n) hold columns j..j + nr; the CPU supports the
+                    // features (contract above).
+                    unsafe {
+                        let panel = pack_ptr.add(q * NR * kc);
+                        let c_tile = c.as_mut_ptr().add(i * n + j);
+                        match rows {
+                            8 => micro_f32::<8>(a_tile, k, panel, kc, c_tile, n, nr, accumulate),
+                            7 => micro_f32::<7>(a_tile, k, panel, kc, c_tile, n, nr, accumulate),
+                            6 => micro_f32::<6>(a_tile, k, panel, kc, c_tile, n, nr, accumulate),
+                            5 => micro_f32::<5>(a_tile, k, panel, kc, c_tile, n, nr, accumulate),
+                            4 => micro_f32::<4>(a_tile, k, panel, kc, c_tile, n, nr, accumulate),
+                            3 => micro_f32::<3>(a_tile, k, panel, kc, c_tile, n, nr, accumulate),
+                            2 => micro_f32::<2>(a_tile, k, panel, kc, c_tile, n, nr, accumulate),
+                            _ => micro_f32::<1>(a_tile, k, panel, kc, c_tile, n, nr, accumulate),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    B_PACK.set(pack);
 }
 
 /// See `GemmKernels::gemm_i8_i32`.
