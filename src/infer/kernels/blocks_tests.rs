@@ -263,7 +263,17 @@ fn hand_computed() {
 fn exact_integer_sums() {
     // da = d = 1 and mn ∈ {0, -8, none}: every result is an integer below 2^24, so every table
     // must return the exact integer block sums.
-    for (m, n, k, seed) in [(1, 1, 32, 1), (5, 7, 96, 2), (9, 13, 384, 3), (4, 4, 64, 4)] {
+    for (m, n, k, seed) in [
+        (1, 1, 32, 1),
+        (5, 7, 96, 2),
+        (9, 13, 384, 3),
+        (4, 4, 64, 4),
+        (21, 9, 96, 5),
+        (133, 7, 2016, 6),
+        (64, 8, 2048, 7),
+        (18, 6, 4096, 8),
+        (37, 10, 1536, 9),
+    ] {
         let mut next = lcg(seed);
         let codes: Vec<i8> = (0..m * k)
             .map(|_| match next() % 6 {
@@ -473,5 +483,17 @@ proptest! {
         let acts = quantize_all(&a, m, k);
         let w = weights(n, k, kind, seed ^ 0x1234);
         check_against_scalar(&acts, &w, n, "random");
+    }
+}
+
+#[test]
+fn large_shapes_use_the_prepared_tiles_and_match_scalar() {
+    for (m, n, k) in [(21, 9, 96), (133, 7, 2016), (37, 10, 1536), (18, 5, 4096)] {
+        let a = acts_input(m, k, 31);
+        let acts = quantize_all(&a, m, k);
+        for kind in 0..4 {
+            let w = weights(n, k, kind, 40 + kind);
+            check_against_scalar(&acts, &w, n, "large shapes");
+        }
     }
 }

@@ -10,14 +10,18 @@
 //! blocked with a contiguous offset copy of the activation block); tails of `k` use masked
 //! loads, which read only the selected bytes.
 //!
-//! The block kernels (see `kernels::blocks`) use 256-bit `vpdpbusd` (AVX-512 VL): one 32-element
-//! block per vector, so activations and weights keep their natural order. A block's 8 i32 lane
-//! sums are converted to f32 (exact: `|lane| ≤ 4·255·128`), multiplied by the activation block
-//! scale and added with an FMA of the weight block scale into an f32 accumulator per output;
-//! lanes are reduced once per output at the end. Q4 nibbles are unsigned already
-//! (`vpdpbusd(q, a)`); int8 weights are offset (`w ^ 0x80 = w + 128`) and the lane sums start
-//! from `-128·Σ a` (computed per activation vector with one more `vpdpbusd`), so every block
-//! sum is exact for any i8 codes.
+//! The block kernels (see `kernels::blocks`) use 512-bit `vpdpbusd` over two consecutive
+//! 32-element blocks per vector (lanes 0–7 block `b`, 8–15 block `b + 1`; an odd final block
+//! uses the low half with masked accumulation), so activations and weights keep their natural
+//! order. A block's 8 i32 lane sums are converted to f32 (exact: `|lane| ≤ 4·255·128`),
+//! multiplied by the activation block scales and added with an FMA of the weight block scales
+//! into an f32 accumulator per output; the lanes of a 4 × 4 tile are reduced together at the
+//! end. Q4 nibbles are unsigned already (`vpdpbusd(q, a)`); for int8 weights the activations
+//! are offset instead (`u = a ^ 0x80 = a + 128`, once per activation vector, shared by the
+//! tile's columns) and each weight vector's lane sums start from `-128·Σ w` (one more
+//! `vpdpbusd`, shared by the tile's rows), so every block sum is exact for any i8 codes. With
+//! enough activation rows, a tile of weight rows is prepared once per chunk of rows (Q4 codes
+//! decoded to bytes, the int8 starts precomputed) and then meets every row of the chunk.
 
 use std::arch::x86_64::*;
 
@@ -214,113 +218,385 @@ pub(super) unsafe fn gemm_i8_i32(
     }
 }
 
-/// Weight rows per register tile of the block GEMMs (ROWS × BLOCK_COLS = 16 f32 accumulators).
+/// Activation rows per register tile of the block GEMMs.
+const BLOCK_ROWS: usize = 4;
+/// Weight rows per register tile of the block GEMMs (BLOCK_ROWS × BLOCK_COLS = 16 zmm f32
+/// accumulators).
 const BLOCK_COLS: usize = 4;
+/// Activation bytes per row chunk of the block GEMMs: every weight tile passes over one chunk
+/// of activation rows, which stays in L2 while the weights stream through once per chunk.
+const BLOCK_CHUNK_BYTES: usize = 256 * 1024;
+/// Lanes of 32-bit `vpdpbusd` sums per 32-element block.
+const BLOCK_LANES: usize = 8;
+
+/// Mask of the lanes of the first block of a pair (the only block of an odd final one).
+const FIRST_BLOCK: __mmask16 = (1 << BLOCK_LANES) - 1;
+
+/// Spreads two consecutive block scales (at `p`) over the lanes of their blocks: lanes 0–7
+/// get `p[0]`, lanes 8–15 `p[1]`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F; `p` must be valid for reading 2 f32.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn pair_scales(p: *const f32) -> __m512 {
+    // SAFETY: 8 readable bytes (contract above); `_mm_loadl_epi64` reads them unaligned.
+    let two = unsafe { _mm_loadl_epi64(p.cast()) };
+    let index = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    _mm512_permutexvar_ps(index, _mm512_castps128_ps512(_mm_castsi128_ps(two)))
+}
+
+/// The 64 4-bit codes of two consecutive Q4 blocks (32 bytes at `p`) as 64 bytes in element
+/// order (the layout of [`load_q4_block`], twice).
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW; `p` must be valid for reading 32 bytes.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn load_q4_pair(p: *const u8) -> __m512i {
+    // SAFETY: 32 readable bytes (contract above); loadu has no alignment requirement.
+    let bytes = unsafe { _mm256_loadu_si256(p.cast()) };
+    // 128-bit lanes [b, b, b + 1, b + 1]; the second copy of each block shifts its high
+    // nibbles down (16-bit elements 8..16 and 24..32).
+    let index = _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3);
+    let both = _mm512_permutexvar_epi64(index, _mm512_castsi256_si512(bytes));
+    let shifted = _mm512_mask_srli_epi16(both, 0xff00_ff00, both, 4);
+    _mm512_and_si512(shifted, _mm512_set1_epi8(0x0f))
+}
+
+/// Sums of the 16 accumulators of a 4 × 4 tile (`v[r * 4 + c]`): lane `4·r + c` of the result.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn reduce_4x4(v: &[__m512; 16]) -> __m512 {
+    // Pairs of columns: per 128-bit lane [x0+x2, y0+y2, x1+x3, y1+y3].
+    let mut t = [_mm512_setzero_ps(); 8];
+    for (t, pair) in t.iter_mut().zip(v.chunks_exact(2)) {
+        *t = _mm512_add_ps(
+            _mm512_unpacklo_ps(pair[0], pair[1]),
+            _mm512_unpackhi_ps(pair[0], pair[1]),
+        );
+    }
+    // Rows: per 128-bit lane the 4 columns of the row.
+    let mut s = [_mm512_setzero_ps(); 4];
+    for (s, pair) in s.iter_mut().zip(t.chunks_exact(2)) {
+        let (x, y) = (_mm512_castps_pd(pair[0]), _mm512_castps_pd(pair[1]));
+        *s = _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)),
+        );
+    }
+    // 128-bit lanes [0 + 1, 2 + 3] of two rows, then of all four.
+    let u01 = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x88>(s[0], s[1]),
+        _mm512_shuffle_f32x4::<0xdd>(s[0], s[1]),
+    );
+    let u23 = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x88>(s[2], s[3]),
+        _mm512_shuffle_f32x4::<0xdd>(s[2], s[3]),
+    );
+    _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x88>(u01, u23),
+        _mm512_shuffle_f32x4::<0xdd>(u01, u23),
+    )
+}
+
+/// i32 lanes per 512-bit vector: one step of two blocks.
+const STEP_LANES: usize = 16;
+/// Fewest activation rows per chunk for which column tiles are prepared ([`prepare_cols`]).
+const PREP_MIN_ROWS: usize = 16;
+/// Largest `k` for which column tiles are prepared.
+const PREP_MAX_K: usize = 2048;
+
+/// Prepares the weight rows `0..cols` at `w` (`ldw` bytes each) for [`block_tile`]: Q4 codes
+/// decoded to bytes in element order (`codes`, row `c` at `c * nb * 32`); for i8 the lane
+/// starts `-128·Σ w` of every step of two blocks (`starts`, 16 i32 per row and step, row `c`
+/// at `c * steps * 16`; an odd final block has zero high lanes); for both, the weight block
+/// scales `d` spread over the lanes of each step (`d_exp`, laid out as `starts`).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and VNNI; for every `c < cols`, `w.add(c * ldw)`
+/// must be valid for reading `nb` blocks and `d.add(c * nb)` for `nb` f32; if `U4`, `codes`
+/// holds `cols · nb · 32` bytes, else `starts` holds `cols · ⌈nb / 2⌉ · 16` i32; `d_exp` holds
+/// `cols · ⌈nb / 2⌉ · 16` f32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn prepare_cols<const U4: bool>(
+    (w, ldw): (*const u8, usize),
+    cols: usize,
+    nb: usize,
+    codes: &mut [u8],
+    starts: &mut [i32],
+    (d, d_exp): (*const f32, &mut [f32]),
+) {
+    let zero = _mm512_setzero_si512();
+    let offset = _mm512_set1_epi8(0x80u8 as i8);
+    let low: __mmask64 = (1 << QK) - 1;
+    let steps = nb.div_ceil(2);
+    for c in 0..cols {
+        for s in 0..steps {
+            let b = 2 * s;
+            let pair = b + 2 <= nb;
+            let d_vec = if pair {
+                // SAFETY: d of row c has nb > b + 1 entries (contract above).
+                unsafe { pair_scales(d.add(c * nb + b)) }
+            } else {
+                // SAFETY: d of row c has nb > b entries (contract above).
+                _mm512_set1_ps(unsafe { *d.add(c * nb + b) })
+            };
+            let out = &mut d_exp[(c * steps + s) * STEP_LANES..][..STEP_LANES];
+            // SAFETY: `out` holds 16 f32.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), d_vec) };
+            if U4 {
+                let block = w.wrapping_add(c * ldw + b * QK / 2);
+                let out = &mut codes[(c * nb + b) * QK..][..if pair { 2 * QK } else { QK }];
+                if pair {
+                    // SAFETY: blocks b and b + 1 of row c are readable (contract); `out` holds
+                    // 64 bytes.
+                    unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), load_q4_pair(block)) };
+                } else {
+                    // SAFETY: block b of row c is readable (contract); `out` holds 32 bytes.
+                    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), load_q4_block(block)) };
+                }
+            } else {
+                let mask = if pair { u64::MAX } else { low };
+                // SAFETY: the mask selects the bytes of blocks b (and b + 1 if it exists) of
+                // row c, readable (contract).
+                let q = unsafe { _mm512_maskz_loadu_epi8(mask, w.add(c * ldw + b * QK).cast()) };
+                let start = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, q));
+                let out = &mut starts[(c * steps + s) * STEP_LANES..][..STEP_LANES];
+                // SAFETY: `out` holds 16 i32.
+                unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), start) };
+            }
+        }
+    }
+}
+
+/// Sums of 4 accumulators (`v[c]`): lane `c` of the result (lanes 4..16 are partial sums).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn reduce_1x4(v: &[__m512; 4]) -> __m128 {
+    // As `reduce_4x4` for one row: per 128-bit lane the 4 columns, then the 4 lanes added.
+    let t0 = _mm512_add_ps(
+        _mm512_unpacklo_ps(v[0], v[1]),
+        _mm512_unpackhi_ps(v[0], v[1]),
+    );
+    let t1 = _mm512_add_ps(
+        _mm512_unpacklo_ps(v[2], v[3]),
+        _mm512_unpackhi_ps(v[2], v[3]),
+    );
+    let (x, y) = (_mm512_castps_pd(t0), _mm512_castps_pd(t1));
+    let s = _mm512_add_ps(
+        _mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+        _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)),
+    );
+    let h = _mm256_add_ps(
+        _mm512_castps512_ps256(s),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s))),
+    );
+    _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h))
+}
 
 /// f32 sums over the blocks of `R` activation rows × `C` weight rows of
-/// `da · d · Σ_block a·q` (the `mn` term excluded).
+/// `da · d · Σ_block a·q` (the `mn` term excluded), per output still spread over 16 lanes.
 ///
-/// `U4` selects the weight format: 16 bytes of nibbles per block, or 32 i8 per block.
+/// Each 512-bit step covers two blocks (lanes 0–7 block `b`, 8–15 block `b + 1`); an odd final
+/// block uses the low half with the high lanes masked off. Q4 codes (decoded by
+/// [`prepare_cols`] if `PREP`, else per step) are the unsigned `vpdpbusd` operand against the
+/// activations. For i8 the activations are offset (`u = a ^ 0x80 = a + 128`, once per row and
+/// step) and each weight row's lane sums start from `-128·Σ w` (prepared if `PREP`, else one
+/// `vpdpbusd` per row and step), so `Σ u·w - 128·Σ w = Σ a·w` exactly for any i8 codes.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW, VL and VNNI. For every `r < R`, `a.add(r * lda)` must be
 /// valid for reading `nb * 32` bytes and `da.add(r * nb)` for `nb` f32; for every `c < C`,
-/// `w.add(c * ldw)` must be valid for reading `nb` blocks and `d.add(c * nb)` for `nb` f32.
+/// `w.add(c * ldw)` must be valid for reading `nb` blocks (as described next) and
+/// `d.add(c * nb)` for `nb` f32. If `PREP`, the weights were prepared by [`prepare_cols`]: `w` points at 32 bytes per
+/// block in element order (Q4 codes decoded), `d_exp` holds `C · ⌈nb / 2⌉ · 16` f32 and, unless
+/// `U4`, `starts` as many i32. Otherwise `w` holds the raw codes (16 bytes of nibbles or 32 i8
+/// per block) and `starts` / `d_exp` are not read.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn block_tile<const R: usize, const C: usize, const U4: bool>(
+unsafe fn block_tile<const R: usize, const C: usize, const U4: bool, const PREP: bool>(
     (a, lda, da): (*const i8, usize, *const f32),
     (w, ldw, d): (*const u8, usize, *const f32),
+    (starts, d_exp): (*const i32, *const f32),
     nb: usize,
-) -> [[f32; C]; R] {
-    let block_bytes = if U4 { QK / 2 } else { QK };
-    let zero = _mm256_setzero_si256();
-    let offset = _mm256_set1_epi8(0x80u8 as i8);
-    let mut sums = [[_mm256_setzero_ps(); C]; R];
-    for b in 0..nb {
-        let mut w_vecs = [zero; C];
-        let mut d_vecs = [_mm256_setzero_ps(); C];
-        for (c, (w_vec, d_vec)) in w_vecs.iter_mut().zip(&mut d_vecs).enumerate() {
+) -> [[__m512; C]; R] {
+    let zero = _mm512_setzero_si512();
+    let offset = _mm512_set1_epi8(0x80u8 as i8);
+    let steps = nb.div_ceil(2);
+    let block_bytes = if U4 && !PREP { QK / 2 } else { QK };
+    let mut sums = [[_mm512_setzero_ps(); C]; R];
+    let mut w_vecs = [zero; C];
+    let mut start_vecs = [zero; C];
+    let mut d_vecs = [_mm512_setzero_ps(); C];
+    for s in 0..nb / 2 {
+        let b = 2 * s;
+        for c in 0..C {
             let block = w.wrapping_add(c * ldw + b * block_bytes);
-            *w_vec = if U4 {
-                // SAFETY: block b of weight row c is readable (contract above).
-                unsafe { load_q4_block(block) }
+            w_vecs[c] = if U4 && !PREP {
+                // SAFETY: blocks b and b + 1 of weight row c are readable (contract above).
+                unsafe { load_q4_pair(block) }
             } else {
-                // SAFETY: as above; 32 bytes.
-                let q = unsafe { _mm256_loadu_si256(block.cast()) };
-                _mm256_xor_si256(q, offset)
+                // SAFETY: as above, 64 bytes.
+                unsafe { _mm512_loadu_si512(block.cast()) }
             };
-            // SAFETY: d of row c has nb entries (contract above).
-            *d_vec = _mm256_set1_ps(unsafe { *d.add(c * nb + b) });
+            if !U4 {
+                start_vecs[c] = if PREP {
+                    // SAFETY: `starts` holds 16 i32 per row and step (contract above).
+                    unsafe { _mm512_loadu_si512(starts.add((c * steps + s) * STEP_LANES).cast()) }
+                } else {
+                    _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, w_vecs[c]))
+                };
+            }
+            d_vecs[c] = if PREP {
+                // SAFETY: `d_exp` holds 16 f32 per row and step (contract above).
+                unsafe { _mm512_loadu_ps(d_exp.add((c * steps + s) * STEP_LANES)) }
+            } else {
+                // SAFETY: d of row c has nb > b + 1 entries (contract above).
+                unsafe { pair_scales(d.add(c * nb + b)) }
+            };
         }
         for (r, row_sums) in sums.iter_mut().enumerate() {
-            // SAFETY: block b of activation row r is readable (contract above).
-            let a_vec = unsafe { _mm256_loadu_si256(a.add(r * lda + b * QK).cast()) };
-            // SAFETY: da of row r has nb entries (contract above).
-            let da_vec = _mm256_set1_ps(unsafe { *da.add(r * nb + b) });
-            // Offset weights: start each lane at -128·Σa so it ends at Σ w·a.
-            let start = if U4 {
-                zero
-            } else {
-                _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, offset, a_vec))
-            };
-            for (sum, (&w_vec, &d_vec)) in row_sums.iter_mut().zip(w_vecs.iter().zip(&d_vecs)) {
-                let lanes = _mm256_dpbusd_epi32(start, w_vec, a_vec);
-                let scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(lanes), da_vec);
-                *sum = _mm256_fmadd_ps(scaled, d_vec, *sum);
+            // SAFETY: blocks b and b + 1 of activation row r are readable (contract above).
+            let a_vec = unsafe { _mm512_loadu_si512(a.add(r * lda + b * QK).cast()) };
+            // SAFETY: da of row r has nb > b + 1 entries (contract above).
+            let da_vec = unsafe { pair_scales(da.add(r * nb + b)) };
+            let u_vec = _mm512_xor_si512(a_vec, offset);
+            for c in 0..C {
+                let lanes = if U4 {
+                    _mm512_dpbusd_epi32(zero, w_vecs[c], a_vec)
+                } else {
+                    _mm512_dpbusd_epi32(start_vecs[c], u_vec, w_vecs[c])
+                };
+                let scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(lanes), da_vec);
+                row_sums[c] = _mm512_fmadd_ps(scaled, d_vecs[c], row_sums[c]);
             }
         }
     }
-    let mut out = [[0.0f32; C]; R];
-    for (out_row, row_sums) in out.iter_mut().zip(&sums) {
-        for (out, &sum) in out_row.iter_mut().zip(row_sums) {
-            *out = super::avx2::hsum_f32(sum);
+    if nb % 2 == 1 {
+        // Odd final block: the low 256 bits, zero high lanes, masked accumulation.
+        let (b, s) = (nb - 1, steps - 1);
+        let low: __mmask64 = (1 << QK) - 1;
+        for c in 0..C {
+            let block = w.wrapping_add(c * ldw + b * block_bytes);
+            w_vecs[c] = if U4 && !PREP {
+                // SAFETY: block b of weight row c is readable (contract above).
+                _mm512_maskz_mov_epi8(low, _mm512_castsi256_si512(unsafe { load_q4_block(block) }))
+            } else {
+                // SAFETY: block b of weight row c is readable; the mask selects its bytes only.
+                unsafe { _mm512_maskz_loadu_epi8(low, block.cast()) }
+            };
+            if !U4 {
+                start_vecs[c] = if PREP {
+                    // SAFETY: as in the loop above.
+                    unsafe { _mm512_loadu_si512(starts.add((c * steps + s) * STEP_LANES).cast()) }
+                } else {
+                    _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, w_vecs[c]))
+                };
+            }
+            // SAFETY: d of row c has nb > b entries (contract above).
+            d_vecs[c] = _mm512_set1_ps(unsafe { *d.add(c * nb + b) });
+        }
+        for (r, row_sums) in sums.iter_mut().enumerate() {
+            // SAFETY: block b of activation row r is readable; the mask selects its bytes only.
+            let a_vec = unsafe { _mm512_maskz_loadu_epi8(low, a.add(r * lda + b * QK)) };
+            // SAFETY: da of row r has nb > b entries (contract above).
+            let da_vec = _mm512_set1_ps(unsafe { *da.add(r * nb + b) });
+            let u_vec = _mm512_xor_si512(a_vec, offset);
+            for c in 0..C {
+                let lanes = if U4 {
+                    _mm512_dpbusd_epi32(zero, w_vecs[c], a_vec)
+                } else {
+                    _mm512_dpbusd_epi32(start_vecs[c], u_vec, w_vecs[c])
+                };
+                let scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(lanes), da_vec);
+                row_sums[c] = _mm512_mask3_fmadd_ps(scaled, d_vecs[c], row_sums[c], FIRST_BLOCK);
+            }
         }
     }
-    out
+    sums
 }
 
-/// Adds one `R × C` tile of [`block_tile`] to `y` at `(i, j)`.
+/// Adds one `R × C` tile of [`block_tile`] to `y` at `(i, j)`; `w` and `starts` are the
+/// prepared column tile starting at column `j` ([`prepare_cols`]).
 ///
 /// # Safety
-/// The CPU must support AVX-512 F, BW, VL and VNNI; the shapes of `a`, `w` (`n` rows of `ldw`
-/// bytes, `ldw` = `nb` blocks), `d` and `y` (`m` rows of stride `ldy`) must have been checked
-/// with `check_block_gemm_shapes`, `i + R <= m` and `j + C <= n`.
+/// The CPU must support AVX-512 F, BW, VL and VNNI; the shapes of `a`, `d` and `y` (`m` rows of
+/// stride `ldy`) must have been checked with `check_block_gemm_shapes`, `i + R <= m`,
+/// `j + C <= n`, and `w` / `starts` / `d_exp` must satisfy the contract of [`block_tile`] for `C`
+/// rows.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn add_block_tile<const R: usize, const C: usize, const U4: bool>(
+unsafe fn add_block_tile<const R: usize, const C: usize, const U4: bool, const PREP: bool>(
     a: &BlockActsView<'_>,
-    w: *const u8,
-    ldw: usize,
+    (w, ldw, starts, d_exp): (*const u8, usize, *const i32, *const f32),
     d: &[f32],
     y: &mut [f32],
     ldy: usize,
     (i, j): (usize, usize),
 ) {
     let nb = a.k / QK;
-    // SAFETY: rows i..i+R of the activations and j..j+C of the weights exist (contract), so
-    // each row pointer is readable for its nb blocks and nb scales.
+    // SAFETY: rows i..i+R of the activations and j..j+C of `d` exist (contract), so each row
+    // pointer is readable for its nb blocks and nb scales; `w` and `starts` as required.
     let sums = unsafe {
-        block_tile::<R, C, U4>(
+        block_tile::<R, C, U4, PREP>(
             (
                 a.codes.as_ptr().add(i * a.k),
                 a.k,
                 a.scales.as_ptr().add(i * nb),
             ),
-            (w.add(j * ldw), ldw, d.as_ptr().add(j * nb)),
+            (w, ldw, d.as_ptr().add(j * nb)),
+            (starts, d_exp),
             nb,
         )
     };
-    for (r, row) in sums.iter().enumerate() {
+    let mut r = 0;
+    if C == 4 {
+        // Groups of 4 rows: one tree reduction of their 16 accumulators.
+        while r + 4 <= R {
+            let mut flat = [_mm512_setzero_ps(); 16];
+            for (dst, &src) in flat.iter_mut().zip(sums[r..r + 4].iter().flatten()) {
+                *dst = src;
+            }
+            let mut out = [0.0f32; 16];
+            // SAFETY: `out` holds 16 f32; storeu has no alignment requirement.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), reduce_4x4(&flat)) };
+            for (g, row) in out.chunks_exact(4).enumerate() {
+                let y_row = &mut y[(i + r + g) * ldy + j..][..4];
+                for (out, &sum) in y_row.iter_mut().zip(row) {
+                    *out += sum;
+                }
+            }
+            r += 4;
+        }
+    }
+    for (r, row) in sums.iter().enumerate().skip(r) {
         let y_row = &mut y[(i + r) * ldy + j..][..C];
+        if C == 4 {
+            let mut flat = [_mm512_setzero_ps(); 4];
+            for (dst, &src) in flat.iter_mut().zip(row) {
+                *dst = src;
+            }
+            let mut out = [0.0f32; 4];
+            // SAFETY: `out` holds 4 f32; storeu has no alignment requirement.
+            unsafe { _mm_storeu_ps(out.as_mut_ptr(), reduce_1x4(&flat)) };
+            for (out, &sum) in y_row.iter_mut().zip(&out) {
+                *out += sum;
+            }
+            continue;
+        }
         for (out, &sum) in y_row.iter_mut().zip(row) {
-            *out += sum;
+            *out += _mm512_reduce_add_ps(sum);
         }
     }
 }
 
 /// Adds `Σ_b da · d · isum` to `y` (the caller initialised `y` with the `mn` term).
+///
+/// Rows are processed in chunks of about [`BLOCK_CHUNK_BYTES`] of activations; within a chunk,
+/// every tile of weight rows is prepared once ([`prepare_cols`], in L1) and meets all the
+/// chunk's activation rows (in L2).
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW, VL and VNNI; the shapes must have been checked with
@@ -333,29 +609,94 @@ unsafe fn gemm_blocks<const U4: bool>(
     y: &mut [f32],
     ldy: usize,
 ) {
-    let m = a.m;
-    let mut j = 0;
-    while j < n {
-        let full_cols = j + BLOCK_COLS <= n;
-        let mut i = 0;
-        while i < m {
-            let full_rows = i + ROWS <= m;
-            let ij = (i, j);
-            // SAFETY: each arm's tile fits inside m × n at (i, j) (checked by the conditions),
-            // the shapes were checked and the CPU has the features (contract above).
-            unsafe {
-                match (full_rows, full_cols) {
-                    (true, true) => {
-                        add_block_tile::<ROWS, BLOCK_COLS, U4>(a, w, ldw, d, y, ldy, ij)
-                    }
-                    (false, true) => add_block_tile::<1, BLOCK_COLS, U4>(a, w, ldw, d, y, ldy, ij),
-                    (true, false) => add_block_tile::<ROWS, 1, U4>(a, w, ldw, d, y, ldy, ij),
-                    (false, false) => add_block_tile::<1, 1, U4>(a, w, ldw, d, y, ldy, ij),
-                }
-            }
-            i += if full_rows { ROWS } else { 1 };
+    let (m, k) = (a.m, a.k);
+    let nb = k / QK;
+    let chunk = (BLOCK_CHUNK_BYTES / k.max(1) / BLOCK_ROWS * BLOCK_ROWS).max(BLOCK_ROWS);
+    // Preparing a column tile pays off once it meets enough activation rows, and while the
+    // prepared tile, the raw tile and the rows still fit L1.
+    let prep = m.min(chunk) >= PREP_MIN_ROWS && k <= PREP_MAX_K;
+    let (mut codes, mut starts, mut d_exp) = (Vec::new(), Vec::new(), Vec::new());
+    if prep {
+        d_exp = vec![0.0f32; BLOCK_COLS * nb.div_ceil(2) * STEP_LANES];
+        if U4 {
+            codes = vec![0u8; BLOCK_COLS * k];
+        } else {
+            starts = vec![0i32; BLOCK_COLS * nb.div_ceil(2) * STEP_LANES];
         }
-        j += if full_cols { BLOCK_COLS } else { 1 };
+    }
+    let mut i0 = 0;
+    while i0 < m {
+        let i1 = m.min(i0 + chunk);
+        let mut j = 0;
+        while j < n {
+            let full_cols = j + BLOCK_COLS <= n;
+            let cols = if full_cols { BLOCK_COLS } else { 1 };
+            let tile_w = if prep {
+                // SAFETY: weight rows j..j+cols exist (j + cols <= n) with nb blocks of `ldw`
+                // bytes; the buffers hold BLOCK_COLS >= cols rows; the CPU has the features.
+                unsafe {
+                    prepare_cols::<U4>(
+                        (w.add(j * ldw), ldw),
+                        cols,
+                        nb,
+                        &mut codes,
+                        &mut starts,
+                        (d.as_ptr().add(j * nb), &mut d_exp),
+                    )
+                };
+                if U4 {
+                    (codes.as_ptr(), k, starts.as_ptr(), d_exp.as_ptr())
+                } else {
+                    (w.wrapping_add(j * ldw), k, starts.as_ptr(), d_exp.as_ptr())
+                }
+            } else {
+                (
+                    w.wrapping_add(j * ldw),
+                    ldw,
+                    starts.as_ptr(),
+                    d_exp.as_ptr(),
+                )
+            };
+            let mut i = i0;
+            while i < i1 {
+                let full_rows = i + BLOCK_ROWS <= i1;
+                let ij = (i, j);
+                // SAFETY: each arm's tile fits inside m × n at (i, j) (checked by the
+                // conditions, i1 <= m), the column tile was prepared for `cols` rows if
+                // `prep`, the shapes were checked and the CPU has the features (contract above).
+                unsafe {
+                    match (full_rows, full_cols, prep) {
+                        (true, true, true) => add_block_tile::<BLOCK_ROWS, BLOCK_COLS, U4, true>(
+                            a, tile_w, d, y, ldy, ij,
+                        ),
+                        (false, true, true) => {
+                            add_block_tile::<1, BLOCK_COLS, U4, true>(a, tile_w, d, y, ldy, ij)
+                        }
+                        (true, false, true) => {
+                            add_block_tile::<BLOCK_ROWS, 1, U4, true>(a, tile_w, d, y, ldy, ij)
+                        }
+                        (false, false, true) => {
+                            add_block_tile::<1, 1, U4, true>(a, tile_w, d, y, ldy, ij)
+                        }
+                        (true, true, false) => add_block_tile::<BLOCK_ROWS, BLOCK_COLS, U4, false>(
+                            a, tile_w, d, y, ldy, ij,
+                        ),
+                        (false, true, false) => {
+                            add_block_tile::<1, BLOCK_COLS, U4, false>(a, tile_w, d, y, ldy, ij)
+                        }
+                        (true, false, false) => {
+                            add_block_tile::<BLOCK_ROWS, 1, U4, false>(a, tile_w, d, y, ldy, ij)
+                        }
+                        (false, false, false) => {
+                            add_block_tile::<1, 1, U4, false>(a, tile_w, d, y, ldy, ij)
+                        }
+                    }
+                }
+                i += if full_rows { BLOCK_ROWS } else { 1 };
+            }
+            j += cols;
+        }
+        i0 = i1;
     }
 }
 
