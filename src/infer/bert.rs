@@ -558,7 +558,10 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
                 cfg.layer_norm_eps,
             );
             self.lin(&names.inter, &x, m, h, f, &mut inter)?;
-            cfg.hidden_act.apply(&mut inter, math);
+            // Element-wise, so split over the rayon pool in whole rows.
+            inter
+                .par_chunks_mut(f * PAR_ROWS)
+                .for_each(|chunk| cfg.hidden_act.apply(chunk, math));
             self.lin(&names.out, &inter, m, f, h, &mut tmp)?;
             add_assign(&mut x, &tmp);
             layer_norm(
@@ -667,14 +670,27 @@ pub fn detect_prefix<T: TensorSource + ?Sized>(tensors: &T) -> Result<String, Be
     ))
 }
 
+/// Rows per parallel task of the element-wise steps (residual adds, LayerNorm, GELU).
+const PAR_ROWS: usize = 64;
+
 fn add_assign(x: &mut [f32], y: &[f32]) {
-    for (a, &b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
+    x.par_chunks_mut(4096)
+        .zip(y.par_chunks(4096))
+        .for_each(|(x, y)| {
+            for (a, &b) in x.iter_mut().zip(y) {
+                *a += b;
+            }
+        });
 }
 
-/// Row-wise LayerNorm in place (statistics in f64, biased variance as in PyTorch).
+/// Row-wise LayerNorm in place, rows split over the rayon pool.
 fn layer_norm(x: &mut [f32], h: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+    x.par_chunks_mut(h * PAR_ROWS)
+        .for_each(|rows| layer_norm_rows(rows, h, gamma, beta, eps));
+}
+
+/// LayerNorm of whole rows (statistics in f64, biased variance as in PyTorch).
+fn layer_norm_rows(x: &mut [f32], h: usize, gamma: &[f32], beta: &[f32], eps: f32) {
     let eps = f64::from(eps);
     for row in x.chunks_exact_mut(h) {
         let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / h as f64;
