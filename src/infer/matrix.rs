@@ -3,8 +3,11 @@
 //! with the block kernels of [`crate::infer::kernels::blocks`].
 //!
 //! Every format becomes `value = d · q + mn` per 32-element block of a row:
-//! - int8 per-channel / per-tensor (`q` i8, `d` = the row's scale, `mn` = `-d · zero_point` when
-//!   asymmetric),
+//! - int8 per-channel / per-tensor, symmetric: `q` i8 with one scale per row
+//!   ([`BlockCodes::I8Rows`], `d` = the `n` row scales, a per-tensor scale replicated), run by
+//!   the per-row kernel (`gemm_blocks_i8_rows`: the row scale multiplies each output once);
+//! - int8 per-channel / per-tensor, asymmetric (`q` i8, `d` = the row's scale in every block,
+//!   `mn` = `-d · zero_point`),
 //! - GGUF Q8_0 (`q` i8, `d` = the block's f16 scale),
 //! - int4 group-wise (group 32, 64 or 128: every group covers whole blocks; `q` = the stored
 //!   offset-binary nibble `q4 + 8`, `d` = the group scale, `mn = -(8 + zero_point) · d`),
@@ -24,6 +27,9 @@ use super::kernels::GemmKernels;
 pub enum BlockCodes {
     /// One i8 per element, `n × k`.
     I8(Vec<i8>),
+    /// One i8 per element, `n × k`, with one scale per row (`BlockMatrix::d` has `n` entries,
+    /// `mn` is `None`): symmetric int8 per-channel weights.
+    I8Rows(Vec<i8>),
     /// One nibble per element in `0..=15`, 16 bytes per block in ggml order.
     U4(Vec<u8>),
 }
@@ -34,7 +40,7 @@ pub struct BlockMatrix {
     pub n: usize,
     pub k: usize,
     pub codes: BlockCodes,
-    /// Per block, `n × k / 32`.
+    /// Per block, `n × k / 32`; per row (`n`) for [`BlockCodes::I8Rows`].
     pub d: Vec<f32>,
     /// Per block, `n × k / 32`; `None` = all zero (only for i8 codes).
     pub mn: Option<Vec<f32>>,
@@ -78,7 +84,8 @@ fn blocks_of(n: usize, k: usize) -> Result<usize, MatrixError> {
 
 impl BlockMatrix {
     /// int8 `[n, k]` with one scale per row (or one for all) and optional zero points (one per
-    /// scale): `value = (q - z) · s`.
+    /// scale): `value = (q - z) · s`. Without zero points the matrix keeps one scale per row
+    /// ([`BlockCodes::I8Rows`]); with them, per-block scales and offsets ([`BlockCodes::I8`]).
     pub fn from_int8(
         q: &[i8],
         scales: &[f32],
@@ -93,6 +100,17 @@ impl BlockMatrix {
         }
         if !zero_points.is_empty() {
             expect_len("weight_zero_point", zero_points.len(), scales.len())?;
+        }
+        let row_scale = |row: usize| scales[if scales.len() == 1 { 0 } else { row }];
+        if zero_points.is_empty() {
+            return Ok(BlockMatrix {
+                n,
+                k,
+                codes: BlockCodes::I8Rows(q.to_vec()),
+                d: (0..n).map(row_scale).collect(),
+                mn: None,
+                stored_as: "int8",
+            });
         }
         let per_row = k / QK;
         let mut d = Vec::with_capacity(blocks);
@@ -226,13 +244,14 @@ impl BlockMatrix {
                 d: &self.d,
                 mn: self.mn.as_deref().unwrap_or(&[]),
             },
+            BlockCodes::I8Rows(q) => BlockWeightsRef::I8Rows { q, d_row: &self.d },
         }
     }
 
     /// Bytes held in memory.
     pub fn memory_bytes(&self) -> usize {
         let codes = match &self.codes {
-            BlockCodes::I8(q) => q.len(),
+            BlockCodes::I8(q) | BlockCodes::I8Rows(q) => q.len(),
             BlockCodes::U4(q) => q.len(),
         };
         codes + 4 * self.d.len() + 4 * self.mn.as_ref().map_or(0, Vec::len)
@@ -240,12 +259,18 @@ impl BlockMatrix {
 
     /// The dequantized weights `[n, k]` (`d · q + mn`), for tests and fallbacks.
     pub fn dequantize(&self) -> Vec<f32> {
+        let blocks = self.n * (self.k / QK);
+        let per_row = (self.k / QK).max(1);
         let mut out = Vec::with_capacity(self.n * self.k);
-        for block in 0..self.d.len() {
-            let (d, mn) = (self.d[block], self.mn.as_ref().map_or(0.0, |mn| mn[block]));
+        for block in 0..blocks {
+            let d = match &self.codes {
+                BlockCodes::I8Rows(_) => self.d[block / per_row],
+                _ => self.d[block],
+            };
+            let mn = self.mn.as_ref().map_or(0.0, |mn| mn[block]);
             for t in 0..QK {
                 let q = match &self.codes {
-                    BlockCodes::I8(q) => f32::from(q[block * QK + t]),
+                    BlockCodes::I8(q) | BlockCodes::I8Rows(q) => f32::from(q[block * QK + t]),
                     BlockCodes::U4(q) => {
                         let byte = q[block * QK / 2 + t % (QK / 2)];
                         f32::from(if t < QK / 2 { byte & 0xF } else { byte >> 4 })
@@ -397,6 +422,53 @@ mod tests {
             BlockMatrix::from_int8(&q[..n * 48], &scales, &[], n, 48),
             Err(MatrixError::Width { k: 48 })
         ));
+    }
+
+    #[test]
+    fn symmetric_int8_keeps_one_scale_per_row() {
+        let (n, k) = (5, 96);
+        let q: Vec<i8> = (0..n * k)
+            .map(|i| match i % 7 {
+                0 => -128,
+                1 => 127,
+                _ => ((i * 53) % 255) as i32 as i8,
+            })
+            .collect();
+        let scales = [0.01f32, 0.02, 0.005, 0.5, 1e-4];
+        let matrix = BlockMatrix::from_int8(&q, &scales, &[], n, k).unwrap();
+        assert!(matches!(matrix.codes, BlockCodes::I8Rows(_)));
+        assert_eq!(matrix.d, scales);
+        assert!(matrix.mn.is_none());
+        assert_eq!(matrix.memory_bytes(), n * k + 4 * n);
+        match matrix.weights().rows(k, 1, 4) {
+            BlockWeightsRef::I8Rows { q: rows, d_row } => {
+                assert_eq!(rows, &q[k..4 * k]);
+                assert_eq!(d_row, &scales[1..4]);
+            }
+            other => panic!("unexpected weights {other:?}"),
+        }
+        let want: Vec<f32> = (0..n * k)
+            .map(|i| scales[i / k] * f32::from(q[i]))
+            .collect();
+        check_linear(&matrix, &want);
+        // A per-tensor scale is replicated to every row.
+        let matrix = BlockMatrix::from_int8(&q, &[0.03], &[], n, k).unwrap();
+        assert_eq!(matrix.d, vec![0.03; n]);
+        let want: Vec<f32> = q.iter().map(|&v| 0.03 * f32::from(v)).collect();
+        check_linear(&matrix, &want);
+        // Asymmetric weights keep the per-block form with offsets.
+        let matrix = BlockMatrix::from_int8(&q, &[0.03], &[4], n, k).unwrap();
+        assert!(matches!(matrix.codes, BlockCodes::I8(_)));
+        assert_eq!(
+            (matrix.d.len(), matrix.mn.as_ref().map(Vec::len)),
+            (n * 3, Some(n * 3))
+        );
+        assert_eq!(matrix.memory_bytes(), n * k + 8 * n * 3);
+        let want: Vec<f32> = q
+            .iter()
+            .map(|&v| 0.03 * f32::from(v) + (-0.03 * 4.0))
+            .collect();
+        check_linear(&matrix, &want);
     }
 
     #[test]

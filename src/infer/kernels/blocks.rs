@@ -13,6 +13,11 @@
 //!   - 4-bit blocks ([`GemmKernels::gemm_blocks_u4`]): `q` in `0..=15`, two per byte, 16 bytes
 //!     per block in ggml Q4_0 order (byte `t` holds element `t` in its low nibble and element
 //!     `t + 16` in its high nibble); `mn` is always given (`-8·d` for Q4_0 and symmetric int4).
+//! - Symmetric int8 weights with one scale per row ([`GemmKernels::gemm_blocks_i8_rows`],
+//!   [`BlockWeightsRef::I8Rows`], the per-channel / per-tensor int8 case): `value = d_row[j] · q`
+//!   with `d_row` of length `n` and no `mn`. Mathematically the int8 case above with
+//!   `d[j,b] = d_row[j]` and `mn = None`, but computed as
+//!   `y[i, j] = d_row[j] · Σ_b da[i,b] · isum(i,j,b)`: the per-block work loses a multiply.
 //!
 //! The GEMM computes, for every activation row `i` and weight row `j`,
 //! `y[i, j] = Σ_b da[i,b] · (d[j,b] · isum(i,j,b) + mn[j,b] · s[i,b])` with
@@ -22,6 +27,15 @@
 //! same exact block integer sums but differ in float rounding and summation order (lane sums
 //! scaled before they are added, the `mn` term summed separately): the difference is a small
 //! multiple of `2^-24 · Σ_b |da| · (|d| · Σ_block |a_code · q| + |mn · s|)`.
+//!
+//! For per-row scales the scalar twin
+//! ([`scalar::gemm_blocks_i8_rows`](super::scalar::gemm_blocks_i8_rows)) defines the result:
+//! one f32 running sum over `b` in order of `da[i,b] · (isum as f32)` (one rounding per term,
+//! one per addition), then one multiply by `d_row[j]`. The SIMD versions (FMA of the converted
+//! lane sums with `da`, lanes reduced at the end) differ only in summation order and rounding:
+//! by a small multiple of `2^-24 · |d_row[j]| · Σ_b |da| · Σ_block |a_code · q|`. It can differ
+//! from `gemm_blocks_i8` with replicated scales by the same order of magnitude (there `d` is
+//! applied per block).
 //!
 //! `y` has a row stride `ldy ≥ n`, so a caller can compute a range of output columns `j0..j1`
 //! by passing the weight rows `j0..j1` ([`BlockWeightsRef::rows`]) and `&mut y[j0..]` with
@@ -65,6 +79,9 @@ pub type GemmBlocksI8Fn = fn(
 /// `gemm_blocks_u4(a, q, d, mn, n, y, ldy)`: see [`GemmKernels::gemm_blocks_u4`].
 pub type GemmBlocksU4Fn =
     fn(a: BlockActsView<'_>, q: &[u8], d: &[f32], mn: &[f32], n: usize, y: &mut [f32], ldy: usize);
+/// `gemm_blocks_i8_rows(a, q, d_row, n, y, ldy)`: see [`GemmKernels::gemm_blocks_i8_rows`].
+pub type GemmBlocksI8RowsFn =
+    fn(a: BlockActsView<'_>, q: &[i8], d_row: &[f32], n: usize, y: &mut [f32], ldy: usize);
 
 /// Panics unless `k` is a multiple of [`QK`] and the buffers fit an `m × k` block
 /// quantization; returns the number of blocks per row.
@@ -106,6 +123,36 @@ pub(crate) fn check_block_gemm_shapes(
     y_len: usize,
     ldy: usize,
 ) {
+    let blocks = check_block_operands(a, q_len, bytes_per_block, n, y_len, ldy);
+    assert_eq!(d_len, blocks, "gemm_blocks: d.len() != n * k / 32");
+    if let Some(mn_len) = mn_len {
+        assert_eq!(mn_len, blocks, "gemm_blocks: mn.len() != n * k / 32");
+    }
+}
+
+/// Panics unless the operands fit a block GEMM of `a.m` activation rows × `n` int8 weight rows
+/// with one scale per weight row (`d_row_len == n`).
+pub(crate) fn check_block_gemm_rows_shapes(
+    a: &BlockActsView<'_>,
+    q_len: usize,
+    d_row_len: usize,
+    n: usize,
+    y_len: usize,
+    ldy: usize,
+) {
+    check_block_operands(a, q_len, QK, n, y_len, ldy);
+    assert_eq!(d_row_len, n, "gemm_blocks_i8_rows: d_row.len() != n");
+}
+
+/// The checks shared by the block GEMMs (activations, codes, `y`); returns `n · k / 32`.
+fn check_block_operands(
+    a: &BlockActsView<'_>,
+    q_len: usize,
+    bytes_per_block: usize,
+    n: usize,
+    y_len: usize,
+    ldy: usize,
+) -> usize {
     check_quantize_blocks_shapes(
         a.codes.len(),
         a.codes.len(),
@@ -121,10 +168,6 @@ pub(crate) fn check_block_gemm_shapes(
         .checked_mul(bytes_per_block)
         .expect("gemm_blocks: n * k overflows");
     assert_eq!(q_len, q_want, "gemm_blocks: q.len() does not match n × k");
-    assert_eq!(d_len, blocks, "gemm_blocks: d.len() != n * k / 32");
-    if let Some(mn_len) = mn_len {
-        assert_eq!(mn_len, blocks, "gemm_blocks: mn.len() != n * k / 32");
-    }
     if a.m > 0 && n > 0 {
         assert!(ldy >= n, "gemm_blocks: ldy < n");
         let y_want = (a.m - 1)
@@ -136,6 +179,7 @@ pub(crate) fn check_block_gemm_shapes(
             "gemm_blocks: y is shorter than (m - 1) * ldy + n"
         );
     }
+    blocks
 }
 
 /// Sets `y[i, j] = Σ_b mn[j,b] · (da[i,b] · s[i,b])` (zero if `mn` is `None`) with the given
@@ -246,6 +290,15 @@ pub enum BlockWeightsRef<'a> {
         /// Block offsets (`-8·d` for Q4_0).
         mn: &'a [f32],
     },
+    /// Symmetric int8 codes (`n × k`) with one scale per weight row (`d_row`, `n` entries):
+    /// `value = d_row[j] · q`, int8 per-channel (or per-tensor, replicated) weights. Runs with
+    /// [`GemmKernels::gemm_blocks_i8_rows`].
+    I8Rows {
+        /// Codes, any i8.
+        q: &'a [i8],
+        /// Row scales.
+        d_row: &'a [f32],
+    },
 }
 
 impl<'a> BlockWeightsRef<'a> {
@@ -271,13 +324,19 @@ impl<'a> BlockWeightsRef<'a> {
                 d: &d[blocks.clone()],
                 mn: &mn[blocks],
             },
+            Self::I8Rows { q, d_row } => Self::I8Rows {
+                q: &q[j0 * k..j1 * k],
+                d_row: &d_row[j0..j1],
+            },
         }
     }
 }
 
 /// `y[i, j] = Σ_b da[i,b] · (d[j,b] · isum + mn[j,b] · s[i,b])` for the `n_rows` weight rows
-/// of `w` and every row of `acts`, with `kernels.gemm_blocks_i8` or `gemm_blocks_u4`. `y`
-/// has row stride `ldy` (see the module docs). Panics if the shapes do not match.
+/// of `w` and every row of `acts`, with `kernels.gemm_blocks_i8` or `gemm_blocks_u4`
+/// (`y[i, j] = d_row[j] · Σ_b da[i,b] · isum` with `gemm_blocks_i8_rows` for
+/// [`BlockWeightsRef::I8Rows`]). `y` has row stride `ldy` and is overwritten (see the module
+/// docs). Panics if the shapes do not match.
 pub fn gemm_blocks(
     kernels: &GemmKernels,
     acts: &BlockActs,
@@ -292,6 +351,9 @@ pub fn gemm_blocks(
         }
         BlockWeightsRef::U4 { q, d, mn } => {
             (kernels.gemm_blocks_u4)(acts.view(), q, d, mn, n_rows, y, ldy)
+        }
+        BlockWeightsRef::I8Rows { q, d_row } => {
+            (kernels.gemm_blocks_i8_rows)(acts.view(), q, d_row, n_rows, y, ldy)
         }
     }
 }

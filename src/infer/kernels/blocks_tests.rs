@@ -1,6 +1,8 @@
 //! Block-quantized kernels: every table against the scalar twin (bit-identical quantization,
 //! exact block integer sums, general results within a tight bound of the float rounding), plus
-//! extreme codes, zero blocks, column ranges and a hand-computed case.
+//! extreme codes, zero blocks, column ranges and a hand-computed case. Weight kind 4 is int8
+//! with one scale per row (`gemm_blocks_i8_rows`), covered by the same tests and by its own
+//! random shapes up to the prepared (chunked) VNNI path.
 
 use proptest::prelude::*;
 
@@ -23,7 +25,7 @@ fn acts_input(m: usize, k: usize, seed: u64) -> Vec<f32> {
     a
 }
 
-/// Owned block weights of either format.
+/// Owned block weights of any format.
 enum Weights {
     I8 {
         q: Vec<i8>,
@@ -34,6 +36,10 @@ enum Weights {
         q: Vec<u8>,
         d: Vec<f32>,
         mn: Vec<f32>,
+    },
+    I8Rows {
+        q: Vec<i8>,
+        d_row: Vec<f32>,
     },
 }
 
@@ -46,13 +52,14 @@ impl Weights {
                 mn: mn.as_deref(),
             },
             Weights::U4 { q, d, mn } => BlockWeightsRef::U4 { q, d, mn },
+            Weights::I8Rows { q, d_row } => BlockWeightsRef::I8Rows { q, d_row },
         }
     }
 
     /// Weight code `t` of row `j` as an integer.
     fn code(&self, k: usize, j: usize, t: usize) -> i64 {
         match self {
-            Weights::I8 { q, .. } => i64::from(q[j * k + t]),
+            Weights::I8 { q, .. } | Weights::I8Rows { q, .. } => i64::from(q[j * k + t]),
             Weights::U4 { q, .. } => {
                 let (block, within) = (t / QK, t % QK);
                 let byte = q[j * k / 2 + block * 16 + within % 16];
@@ -61,16 +68,20 @@ impl Weights {
         }
     }
 
-    fn block_params(&self, idx: usize) -> (f32, f32) {
+    /// `(d, mn)` of block `b` of row `j` (`nb` blocks per row).
+    fn block_params(&self, nb: usize, j: usize, b: usize) -> (f32, f32) {
+        let idx = j * nb + b;
         match self {
             Weights::I8 { d, mn, .. } => (d[idx], mn.as_ref().map_or(0.0, |mn| mn[idx])),
             Weights::U4 { d, mn, .. } => (d[idx], mn[idx]),
+            Weights::I8Rows { d_row, .. } => (d_row[j], 0.0),
         }
     }
 }
 
 /// Random weights; a quarter of the codes at the extremes (-128, 127 / 0, 15). `kind` 0: int8
-/// without `mn`, 1: int8 with `mn`, 2: Q4 (`mn = -8·d`), 3: Q4 with its own `mn`.
+/// without `mn`, 1: int8 with `mn`, 2: Q4 (`mn = -8·d`), 3: Q4 with its own `mn`, 4: int8 with
+/// one scale per row (the codes of kind 0, `d_row` = the first block scale of each row).
 fn weights(n: usize, k: usize, kind: u64, seed: u64) -> Weights {
     let mut next = lcg(seed);
     let blocks = n * k / QK;
@@ -83,7 +94,7 @@ fn weights(n: usize, k: usize, kind: u64, seed: u64) -> Weights {
             .collect()
     };
     match kind {
-        0 | 1 => {
+        0 | 1 | 4 => {
             let mn = (kind == 1).then(&mut own_mn);
             let mut next = lcg(seed ^ 0x77);
             let q = (0..n * k)
@@ -93,6 +104,11 @@ fn weights(n: usize, k: usize, kind: u64, seed: u64) -> Weights {
                     bits => (next() >> 7) as u8 as i8 ^ bits as i8,
                 })
                 .collect();
+            if kind == 4 {
+                let nb = k / QK;
+                let d_row = (0..n).map(|j| d[j * nb]).collect();
+                return Weights::I8Rows { q, d_row };
+            }
             Weights::I8 { q, d, mn }
         }
         _ => {
@@ -123,7 +139,7 @@ fn magnitude(acts: &BlockActsView<'_>, w: &Weights, i: usize, j: usize) -> f64 {
             let abs_sum: i64 = (b * QK..(b + 1) * QK)
                 .map(|t| (i64::from(acts.codes[i * k + t]) * w.code(k, j, t)).abs())
                 .sum();
-            let (d, mn) = w.block_params(j * nb + b);
+            let (d, mn) = w.block_params(nb, j, b);
             let da = f64::from(acts.scales[i * nb + b]).abs();
             da * (f64::from(d).abs() * abs_sum as f64
                 + (f64::from(mn) * f64::from(acts.sums[i * nb + b])).abs())
@@ -136,6 +152,9 @@ fn run(table: &GemmKernels, acts: BlockActsView<'_>, w: BlockWeightsRef<'_>, n: 
     match w {
         BlockWeightsRef::I8 { q, d, mn } => (table.gemm_blocks_i8)(acts, q, d, mn, n, &mut y, n),
         BlockWeightsRef::U4 { q, d, mn } => (table.gemm_blocks_u4)(acts, q, d, mn, n, &mut y, n),
+        BlockWeightsRef::I8Rows { q, d_row } => {
+            (table.gemm_blocks_i8_rows)(acts, q, d_row, n, &mut y, n)
+        }
     }
     y
 }
@@ -295,9 +314,13 @@ fn exact_integer_sums() {
             m,
             k,
         };
-        for kind in 0..4 {
+        for kind in 0..5 {
             let mut w = weights(n, k, kind, seed);
             let mn_value = match &mut w {
+                Weights::I8Rows { d_row, .. } => {
+                    d_row.fill(1.0);
+                    0
+                }
                 Weights::I8 { d, mn, .. } => {
                     d.fill(1.0);
                     if let Some(mn) = mn {
@@ -352,6 +375,12 @@ fn extreme_codes() {
             };
             check_against_scalar(&acts, &w, n, "i8 extremes");
         }
+        let d_row: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 1e-3).collect();
+        let w = Weights::I8Rows {
+            q: q.clone(),
+            d_row,
+        };
+        check_against_scalar(&acts, &w, n, "i8 rows extremes");
         let q4 = vec![extreme_u4 | 0x0f; n * k / 2];
         let w = Weights::U4 {
             q: q4,
@@ -373,7 +402,7 @@ fn zero_blocks() {
     let view = acts.view();
     assert_eq!(view.scales[0..4], [0.0; 4]);
     assert_eq!(view.scales[2 * 4 + 1], 0.0);
-    for kind in 0..4 {
+    for kind in 0..5 {
         let w = weights(n, k, kind, 5);
         check_against_scalar(&acts, &w, n, "zero blocks");
         for table in available() {
@@ -393,7 +422,7 @@ fn column_ranges_and_stride() {
     for table in available() {
         let mut acts = BlockActs::new();
         acts.quantize(table, &a, m, k);
-        for kind in 0..4 {
+        for kind in 0..5 {
             let w = weights(n, k, kind, 8 + kind);
             let mut full = vec![0.0; m * n];
             gemm_blocks(table, &acts, w.as_ref(), n, &mut full, n);
@@ -476,7 +505,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
     #[test]
-    fn blocks_match_scalar(m in 1usize..=9, n in 1usize..=13, k_idx in 0usize..4, kind in 0u64..4,
+    fn blocks_match_scalar(m in 1usize..=9, n in 1usize..=13, k_idx in 0usize..4, kind in 0u64..5,
                            seed: u64) {
         let k = [32, 64, 96, 384][k_idx];
         let a = acts_input(m, k, seed);
@@ -491,9 +520,180 @@ fn large_shapes_use_the_prepared_tiles_and_match_scalar() {
     for (m, n, k) in [(21, 9, 96), (133, 7, 2016), (37, 10, 1536), (18, 5, 4096)] {
         let a = acts_input(m, k, 31);
         let acts = quantize_all(&a, m, k);
-        for kind in 0..4 {
+        for kind in 0..5 {
             let w = weights(n, k, kind, 40 + kind);
             check_against_scalar(&acts, &w, n, "large shapes");
         }
+    }
+}
+
+#[test]
+fn i8_rows_exact_extremes() {
+    // Activation codes ±127 against weight codes -128 / 127 with d_row = da = 1: every block
+    // sum and every result is an exact integer (below 2^24), so every table must agree exactly.
+    for (m, n, k) in [
+        (1, 1, 32),
+        (3, 5, 96),
+        (9, 6, 384),
+        (21, 7, 384),
+        (40, 9, 2016),
+    ] {
+        let nb = k / QK;
+        let codes: Vec<i8> = (0..m * k)
+            .map(|x| if (x / 7 + x / k) % 3 == 0 { -127 } else { 127 })
+            .collect();
+        let sums: Vec<i32> = codes
+            .chunks_exact(QK)
+            .map(|c| c.iter().map(|&x| i32::from(x)).sum())
+            .collect();
+        let ones = vec![1.0f32; m * nb];
+        let view = BlockActsView {
+            codes: &codes,
+            scales: &ones,
+            sums: &sums,
+            m,
+            k,
+        };
+        for pattern in 0..3 {
+            let q: Vec<i8> = (0..n * k)
+                .map(|x| match pattern {
+                    0 => -128,
+                    1 => 127,
+                    _ if (x / 5 + x / k) % 2 == 0 => -128,
+                    _ => 127,
+                })
+                .collect();
+            let d_row = vec![1.0f32; n];
+            let expected: Vec<f32> = (0..m * n)
+                .map(|idx| {
+                    let (i, j) = (idx / n, idx % n);
+                    let dot: i64 = (0..k)
+                        .map(|t| i64::from(codes[i * k + t]) * i64::from(q[j * k + t]))
+                        .sum();
+                    assert!(dot.abs() < 1 << 24);
+                    dot as f32
+                })
+                .collect();
+            for table in available() {
+                let mut y = vec![f32::NAN; m * n];
+                (table.gemm_blocks_i8_rows)(view, &q, &d_row, n, &mut y, n);
+                assert_eq!(
+                    y, expected,
+                    "{} pattern={pattern} m={m} n={n} k={k}",
+                    table.isa
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn i8_rows_match_replicated_block_scales() {
+    // The per-row kernel computes the per-block kernel's value with d[j, b] = d_row[j].
+    for (m, n, k) in [(3, 5, 96), (21, 6, 384), (33, 9, 2016)] {
+        let a = acts_input(m, k, 77);
+        let acts = quantize_all(&a, m, k);
+        let Weights::I8Rows { q, d_row } = weights(n, k, 4, 78) else {
+            unreachable!()
+        };
+        let d: Vec<f32> = d_row
+            .iter()
+            .flat_map(|&d| std::iter::repeat_n(d, k / QK))
+            .collect();
+        let rows_w = Weights::I8Rows {
+            q: q.clone(),
+            d_row: d_row.clone(),
+        };
+        for table in available() {
+            let rows = run(table, acts.view(), rows_w.as_ref(), n);
+            let blocks = run(
+                table,
+                acts.view(),
+                BlockWeightsRef::I8 {
+                    q: &q,
+                    d: &d,
+                    mn: None,
+                },
+                n,
+            );
+            for (idx, (&r, &b)) in rows.iter().zip(&blocks).enumerate() {
+                let bound = 1e-5 * magnitude(&acts.view(), &rows_w, idx / n, idx % n) + 1e-30;
+                assert!(
+                    (f64::from(r) - f64::from(b)).abs() <= bound,
+                    "{} ({}, {}): {r} vs {b}",
+                    table.isa,
+                    idx / n,
+                    idx % n
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn i8_rows_column_ranges_with_stride() {
+    // Sub-ranged rows (d_row sliced with them) into a wider y: only j0..j1 is written, with the
+    // full GEMM's values up to rounding; m = 40 reaches the prepared VNNI tiles.
+    for (m, n, k) in [(7, 13, 96), (40, 11, 384)] {
+        let a = acts_input(m, k, 23);
+        let acts = quantize_all(&a, m, k);
+        let w = weights(n, k, 4, 24);
+        let ldy = n + 3;
+        for table in available() {
+            let mut full = vec![0.0; m * n];
+            gemm_blocks(table, &acts, w.as_ref(), n, &mut full, n);
+            for (j0, j1) in [(0, n), (0, 5), (5, n), (3, 4), (6, 6), (2, n - 2), (1, 10)] {
+                let mut y = vec![f32::NAN; m * ldy];
+                let part = w.as_ref().rows(k, j0, j1);
+                assert!(
+                    matches!(part, BlockWeightsRef::I8Rows { d_row, .. } if d_row.len() == j1 - j0)
+                );
+                gemm_blocks(table, &acts, part, j1 - j0, &mut y[j0..], ldy);
+                for i in 0..m {
+                    for j in 0..ldy {
+                        let got = y[i * ldy + j];
+                        if (j0..j1).contains(&j) {
+                            let want = full[i * n + j];
+                            let bound = 1e-5 * magnitude(&acts.view(), &w, i, j) + 1e-30;
+                            assert!(
+                                (f64::from(got) - f64::from(want)).abs() <= bound,
+                                "{} m={m} {j0}..{j1} ({i},{j}): {got} vs {want}",
+                                table.isa
+                            );
+                        } else {
+                            assert!(got.is_nan(), "{} wrote outside {j0}..{j1}", table.isa);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "d_row.len() != n")]
+fn i8_rows_wrong_scale_count_panics() {
+    let mut acts = BlockActs::new();
+    acts.quantize(select(false), &[1.0; 64], 2, 32);
+    let w = BlockWeightsRef::I8Rows {
+        q: &[1; 64],
+        d_row: &[1.0; 3],
+    };
+    gemm_blocks(select(false), &acts, w, 2, &mut [0.0; 4], 2);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn i8_rows_match_scalar(m_idx in 0usize..14, n in 1usize..=13, k_idx in 0usize..4,
+                            seed: u64) {
+        // m in 1..=9 (single tiles and row tails) and larger m that reach the prepared path.
+        let m = [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 24, 37, 70][m_idx];
+        let k = [32, 96, 384, 2016][k_idx];
+        let a = acts_input(m, k, seed);
+        let acts = quantize_all(&a, m, k);
+        let w = weights(n, k, 4, seed ^ 0x4321);
+        check_against_scalar(&acts, &w, n, "i8 rows random");
     }
 }

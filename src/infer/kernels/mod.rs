@@ -20,8 +20,8 @@
 //! - `gemm_f32` differs across ISAs by summation order and FMA contraction only (about 1e-6
 //!   relative to `Σ |a·b|` for the sizes in use);
 //! - `quantize_blocks` is bit-identical across ISAs (the per-row conventions, per block);
-//! - `gemm_blocks_i8` / `gemm_blocks_u4` use exact integer block sums on every ISA and differ
-//!   only in float rounding and summation order (see [`blocks`]).
+//! - `gemm_blocks_i8` / `gemm_blocks_u4` / `gemm_blocks_i8_rows` use exact integer block sums
+//!   on every ISA and differ only in float rounding and summation order (see [`blocks`]).
 //!
 //! Safety model (as in `crate::quant::kernels`): the SIMD functions are `unsafe fn`s compiled
 //! with `#[target_feature]`. Safe wrappers live only inside private static tables, and [`select`]
@@ -45,8 +45,8 @@ mod tests;
 use std::fmt;
 
 pub use blocks::{
-    gemm_blocks, BlockActs, BlockActsView, BlockWeightsRef, GemmBlocksI8Fn, GemmBlocksU4Fn,
-    QuantizeBlocksFn, QK,
+    gemm_blocks, BlockActs, BlockActsView, BlockWeightsRef, GemmBlocksI8Fn, GemmBlocksI8RowsFn,
+    GemmBlocksU4Fn, QuantizeBlocksFn, QK,
 };
 
 /// Largest value of a symmetric int8 code; codes are in `-127..=127`.
@@ -91,6 +91,15 @@ pub struct GemmKernels {
     /// As `gemm_blocks_i8` for 4-bit block codes `q` in `0..=15`, packed in ggml Q4_0 order
     /// (`n × k / 2` bytes), with block offsets `mn` always given (`-8·d` for Q4_0).
     pub gemm_blocks_u4: GemmBlocksU4Fn,
+    /// `y[i·ldy + j] = d_row[j] · Σ_b da[i,b] · Σ a_code·q` for `n` weight rows of symmetric
+    /// int8 codes `q` (`n × k`, any i8) with one scale per row (`d_row`, `n` entries; no `mn`):
+    /// int8 per-channel weights, `gemm_blocks_i8` with `d[j,b] = d_row[j]` and `mn = None` but
+    /// with the scale applied once per output instead of once per block. The scalar twin
+    /// defines the result: one f32 running sum over the blocks in order of
+    /// `da[i,b] · (isum as f32)`, then `× d_row[j]`; SIMD versions differ in summation order
+    /// and rounding only (see [`blocks`]). Activation codes must be in `-127..=127`; `y` is
+    /// overwritten at `i < m`, `j < n` only; `ldy >= n`.
+    pub gemm_blocks_i8_rows: GemmBlocksI8RowsFn,
 }
 
 impl fmt::Debug for GemmKernels {
@@ -110,6 +119,7 @@ static SCALAR: GemmKernels = GemmKernels {
     quantize_blocks: scalar::quantize_blocks,
     gemm_blocks_i8: scalar::gemm_blocks_i8,
     gemm_blocks_u4: scalar::gemm_blocks_u4,
+    gemm_blocks_i8_rows: scalar::gemm_blocks_i8_rows,
 };
 
 /// The portable reference table; always available.

@@ -1,6 +1,9 @@
 //! Portable reference kernels: they define every result of the SIMD tables.
 
-use super::blocks::{check_block_gemm_shapes, check_quantize_blocks_shapes, BlockActsView, QK};
+use super::blocks::{
+    check_block_gemm_rows_shapes, check_block_gemm_shapes, check_quantize_blocks_shapes,
+    BlockActsView, QK,
+};
 use super::{check_gemm_shapes, check_quantize_shapes, I8_MAX_CODE};
 
 /// Independent f32 partial sums per dot product: shorter dependency chains and a smaller
@@ -168,6 +171,36 @@ pub fn gemm_blocks_i8(
         },
         d,
     );
+}
+
+/// See `GemmKernels::gemm_blocks_i8_rows`. Defines the result: per output one f32 sum over the
+/// blocks in order of `da · (isum as f32)`, then one multiply by `d_row[j]`.
+pub fn gemm_blocks_i8_rows(
+    a: BlockActsView<'_>,
+    q: &[i8],
+    d_row: &[f32],
+    n: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    check_block_gemm_rows_shapes(&a, q.len(), d_row.len(), n, y.len(), ldy);
+    let nb = a.k / QK;
+    for i in 0..a.m {
+        let a_row = &a.codes[i * a.k..][..a.k];
+        let da_row = &a.scales[i * nb..][..nb];
+        for (j, &d) in d_row.iter().enumerate() {
+            let w_row = &q[j * a.k..][..a.k];
+            let mut sum = 0.0f32;
+            for ((a_block, w_block), &da) in a_row
+                .chunks_exact(QK)
+                .zip(w_row.chunks_exact(QK))
+                .zip(da_row)
+            {
+                sum += da * dot_i8(a_block, w_block) as f32;
+            }
+            y[i * ldy + j] = d * sum;
+        }
+    }
 }
 
 /// See `GemmKernels::gemm_blocks_u4`. Defines the result as [`gemm_blocks_i8`] does.

@@ -11,6 +11,8 @@
 //! `vpmaddwd` against ones then adds the pairs into 8 exact i32 lanes per block, which are
 //! converted to f32, multiplied by the activation block scale and added with an FMA of the
 //! weight block scale into an f32 accumulator per output; lanes are reduced once per output.
+//! With one scale per weight row (`gemm_blocks_i8_rows`) the lanes are added with an FMA of the
+//! activation block scale alone, and the row scale multiplies the reduced sum once.
 
 use std::arch::x86_64::*;
 
@@ -39,17 +41,19 @@ pub(super) unsafe fn load_q4_block(p: *const u8) -> __m256i {
 }
 
 /// f32 sums over the blocks of `R` activation rows × `C` weight rows of
-/// `da · d · Σ_block a·q` (the `mn` term excluded).
+/// `da · d · Σ_block a·q` (the `mn` term excluded), or of `da · Σ_block a·q` if `ROW_D` (one
+/// scale per weight row, applied by the caller; `d` is not read).
 ///
 /// `U4` selects the weight format: 16 bytes of nibbles per block, or 32 i8 per block.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA. For every `r < R`, `a.add(r * lda)` must be valid for
 /// reading `nb * 32` bytes and `da.add(r * nb)` for `nb` f32; for every `c < C`,
-/// `w.add(c * ldw)` must be valid for reading `nb` blocks and `d.add(c * nb)` for `nb` f32.
+/// `w.add(c * ldw)` must be valid for reading `nb` blocks and, unless `ROW_D`, `d.add(c * nb)`
+/// for `nb` f32.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn block_tile<const R: usize, const C: usize, const U4: bool>(
+unsafe fn block_tile<const R: usize, const C: usize, const U4: bool, const ROW_D: bool>(
     (a, lda, da): (*const i8, usize, *const f32),
     (w, ldw, d): (*const u8, usize, *const f32),
     nb: usize,
@@ -77,8 +81,10 @@ unsafe fn block_tile<const R: usize, const C: usize, const U4: bool>(
                 *w_vec = unsafe { _mm256_loadu_si256(block.cast()) };
                 *abs = _mm256_abs_epi8(*w_vec);
             }
-            // SAFETY: d of row c has nb entries (contract above).
-            *d_vec = _mm256_set1_ps(unsafe { *d.add(c * nb + b) });
+            if !ROW_D {
+                // SAFETY: d of row c has nb entries (contract above).
+                *d_vec = _mm256_set1_ps(unsafe { *d.add(c * nb + b) });
+            }
         }
         for (r, row_sums) in sums.iter_mut().enumerate() {
             // SAFETY: block b of activation row r is readable (contract above).
@@ -91,9 +97,12 @@ unsafe fn block_tile<const R: usize, const C: usize, const U4: bool>(
                 } else {
                     _mm256_maddubs_epi16(w_abs[c], _mm256_sign_epi8(a_vec, w_vecs[c]))
                 };
-                let lanes = _mm256_madd_epi16(pairs, ones);
-                let scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(lanes), da_vec);
-                *sum = _mm256_fmadd_ps(scaled, d_vecs[c], *sum);
+                let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                *sum = if ROW_D {
+                    _mm256_fmadd_ps(lanes, da_vec, *sum)
+                } else {
+                    _mm256_fmadd_ps(_mm256_mul_ps(lanes, da_vec), d_vecs[c], *sum)
+                };
             }
         }
     }
@@ -106,16 +115,17 @@ unsafe fn block_tile<const R: usize, const C: usize, const U4: bool>(
     out
 }
 
-/// Adds one `R × C` tile of [`block_tile`] to `y` at `(i, j)`.
+/// Adds one `R × C` tile of [`block_tile`] to `y` at `(i, j)` (times `d[j + c]` if `ROW_D`).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; the shapes of `a`, `w` (`n` rows of `ldw` bytes, `ldw` =
-/// `nb` blocks), `d` and `y` (`m` rows of stride `ldy`) must have been checked with
-/// `check_block_gemm_shapes`, `i + R <= m` and `j + C <= n`.
+/// `nb` blocks), `d` (`n` row scales if `ROW_D`) and `y` (`m` rows of stride `ldy`) must have
+/// been checked with `check_block_gemm_shapes` (`check_block_gemm_rows_shapes` if `ROW_D`),
+/// `i + R <= m` and `j + C <= n`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn add_block_tile<const R: usize, const C: usize, const U4: bool>(
+unsafe fn add_block_tile<const R: usize, const C: usize, const U4: bool, const ROW_D: bool>(
     a: &BlockActsView<'_>,
     w: *const u8,
     ldw: usize,
@@ -125,34 +135,37 @@ unsafe fn add_block_tile<const R: usize, const C: usize, const U4: bool>(
     (i, j): (usize, usize),
 ) {
     let nb = a.k / QK;
+    let d_tile = d.as_ptr().wrapping_add(if ROW_D { j } else { j * nb });
     // SAFETY: rows i..i+R of the activations and j..j+C of the weights exist (contract), so
-    // each row pointer is readable for its nb blocks and nb scales.
+    // each row pointer is readable for its nb blocks and nb scales (`d` is not read if ROW_D).
     let sums = unsafe {
-        block_tile::<R, C, U4>(
+        block_tile::<R, C, U4, ROW_D>(
             (
                 a.codes.as_ptr().add(i * a.k),
                 a.k,
                 a.scales.as_ptr().add(i * nb),
             ),
-            (w.add(j * ldw), ldw, d.as_ptr().add(j * nb)),
+            (w.add(j * ldw), ldw, d_tile),
             nb,
         )
     };
     for (r, row) in sums.iter().enumerate() {
         let y_row = &mut y[(i + r) * ldy + j..][..C];
-        for (out, &sum) in y_row.iter_mut().zip(row) {
-            *out += sum;
+        for (c, (out, &sum)) in y_row.iter_mut().zip(row).enumerate() {
+            *out += if ROW_D { d[j + c] * sum } else { sum };
         }
     }
 }
 
-/// Adds `Σ_b da · d · isum` to `y` (the caller initialised `y` with the `mn` term).
+/// Adds `Σ_b da · d · isum` to `y` (the caller initialised `y` with the `mn` term), or
+/// `d[j] · Σ_b da · isum` if `ROW_D` (`d` = one scale per weight row).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; the shapes must have been checked with
-/// `check_block_gemm_shapes`, with `w` valid for reading `n` rows of `ldw` bytes.
+/// `check_block_gemm_shapes` (`check_block_gemm_rows_shapes` if `ROW_D`), with `w` valid for
+/// reading `n` rows of `ldw` bytes.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gemm_blocks<const U4: bool>(
+unsafe fn gemm_blocks<const U4: bool, const ROW_D: bool>(
     a: &BlockActsView<'_>,
     (w, ldw, d): (*const u8, usize, &[f32]),
     n: usize,
@@ -171,10 +184,12 @@ unsafe fn gemm_blocks<const U4: bool>(
             // the shapes were checked and the CPU supports AVX2 + FMA (contract above).
             unsafe {
                 match (full_rows, full_cols) {
-                    (true, true) => add_block_tile::<ROWS, COLS, U4>(a, w, ldw, d, y, ldy, ij),
-                    (false, true) => add_block_tile::<1, COLS, U4>(a, w, ldw, d, y, ldy, ij),
-                    (true, false) => add_block_tile::<ROWS, 1, U4>(a, w, ldw, d, y, ldy, ij),
-                    (false, false) => add_block_tile::<1, 1, U4>(a, w, ldw, d, y, ldy, ij),
+                    (true, true) => {
+                        add_block_tile::<ROWS, COLS, U4, ROW_D>(a, w, ldw, d, y, ldy, ij)
+                    }
+                    (false, true) => add_block_tile::<1, COLS, U4, ROW_D>(a, w, ldw, d, y, ldy, ij),
+                    (true, false) => add_block_tile::<ROWS, 1, U4, ROW_D>(a, w, ldw, d, y, ldy, ij),
+                    (false, false) => add_block_tile::<1, 1, U4, ROW_D>(a, w, ldw, d, y, ldy, ij),
                 }
             }
             i += if full_rows { ROWS } else { 1 };
@@ -198,7 +213,26 @@ pub(super) unsafe fn gemm_blocks_i8(
     ldy: usize,
 ) {
     // SAFETY: `q` holds n rows of k bytes (checked shapes); same CPU contract.
-    unsafe { gemm_blocks::<false>(a, (q.as_ptr().cast(), a.k, d), n, y, ldy) }
+    unsafe { gemm_blocks::<false, false>(a, (q.as_ptr().cast(), a.k, d), n, y, ldy) }
+}
+
+/// `GemmKernels::gemm_blocks_i8_rows`, added to `y` (the caller zeroes it).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, and the shapes must have been checked with
+/// `check_block_gemm_rows_shapes`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn gemm_blocks_i8_rows(
+    a: &BlockActsView<'_>,
+    q: &[i8],
+    d_row: &[f32],
+    n: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    // SAFETY: `q` holds n rows of k bytes and `d_row` n scales (checked shapes); same CPU
+    // contract.
+    unsafe { gemm_blocks::<false, true>(a, (q.as_ptr().cast(), a.k, d_row), n, y, ldy) }
 }
 
 /// The `Σ_b da · d · isum` part of `GemmKernels::gemm_blocks_u4`, added to `y`.
@@ -216,5 +250,5 @@ pub(super) unsafe fn gemm_blocks_u4(
     ldy: usize,
 ) {
     // SAFETY: `q` holds n rows of k / 2 bytes (checked shapes); same CPU contract.
-    unsafe { gemm_blocks::<true>(a, (q.as_ptr(), a.k / 2, d), n, y, ldy) }
+    unsafe { gemm_blocks::<true, false>(a, (q.as_ptr(), a.k / 2, d), n, y, ldy) }
 }

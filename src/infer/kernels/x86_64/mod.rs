@@ -16,7 +16,8 @@ mod avx512;
 mod vnni;
 
 use super::blocks::{
-    check_block_gemm_shapes, check_quantize_blocks_shapes, init_min_term, BlockActsView, QK,
+    check_block_gemm_rows_shapes, check_block_gemm_shapes, check_quantize_blocks_shapes,
+    init_min_term, BlockActsView, QK,
 };
 use super::{check_gemm_shapes, check_quantize_shapes, GemmKernels};
 
@@ -48,6 +49,7 @@ pub(super) static AVX2: GemmKernels = GemmKernels {
     quantize_blocks: avx2_quantize_blocks,
     gemm_blocks_i8: avx2_gemm_blocks_i8,
     gemm_blocks_u4: avx2_gemm_blocks_u4,
+    gemm_blocks_i8_rows: avx2_gemm_blocks_i8_rows,
 };
 
 pub(super) static AVX512: GemmKernels = GemmKernels {
@@ -58,6 +60,7 @@ pub(super) static AVX512: GemmKernels = GemmKernels {
     quantize_blocks: avx512_quantize_blocks,
     gemm_blocks_i8: avx512_gemm_blocks_i8,
     gemm_blocks_u4: avx512_gemm_blocks_u4,
+    gemm_blocks_i8_rows: avx512_gemm_blocks_i8_rows,
 };
 
 /// AVX-512 with `vpdpbusd`: its own int8 GEMMs, the AVX-512 f32 GEMM and quantizers.
@@ -69,6 +72,7 @@ pub(super) static AVX512_VNNI: GemmKernels = GemmKernels {
     quantize_blocks: avx512_quantize_blocks,
     gemm_blocks_i8: vnni_gemm_blocks_i8,
     gemm_blocks_u4: vnni_gemm_blocks_u4,
+    gemm_blocks_i8_rows: vnni_gemm_blocks_i8_rows,
 };
 
 fn avx2_gemm_f32(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]) {
@@ -311,4 +315,61 @@ fn vnni_gemm_blocks_u4(
     // SAFETY: only reachable through `AVX512_VNNI`, handed out after
     // `avx512_vnni_supported()` (module docs); the shapes were checked just above.
     unsafe { vnni::gemm_blocks_u4(&a, q, d, n, y, ldy) }
+}
+
+/// Zeroes the `m × n` outputs of a block GEMM in `y` (row stride `ldy`, shapes checked): the
+/// start of the SIMD `gemm_blocks_i8_rows`, which add their sums.
+fn zero_outputs(m: usize, n: usize, y: &mut [f32], ldy: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    y.chunks_mut(ldy).take(m).for_each(|row| row[..n].fill(0.0));
+}
+
+fn avx2_gemm_blocks_i8_rows(
+    a: BlockActsView<'_>,
+    q: &[i8],
+    d_row: &[f32],
+    n: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    check_block_gemm_rows_shapes(&a, q.len(), d_row.len(), n, y.len(), ldy);
+    debug_assert!(avx2_supported());
+    zero_outputs(a.m, n, y, ldy);
+    // SAFETY: only reachable through `AVX2`, handed out after `avx2_supported()` (module
+    // docs); the shapes were checked just above.
+    unsafe { avx2_blocks::gemm_blocks_i8_rows(&a, q, d_row, n, y, ldy) }
+}
+
+fn avx512_gemm_blocks_i8_rows(
+    a: BlockActsView<'_>,
+    q: &[i8],
+    d_row: &[f32],
+    n: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    check_block_gemm_rows_shapes(&a, q.len(), d_row.len(), n, y.len(), ldy);
+    debug_assert!(avx512_supported());
+    zero_outputs(a.m, n, y, ldy);
+    // SAFETY: only reachable through `AVX512`, handed out after `avx512_supported()`, which
+    // implies `avx2_supported()` (module docs); the shapes were checked just above.
+    unsafe { avx2_blocks::gemm_blocks_i8_rows(&a, q, d_row, n, y, ldy) }
+}
+
+fn vnni_gemm_blocks_i8_rows(
+    a: BlockActsView<'_>,
+    q: &[i8],
+    d_row: &[f32],
+    n: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    check_block_gemm_rows_shapes(&a, q.len(), d_row.len(), n, y.len(), ldy);
+    debug_assert!(avx512_vnni_supported());
+    zero_outputs(a.m, n, y, ldy);
+    // SAFETY: only reachable through `AVX512_VNNI`, handed out after
+    // `avx512_vnni_supported()` (module docs); the shapes were checked just above.
+    unsafe { vnni::gemm_blocks_i8_rows(&a, q, d_row, n, y, ldy) }
 }

@@ -22,6 +22,10 @@
 //! `vpdpbusd`, shared by the tile's rows), so every block sum is exact for any i8 codes. With
 //! enough activation rows, a tile of weight rows is prepared once per chunk of rows (Q4 codes
 //! decoded to bytes, the int8 starts precomputed) and then meets every row of the chunk.
+//!
+//! With one scale per weight row (`gemm_blocks_i8_rows`, const `ROW_D`) the converted lane sums
+//! are added with one FMA of the activation block scales (`sum += f32(lanes) · da`: no weight
+//! scale per step, no multiply) and the reduced tile is multiplied by the row scales once.
 
 use std::arch::x86_64::*;
 
@@ -310,16 +314,16 @@ const PREP_MAX_K: usize = 2048;
 /// Prepares the weight rows `0..cols` at `w` (`ldw` bytes each) for [`block_tile`]: Q4 codes
 /// decoded to bytes in element order (`codes`, row `c` at `c * nb * 32`); for i8 the lane
 /// starts `-128·Σ w` of every step of two blocks (`starts`, 16 i32 per row and step, row `c`
-/// at `c * steps * 16`; an odd final block has zero high lanes); for both, the weight block
-/// scales `d` spread over the lanes of each step (`d_exp`, laid out as `starts`).
+/// at `c * steps * 16`; an odd final block has zero high lanes); for both, unless `ROW_D`, the
+/// weight block scales `d` spread over the lanes of each step (`d_exp`, laid out as `starts`).
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW, VL and VNNI; for every `c < cols`, `w.add(c * ldw)`
-/// must be valid for reading `nb` blocks and `d.add(c * nb)` for `nb` f32; if `U4`, `codes`
-/// holds `cols · nb · 32` bytes, else `starts` holds `cols · ⌈nb / 2⌉ · 16` i32; `d_exp` holds
-/// `cols · ⌈nb / 2⌉ · 16` f32.
+/// must be valid for reading `nb` blocks and, unless `ROW_D`, `d.add(c * nb)` for `nb` f32 and
+/// `d_exp` must hold `cols · ⌈nb / 2⌉ · 16` f32 (with `ROW_D`, `d` and `d_exp` are not used);
+/// if `U4`, `codes` holds `cols · nb · 32` bytes, else `starts` holds `cols · ⌈nb / 2⌉ · 16` i32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn prepare_cols<const U4: bool>(
+unsafe fn prepare_cols<const U4: bool, const ROW_D: bool>(
     (w, ldw): (*const u8, usize),
     cols: usize,
     nb: usize,
@@ -335,16 +339,18 @@ unsafe fn prepare_cols<const U4: bool>(
         for s in 0..steps {
             let b = 2 * s;
             let pair = b + 2 <= nb;
-            let d_vec = if pair {
-                // SAFETY: d of row c has nb > b + 1 entries (contract above).
-                unsafe { pair_scales(d.add(c * nb + b)) }
-            } else {
-                // SAFETY: d of row c has nb > b entries (contract above).
-                _mm512_set1_ps(unsafe { *d.add(c * nb + b) })
-            };
-            let out = &mut d_exp[(c * steps + s) * STEP_LANES..][..STEP_LANES];
-            // SAFETY: `out` holds 16 f32.
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), d_vec) };
+            if !ROW_D {
+                let d_vec = if pair {
+                    // SAFETY: d of row c has nb > b + 1 entries (contract above).
+                    unsafe { pair_scales(d.add(c * nb + b)) }
+                } else {
+                    // SAFETY: d of row c has nb > b entries (contract above).
+                    _mm512_set1_ps(unsafe { *d.add(c * nb + b) })
+                };
+                let out = &mut d_exp[(c * steps + s) * STEP_LANES..][..STEP_LANES];
+                // SAFETY: `out` holds 16 f32.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr(), d_vec) };
+            }
             if U4 {
                 let block = w.wrapping_add(c * ldw + b * QK / 2);
                 let out = &mut codes[(c * nb + b) * QK..][..if pair { 2 * QK } else { QK }];
@@ -396,7 +402,9 @@ fn reduce_1x4(v: &[__m512; 4]) -> __m128 {
 }
 
 /// f32 sums over the blocks of `R` activation rows × `C` weight rows of
-/// `da · d · Σ_block a·q` (the `mn` term excluded), per output still spread over 16 lanes.
+/// `da · d · Σ_block a·q` (the `mn` term excluded), per output still spread over 16 lanes; if
+/// `ROW_D` (one scale per weight row, applied by the caller) of `da · Σ_block a·q`, and
+/// neither `d` nor `d_exp` is read.
 ///
 /// Each 512-bit step covers two blocks (lanes 0–7 block `b`, 8–15 block `b + 1`); an odd final
 /// block uses the low half with the high lanes masked off. Q4 codes (decoded by
@@ -415,7 +423,13 @@ fn reduce_1x4(v: &[__m512; 4]) -> __m128 {
 /// per block) and `starts` / `d_exp` are not read.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn block_tile<const R: usize, const C: usize, const U4: bool, const PREP: bool>(
+unsafe fn block_tile<
+    const R: usize,
+    const C: usize,
+    const U4: bool,
+    const PREP: bool,
+    const ROW_D: bool,
+>(
     (a, lda, da): (*const i8, usize, *const f32),
     (w, ldw, d): (*const u8, usize, *const f32),
     (starts, d_exp): (*const i32, *const f32),
@@ -448,13 +462,15 @@ unsafe fn block_tile<const R: usize, const C: usize, const U4: bool, const PREP:
                     _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, w_vecs[c]))
                 };
             }
-            d_vecs[c] = if PREP {
-                // SAFETY: `d_exp` holds 16 f32 per row and step (contract above).
-                unsafe { _mm512_loadu_ps(d_exp.add((c * steps + s) * STEP_LANES)) }
-            } else {
-                // SAFETY: d of row c has nb > b + 1 entries (contract above).
-                unsafe { pair_scales(d.add(c * nb + b)) }
-            };
+            if !ROW_D {
+                d_vecs[c] = if PREP {
+                    // SAFETY: `d_exp` holds 16 f32 per row and step (contract above).
+                    unsafe { _mm512_loadu_ps(d_exp.add((c * steps + s) * STEP_LANES)) }
+                } else {
+                    // SAFETY: d of row c has nb > b + 1 entries (contract above).
+                    unsafe { pair_scales(d.add(c * nb + b)) }
+                };
+            }
         }
         for (r, row_sums) in sums.iter_mut().enumerate() {
             // SAFETY: blocks b and b + 1 of activation row r are readable (contract above).
@@ -468,8 +484,12 @@ unsafe fn block_tile<const R: usize, const C: usize, const U4: bool, const PREP:
                 } else {
                     _mm512_dpbusd_epi32(start_vecs[c], u_vec, w_vecs[c])
                 };
-                let scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(lanes), da_vec);
-                row_sums[c] = _mm512_fmadd_ps(scaled, d_vecs[c], row_sums[c]);
+                let lanes = _mm512_cvtepi32_ps(lanes);
+                row_sums[c] = if ROW_D {
+                    _mm512_fmadd_ps(lanes, da_vec, row_sums[c])
+                } else {
+                    _mm512_fmadd_ps(_mm512_mul_ps(lanes, da_vec), d_vecs[c], row_sums[c])
+                };
             }
         }
     }
@@ -494,8 +514,10 @@ unsafe fn block_tile<const R: usize, const C: usize, const U4: bool, const PREP:
                     _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, w_vecs[c]))
                 };
             }
-            // SAFETY: d of row c has nb > b entries (contract above).
-            d_vecs[c] = _mm512_set1_ps(unsafe { *d.add(c * nb + b) });
+            if !ROW_D {
+                // SAFETY: d of row c has nb > b entries (contract above).
+                d_vecs[c] = _mm512_set1_ps(unsafe { *d.add(c * nb + b) });
+            }
         }
         for (r, row_sums) in sums.iter_mut().enumerate() {
             // SAFETY: block b of activation row r is readable; the mask selects its bytes only.
@@ -509,26 +531,39 @@ unsafe fn block_tile<const R: usize, const C: usize, const U4: bool, const PREP:
                 } else {
                     _mm512_dpbusd_epi32(start_vecs[c], u_vec, w_vecs[c])
                 };
-                let scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(lanes), da_vec);
-                row_sums[c] = _mm512_mask3_fmadd_ps(scaled, d_vecs[c], row_sums[c], FIRST_BLOCK);
+                let lanes = _mm512_cvtepi32_ps(lanes);
+                row_sums[c] = if ROW_D {
+                    _mm512_mask3_fmadd_ps(lanes, da_vec, row_sums[c], FIRST_BLOCK)
+                } else {
+                    let scaled = _mm512_mul_ps(lanes, da_vec);
+                    _mm512_mask3_fmadd_ps(scaled, d_vecs[c], row_sums[c], FIRST_BLOCK)
+                };
             }
         }
     }
     sums
 }
 
-/// Adds one `R × C` tile of [`block_tile`] to `y` at `(i, j)`; `w` and `starts` are the
-/// prepared column tile starting at column `j` ([`prepare_cols`]).
+/// Adds one `R × C` tile of [`block_tile`] to `y` at `(i, j)` (each column `c` times the row
+/// scale `d[j + c]` if `ROW_D`); `w` and `starts` are the prepared column tile starting at
+/// column `j` ([`prepare_cols`]).
 ///
 /// # Safety
-/// The CPU must support AVX-512 F, BW, VL and VNNI; the shapes of `a`, `d` and `y` (`m` rows of
-/// stride `ldy`) must have been checked with `check_block_gemm_shapes`, `i + R <= m`,
+/// The CPU must support AVX-512 F, BW, VL and VNNI; the shapes of `a`, `d` (`n` row scales if
+/// `ROW_D`) and `y` (`m` rows of stride `ldy`) must have been checked with
+/// `check_block_gemm_shapes` (`check_block_gemm_rows_shapes` if `ROW_D`), `i + R <= m`,
 /// `j + C <= n`, and `w` / `starts` / `d_exp` must satisfy the contract of [`block_tile`] for `C`
 /// rows.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn add_block_tile<const R: usize, const C: usize, const U4: bool, const PREP: bool>(
+unsafe fn add_block_tile<
+    const R: usize,
+    const C: usize,
+    const U4: bool,
+    const PREP: bool,
+    const ROW_D: bool,
+>(
     a: &BlockActsView<'_>,
     (w, ldw, starts, d_exp): (*const u8, usize, *const i32, *const f32),
     d: &[f32],
@@ -537,16 +572,20 @@ unsafe fn add_block_tile<const R: usize, const C: usize, const U4: bool, const P
     (i, j): (usize, usize),
 ) {
     let nb = a.k / QK;
+    let d_tile = d.as_ptr().wrapping_add(if ROW_D { j } else { j * nb });
+    // Column c of the tile: its row scale if ROW_D (applied once per output), else 1.
+    let scale = |c: usize| if ROW_D { d[j + c] } else { 1.0 };
     // SAFETY: rows i..i+R of the activations and j..j+C of `d` exist (contract), so each row
-    // pointer is readable for its nb blocks and nb scales; `w` and `starts` as required.
+    // pointer is readable for its nb blocks and nb scales (`d` is not read if ROW_D); `w` and
+    // `starts` as required.
     let sums = unsafe {
-        block_tile::<R, C, U4, PREP>(
+        block_tile::<R, C, U4, PREP, ROW_D>(
             (
                 a.codes.as_ptr().add(i * a.k),
                 a.k,
                 a.scales.as_ptr().add(i * nb),
             ),
-            (w, ldw, d.as_ptr().add(j * nb)),
+            (w, ldw, d_tile),
             (starts, d_exp),
             nb,
         )
@@ -564,8 +603,8 @@ unsafe fn add_block_tile<const R: usize, const C: usize, const U4: bool, const P
             unsafe { _mm512_storeu_ps(out.as_mut_ptr(), reduce_4x4(&flat)) };
             for (g, row) in out.chunks_exact(4).enumerate() {
                 let y_row = &mut y[(i + r + g) * ldy + j..][..4];
-                for (out, &sum) in y_row.iter_mut().zip(row) {
-                    *out += sum;
+                for (c, (out, &sum)) in y_row.iter_mut().zip(row).enumerate() {
+                    *out += if ROW_D { scale(c) * sum } else { sum };
                 }
             }
             r += 4;
@@ -581,18 +620,20 @@ unsafe fn add_block_tile<const R: usize, const C: usize, const U4: bool, const P
             let mut out = [0.0f32; 4];
             // SAFETY: `out` holds 4 f32; storeu has no alignment requirement.
             unsafe { _mm_storeu_ps(out.as_mut_ptr(), reduce_1x4(&flat)) };
-            for (out, &sum) in y_row.iter_mut().zip(&out) {
-                *out += sum;
+            for (c, (out, &sum)) in y_row.iter_mut().zip(&out).enumerate() {
+                *out += if ROW_D { scale(c) * sum } else { sum };
             }
             continue;
         }
-        for (out, &sum) in y_row.iter_mut().zip(row) {
-            *out += _mm512_reduce_add_ps(sum);
+        for (c, (out, &sum)) in y_row.iter_mut().zip(row).enumerate() {
+            let sum = _mm512_reduce_add_ps(sum);
+            *out += if ROW_D { scale(c) * sum } else { sum };
         }
     }
 }
 
-/// Adds `Σ_b da · d · isum` to `y` (the caller initialised `y` with the `mn` term).
+/// Adds `Σ_b da · d · isum` to `y` (the caller initialised `y` with the `mn` term), or
+/// `d[j] · Σ_b da · isum` if `ROW_D` (`d` = one scale per weight row; int8 only).
 ///
 /// Rows are processed in chunks of about [`BLOCK_CHUNK_BYTES`] of activations; within a chunk,
 /// every tile of weight rows is prepared once ([`prepare_cols`], in L1) and meets all the
@@ -600,9 +641,10 @@ unsafe fn add_block_tile<const R: usize, const C: usize, const U4: bool, const P
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW, VL and VNNI; the shapes must have been checked with
-/// `check_block_gemm_shapes`, with `w` valid for reading `n` rows of `ldw` bytes.
+/// `check_block_gemm_shapes` (`check_block_gemm_rows_shapes` if `ROW_D`), with `w` valid for
+/// reading `n` rows of `ldw` bytes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn gemm_blocks<const U4: bool>(
+unsafe fn gemm_blocks<const U4: bool, const ROW_D: bool>(
     a: &BlockActsView<'_>,
     (w, ldw, d): (*const u8, usize, &[f32]),
     n: usize,
@@ -617,7 +659,9 @@ unsafe fn gemm_blocks<const U4: bool>(
     let prep = m.min(chunk) >= PREP_MIN_ROWS && k <= PREP_MAX_K;
     let (mut codes, mut starts, mut d_exp) = (Vec::new(), Vec::new(), Vec::new());
     if prep {
-        d_exp = vec![0.0f32; BLOCK_COLS * nb.div_ceil(2) * STEP_LANES];
+        if !ROW_D {
+            d_exp = vec![0.0f32; BLOCK_COLS * nb.div_ceil(2) * STEP_LANES];
+        }
         if U4 {
             codes = vec![0u8; BLOCK_COLS * k];
         } else {
@@ -632,16 +676,19 @@ unsafe fn gemm_blocks<const U4: bool>(
             let full_cols = j + BLOCK_COLS <= n;
             let cols = if full_cols { BLOCK_COLS } else { 1 };
             let tile_w = if prep {
+                let d_tile = d.as_ptr().wrapping_add(if ROW_D { j } else { j * nb });
                 // SAFETY: weight rows j..j+cols exist (j + cols <= n) with nb blocks of `ldw`
-                // bytes; the buffers hold BLOCK_COLS >= cols rows; the CPU has the features.
+                // bytes (and nb scales at `d_tile` unless ROW_D); the buffers hold
+                // BLOCK_COLS >= cols rows (`d_exp` is empty and unused if ROW_D); the CPU has
+                // the features.
                 unsafe {
-                    prepare_cols::<U4>(
+                    prepare_cols::<U4, ROW_D>(
                         (w.add(j * ldw), ldw),
                         cols,
                         nb,
                         &mut codes,
                         &mut starts,
-                        (d.as_ptr().add(j * nb), &mut d_exp),
+                        (d_tile, &mut d_exp),
                     )
                 };
                 if U4 {
@@ -666,29 +713,33 @@ unsafe fn gemm_blocks<const U4: bool>(
                 // `prep`, the shapes were checked and the CPU has the features (contract above).
                 unsafe {
                     match (full_rows, full_cols, prep) {
-                        (true, true, true) => add_block_tile::<BLOCK_ROWS, BLOCK_COLS, U4, true>(
+                        (true, true, true) => {
+                            add_block_tile::<BLOCK_ROWS, BLOCK_COLS, U4, true, ROW_D>(
+                                a, tile_w, d, y, ldy, ij,
+                            )
+                        }
+                        (false, true, true) => add_block_tile::<1, BLOCK_COLS, U4, true, ROW_D>(
                             a, tile_w, d, y, ldy, ij,
                         ),
-                        (false, true, true) => {
-                            add_block_tile::<1, BLOCK_COLS, U4, true>(a, tile_w, d, y, ldy, ij)
-                        }
-                        (true, false, true) => {
-                            add_block_tile::<BLOCK_ROWS, 1, U4, true>(a, tile_w, d, y, ldy, ij)
-                        }
+                        (true, false, true) => add_block_tile::<BLOCK_ROWS, 1, U4, true, ROW_D>(
+                            a, tile_w, d, y, ldy, ij,
+                        ),
                         (false, false, true) => {
-                            add_block_tile::<1, 1, U4, true>(a, tile_w, d, y, ldy, ij)
+                            add_block_tile::<1, 1, U4, true, ROW_D>(a, tile_w, d, y, ldy, ij)
                         }
-                        (true, true, false) => add_block_tile::<BLOCK_ROWS, BLOCK_COLS, U4, false>(
+                        (true, true, false) => {
+                            add_block_tile::<BLOCK_ROWS, BLOCK_COLS, U4, false, ROW_D>(
+                                a, tile_w, d, y, ldy, ij,
+                            )
+                        }
+                        (false, true, false) => add_block_tile::<1, BLOCK_COLS, U4, false, ROW_D>(
                             a, tile_w, d, y, ldy, ij,
                         ),
-                        (false, true, false) => {
-                            add_block_tile::<1, BLOCK_COLS, U4, false>(a, tile_w, d, y, ldy, ij)
-                        }
-                        (true, false, false) => {
-                            add_block_tile::<BLOCK_ROWS, 1, U4, false>(a, tile_w, d, y, ldy, ij)
-                        }
+                        (true, false, false) => add_block_tile::<BLOCK_ROWS, 1, U4, false, ROW_D>(
+                            a, tile_w, d, y, ldy, ij,
+                        ),
                         (false, false, false) => {
-                            add_block_tile::<1, 1, U4, false>(a, tile_w, d, y, ldy, ij)
+                            add_block_tile::<1, 1, U4, false, ROW_D>(a, tile_w, d, y, ldy, ij)
                         }
                     }
                 }
@@ -715,7 +766,26 @@ pub(super) unsafe fn gemm_blocks_i8(
     ldy: usize,
 ) {
     // SAFETY: `q` holds n rows of k bytes (checked shapes); same CPU contract.
-    unsafe { gemm_blocks::<false>(a, (q.as_ptr().cast(), a.k, d), n, y, ldy) }
+    unsafe { gemm_blocks::<false, false>(a, (q.as_ptr().cast(), a.k, d), n, y, ldy) }
+}
+
+/// `GemmKernels::gemm_blocks_i8_rows`, added to `y` (the caller zeroes it).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and VNNI, and the shapes must have been checked
+/// with `check_block_gemm_rows_shapes`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn gemm_blocks_i8_rows(
+    a: &BlockActsView<'_>,
+    q: &[i8],
+    d_row: &[f32],
+    n: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    // SAFETY: `q` holds n rows of k bytes and `d_row` n scales (checked shapes); same CPU
+    // contract.
+    unsafe { gemm_blocks::<false, true>(a, (q.as_ptr().cast(), a.k, d_row), n, y, ldy) }
 }
 
 /// The `Σ_b da · d · isum` part of `GemmKernels::gemm_blocks_u4`, added to `y`.
@@ -733,5 +803,5 @@ pub(super) unsafe fn gemm_blocks_u4(
     ldy: usize,
 ) {
     // SAFETY: `q` holds n rows of k / 2 bytes (checked shapes); same CPU contract.
-    unsafe { gemm_blocks::<true>(a, (q.as_ptr(), a.k / 2, d), n, y, ldy) }
+    unsafe { gemm_blocks::<true, false>(a, (q.as_ptr(), a.k / 2, d), n, y, ldy) }
 }
