@@ -508,6 +508,7 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
             self.t(&format!("{p}embeddings.LayerNorm.weight"))?,
             self.t(&format!("{p}embeddings.LayerNorm.bias"))?,
             cfg.layer_norm_eps,
+            self.math,
         );
 
         let mut q = vec![0f32; m * h];
@@ -556,6 +557,7 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
                 self.t(&names.attn_ln_w)?,
                 self.t(&names.attn_ln_b)?,
                 cfg.layer_norm_eps,
+                math,
             );
             self.lin(&names.inter, &x, m, h, f, &mut inter)?;
             // Element-wise, so split over the rayon pool in whole rows.
@@ -570,6 +572,7 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
                 self.t(&names.out_ln_w)?,
                 self.t(&names.out_ln_b)?,
                 cfg.layer_norm_eps,
+                math,
             );
         }
 
@@ -683,30 +686,17 @@ fn add_assign(x: &mut [f32], y: &[f32]) {
         });
 }
 
-/// Row-wise LayerNorm in place, rows split over the rayon pool.
-fn layer_norm(x: &mut [f32], h: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+/// Row-wise LayerNorm in place (`fastmath`'s f32 kernel), rows split over the rayon pool.
+fn layer_norm(
+    x: &mut [f32],
+    h: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    math: &crate::infer::fastmath::MathKernels,
+) {
     x.par_chunks_mut(h * PAR_ROWS)
-        .for_each(|rows| layer_norm_rows(rows, h, gamma, beta, eps));
-}
-
-/// LayerNorm of whole rows (statistics in f64, biased variance as in PyTorch).
-fn layer_norm_rows(x: &mut [f32], h: usize, gamma: &[f32], beta: &[f32], eps: f32) {
-    let eps = f64::from(eps);
-    for row in x.chunks_exact_mut(h) {
-        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / h as f64;
-        let var = row
-            .iter()
-            .map(|&v| {
-                let dv = f64::from(v) - mean;
-                dv * dv
-            })
-            .sum::<f64>()
-            / h as f64;
-        let inv = 1.0 / (var + eps).sqrt();
-        for ((v, &g), &b) in row.iter_mut().zip(gamma).zip(beta) {
-            *v = ((f64::from(*v) - mean) * inv * f64::from(g) + f64::from(b)) as f32;
-        }
-    }
+        .for_each(|rows| (math.layer_norm_rows)(rows, h, gamma, beta, eps));
 }
 
 /// `y[m×n] = x[m×k]·Wᵀ (+ bias)` with `w` row-major `[n×k]`, in f32, through the run-time

@@ -1,4 +1,4 @@
-//! Vectorizable f32 element-wise math for inference: GELU (erf) and row softmax.
+//! Vectorizable f32 row-wise math for inference: GELU (erf), softmax and LayerNorm.
 //!
 //! The bodies are plain branch-free loops over fixed-width lane arrays (no `mul_add`, no calls to
 //! libm), written once as `#[inline(always)]` functions. Each is compiled three times: for the
@@ -112,6 +112,40 @@ fn softmax_body(xs: &mut [f32], len: usize, scale: f32) {
     }
 }
 
+/// Sum of `xs` over [`LANES`] lane accumulators, reduced in a fixed order.
+#[inline(always)]
+fn lane_sum(xs: &[f32], mut f: impl FnMut(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(chunk) {
+            *a += f(x);
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += f(x);
+    }
+    acc.iter().sum()
+}
+
+/// LayerNorm of each `h`-long row in place: `(x - mean) / sqrt(var + eps) · gamma + beta` with
+/// the biased variance (PyTorch's), mean and variance from two passes in f32 lane sums.
+#[inline(always)]
+fn layer_norm_body(xs: &mut [f32], h: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+    if h == 0 {
+        return;
+    }
+    let (gamma, beta) = (&gamma[..h], &beta[..h]);
+    for row in xs.chunks_exact_mut(h) {
+        let mean = lane_sum(row, |x| x) / h as f32;
+        let var = lane_sum(row, |x| (x - mean) * (x - mean)) / h as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((x, &g), &b) in row.iter_mut().zip(gamma).zip(beta) {
+            *x = (*x - mean) * inv * g + b;
+        }
+    }
+}
+
 /// Element-wise kernels for one ISA.
 #[derive(Debug)]
 pub struct MathKernels {
@@ -122,12 +156,15 @@ pub struct MathKernels {
     /// `softmax(scale · row)` for every `len`-long row, in place (`xs.len()` a multiple of
     /// `len`).
     pub softmax_rows: fn(&mut [f32], usize, f32),
+    /// LayerNorm of every `h`-long row in place: `layer_norm_rows(xs, h, gamma, beta, eps)`.
+    pub layer_norm_rows: fn(&mut [f32], usize, &[f32], &[f32], f32),
 }
 
 static SCALAR: MathKernels = MathKernels {
     isa: "scalar",
     gelu: gelu_body,
     softmax_rows: softmax_body,
+    layer_norm_rows: layer_norm_body,
 };
 
 /// The baseline (definition) table.
@@ -166,7 +203,7 @@ mod x86 {
     //! only reachable through `AVX2` / `AVX512`, which `available` hands out after run-time
     //! detection confirmed the features: every `SAFETY:` comment below relies on that.
 
-    use super::{gelu_body, softmax_body, MathKernels};
+    use super::{gelu_body, layer_norm_body, softmax_body, MathKernels};
 
     #[target_feature(enable = "avx2")]
     unsafe fn gelu_avx2(xs: &mut [f32]) {
@@ -176,6 +213,16 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     unsafe fn softmax_avx2(xs: &mut [f32], len: usize, scale: f32) {
         softmax_body(xs, len, scale);
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn layer_norm_avx2(xs: &mut [f32], h: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+        layer_norm_body(xs, h, gamma, beta, eps);
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn layer_norm_avx512(xs: &mut [f32], h: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+        layer_norm_body(xs, h, gamma, beta, eps);
     }
 
     #[target_feature(enable = "avx512f")]
@@ -200,6 +247,11 @@ mod x86 {
             // SAFETY: reachable only through `AVX2`, handed out after AVX2 was detected.
             unsafe { softmax_avx2(xs, len, scale) }
         },
+        layer_norm_rows: |xs, h, gamma, beta, eps| {
+            debug_assert!(is_x86_feature_detected!("avx2"));
+            // SAFETY: reachable only through `AVX2`, handed out after AVX2 was detected.
+            unsafe { layer_norm_avx2(xs, h, gamma, beta, eps) }
+        },
     };
 
     pub(super) static AVX512: MathKernels = MathKernels {
@@ -213,6 +265,11 @@ mod x86 {
             debug_assert!(is_x86_feature_detected!("avx512f"));
             // SAFETY: reachable only through `AVX512`, handed out after AVX-512F was detected.
             unsafe { softmax_avx512(xs, len, scale) }
+        },
+        layer_norm_rows: |xs, h, gamma, beta, eps| {
+            debug_assert!(is_x86_feature_detected!("avx512f"));
+            // SAFETY: reachable only through `AVX512`, handed out after AVX-512F was detected.
+            unsafe { layer_norm_avx512(xs, h, gamma, beta, eps) }
         },
     };
 }
@@ -296,6 +353,34 @@ mod tests {
     }
 
     #[test]
+    fn layer_norm_matches_f64() {
+        let h = 384;
+        let xs: Vec<f32> = (0..h * 5)
+            .map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 5.0 + if i % 97 == 0 { 40.0 } else { 0.0 })
+            .collect();
+        let gamma: Vec<f32> = (0..h).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
+        let beta: Vec<f32> = (0..h).map(|i| (i % 5) as f32 * 0.01 - 0.02).collect();
+        let mut got = xs.clone();
+        layer_norm_body(&mut got, h, &gamma, &beta, 1e-12);
+        for (row_in, row_out) in xs.chunks(h).zip(got.chunks(h)) {
+            let mean = row_in.iter().map(|&v| f64::from(v)).sum::<f64>() / h as f64;
+            let var = row_in
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / h as f64;
+            for (t, (&x, &y)) in row_in.iter().zip(row_out).enumerate() {
+                let want = (f64::from(x) - mean) / (var + 1e-12).sqrt() * f64::from(gamma[t])
+                    + f64::from(beta[t]);
+                assert!(
+                    (f64::from(y) - want).abs() < 2e-6 * want.abs().max(1.0),
+                    "{y} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn every_table_is_bit_identical_to_scalar() {
         let xs = samples();
         for table in available() {
@@ -309,6 +394,21 @@ mod tests {
                 "gelu on {}",
                 table.isa
             );
+            let gamma: Vec<f32> = (0..100).map(|i| 1.0 + i as f32 * 0.01).collect();
+            let beta: Vec<f32> = (0..100).map(|i| i as f32 * -0.001).collect();
+            for h in [1usize, 17, 100] {
+                let rows = xs[..h * 30].to_vec();
+                let mut want = rows.clone();
+                (SCALAR.layer_norm_rows)(&mut want, h, &gamma, &beta, 1e-5);
+                let mut got = rows.clone();
+                (table.layer_norm_rows)(&mut got, h, &gamma, &beta, 1e-5);
+                assert_eq!(
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "layer norm h {h} on {}",
+                    table.isa
+                );
+            }
             for len in [1usize, 5, 16, 33, 128] {
                 let rows: Vec<f32> = xs[..len * 20].to_vec();
                 let mut want = rows.clone();

@@ -50,8 +50,13 @@ impl ServedLinear {
             // int8 / q8_0 / int4 / q4_0 / q4_1 blocks × activations quantized per 32-element
             // block: exact integer block sums, one scale multiply per block.
             DenseWeights::Blocks(matrix) => {
-                let mut acts = BlockActs::new();
-                matrix.linear_range(self.kernels, x, m, j0, j1, bias, &mut acts, y);
+                // The quantized-activation buffers are reused per thread across calls.
+                thread_local! {
+                    static ACTS: std::cell::RefCell<BlockActs> = std::cell::RefCell::new(BlockActs::new());
+                }
+                ACTS.with_borrow_mut(|acts| {
+                    matrix.linear_range(self.kernels, x, m, j0, j1, bias, acts, y)
+                });
             }
             // Symmetric per-channel int8 loaded for per-row activation scales
             // (`QUANTD_INT8_ACTIVATIONS`): exact i32 accumulation, one dequantizing multiply per
