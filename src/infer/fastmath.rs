@@ -24,7 +24,8 @@ fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding and subtracting rounds to an integer
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4;
     p = p * r + 1.398_2e-3;
@@ -33,7 +34,9 @@ fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let bits = ((n as i32 + 127) as u32) << 23;
+    // `t`'s low mantissa bits hold `n` (|n| ≤ 126 ≪ 2^22): `(bits(t) + 127) << 23` is the
+    // exponent field of 2^n, without a (saturating, slower) float-to-int conversion.
+    let bits = t.to_bits().wrapping_add(127) << 23;
     y * f32::from_bits(bits)
 }
 
