@@ -100,8 +100,9 @@ pub struct Settings {
     #[arg(long, env = "QUANTD_MAX_INFLIGHT_INFERENCES", default_value_t = 64)]
     pub max_inflight_inferences: usize,
 
-    /// Serve int8 weights against int8-quantized activations (dynamic per-row scales, int8 ×
-    /// int8 kernels) instead of f32 activations: faster, less accurate (see BENCHMARKS.md).
+    /// Serve int8 per-channel weights against int8 activations with one scale per row (the
+    /// per-row int8 × int8 GEMM) instead of one scale per 32-element block: less accurate, and
+    /// not faster where the block kernels have VNNI (see BENCHMARKS.md).
     #[arg(long, env = "QUANTD_INT8_ACTIVATIONS", default_value_t = false)]
     pub int8_activations: bool,
 
