@@ -697,3 +697,80 @@ proptest! {
         check_against_scalar(&acts, &w, n, "i8 rows random");
     }
 }
+
+/// Deterministic values in [-1, 1).
+fn quad_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Every leftover of the 4-block steps of the prepared per-row path (block counts 1..=13, i.e.
+/// quads plus a pair and/or an odd block), on prepared and unprepared shapes: against the
+/// scalar twin, and exactly with unit scales, including -128 and 127 weights.
+#[test]
+fn quad_tails_match_scalar() {
+    let scalar = scalar();
+    for table in available() {
+        for nb in 1..=13usize {
+            for (m, n) in [(16usize, 4usize), (40, 9), (23, 5), (700, 6)] {
+                let k = nb * 32;
+                let wf = quad_values(n * k, nb as u64);
+                let mut q = vec![0i8; n * k];
+                let mut s = vec![0f32; n];
+                (scalar.quantize_rows_i8)(&wf, n, k, &mut q, &mut s);
+                // extreme weight codes in a few spots
+                for (idx, v) in q.iter_mut().enumerate() {
+                    if idx % 11 == 0 {
+                        *v = -128;
+                    }
+                    if idx % 13 == 0 {
+                        *v = 127;
+                    }
+                }
+                let x = quad_values(m * k, 99 + nb as u64);
+                let mut acts = BlockActs::new();
+                acts.quantize(scalar, &x, m, k);
+                let w = BlockWeightsRef::I8Rows { q: &q, d_row: &s };
+                let mut y0 = vec![0f32; m * n];
+                let mut y1 = vec![0f32; m * n];
+                gemm_blocks(scalar, &acts, w, n, &mut y0, n);
+                gemm_blocks(table, &acts, w, n, &mut y1, n);
+                // exact-integer check: unit row scales, acts scales 1 via codes
+                for (i, (a, b)) in y0.iter().zip(&y1).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + a.abs()) * (nb as f32),
+                        "{} nb={nb} m={m} n={n} i={i}: {a} vs {b}",
+                        table.isa
+                    );
+                }
+                let ones = vec![1.0f32; n];
+                let w1 = BlockWeightsRef::I8Rows {
+                    q: &q,
+                    d_row: &ones,
+                };
+                // activations with da = 1: codes ±127 style via x in {-127,127}
+                let xi: Vec<f32> = (0..m * k)
+                    .map(|t| {
+                        if (t * 7 / 3 + t / k) % 3 == 0 {
+                            -127.0
+                        } else {
+                            127.0
+                        }
+                    })
+                    .collect();
+                let mut acts1 = BlockActs::new();
+                acts1.quantize(scalar, &xi, m, k);
+                gemm_blocks(scalar, &acts1, w1, n, &mut y0, n);
+                gemm_blocks(table, &acts1, w1, n, &mut y1, n);
+                assert_eq!(y0, y1, "{} exact nb={nb} m={m} n={n}", table.isa);
+            }
+        }
+    }
+}

@@ -26,6 +26,10 @@
 //! With one scale per weight row (`gemm_blocks_i8_rows`, const `ROW_D`) the converted lane sums
 //! are added with one FMA of the activation block scales (`sum += f32(lanes) · da`: no weight
 //! scale per step, no multiply) and the reduced tile is multiplied by the row scales once.
+//! Its prepared path ([`prepare_cols_quad`], [`block_tile_quad`]) steps over 4 blocks: weights
+//! and activations are split into block halves (128-bit lanes), so two `vpdpbusd` into one
+//! register leave each block's exact sum in 4 lanes and one conversion and one FMA (with the
+//! 4 activation block scales) serve 4 blocks instead of 2.
 
 use std::arch::x86_64::*;
 
@@ -544,6 +548,181 @@ unsafe fn block_tile<
     sums
 }
 
+/// Blocks per step of the prepared int8 row-scale path ([`block_tile_quad`]).
+const QUAD: usize = 4;
+
+/// Start vectors per weight row of the prepared int8 row-scale path: one per 4 blocks, one for
+/// a remaining pair and one for an odd final block.
+fn quad_starts(nb: usize) -> usize {
+    nb / QUAD + (nb % QUAD).div_ceil(2)
+}
+
+/// Prepares the int8 weight rows `0..cols` at `w` (`ldw` bytes each) for [`block_tile_quad`].
+/// Every 4 blocks (128 bytes) of row `c` are stored at `codes[c * nb * 32..]` as two vectors:
+/// the first 16 bytes of each block (`x`: 128-bit lanes = blocks `b..b + 4`), then the last 16
+/// (`y`), so `vpdpbusd` of `x` then `y` into one register sums each block in 4 lanes. A
+/// remaining pair and an odd final block keep their order. `starts` gets the lane starts
+/// `-128·Σ w` of every such vector (16 i32, row `c` at `c * quad_starts(nb) * 16`).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and VNNI; for every `c < cols`, `w.add(c * ldw)` must
+/// be valid for reading `nb * 32` bytes; `codes` holds `cols · nb · 32` bytes and `starts`
+/// `cols · quad_starts(nb) · 16` i32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn prepare_cols_quad(
+    (w, ldw): (*const u8, usize),
+    cols: usize,
+    nb: usize,
+    codes: &mut [u8],
+    starts: &mut [i32],
+) {
+    let zero = _mm512_setzero_si512();
+    let offset = _mm512_set1_epi8(0x80u8 as i8);
+    let low: __mmask64 = (1 << QK) - 1;
+    let (k, nq, st) = (nb * QK, nb / QUAD, quad_starts(nb));
+    for c in 0..cols {
+        let row = w.wrapping_add(c * ldw);
+        let out = &mut codes[c * k..][..k];
+        let row_starts = &mut starts[c * st * STEP_LANES..][..st * STEP_LANES];
+        for q in 0..nq {
+            let b = q * QUAD;
+            // SAFETY: blocks b..b + 4 (128 bytes) of row c are readable (contract above).
+            let (a0, a1) = unsafe {
+                (
+                    _mm512_loadu_si512(row.add(b * QK).cast()),
+                    _mm512_loadu_si512(row.add(b * QK + 64).cast()),
+                )
+            };
+            let x = _mm512_shuffle_i64x2::<0x88>(a0, a1);
+            let y = _mm512_shuffle_i64x2::<0xdd>(a0, a1);
+            let start = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, offset, x), offset, y);
+            let start = _mm512_sub_epi32(zero, start);
+            let dst = &mut out[b * QK..][..2 * 64];
+            let dst_start = &mut row_starts[q * STEP_LANES..][..STEP_LANES];
+            // SAFETY: `dst` holds 128 bytes and `dst_start` 16 i32; storeu is unaligned.
+            unsafe {
+                _mm512_storeu_si512(dst.as_mut_ptr().cast(), x);
+                _mm512_storeu_si512(dst.as_mut_ptr().add(64).cast(), y);
+                _mm512_storeu_si512(dst_start.as_mut_ptr().cast(), start);
+            }
+        }
+        let (mut b, mut s) = (nq * QUAD, nq);
+        while b < nb {
+            let pair = b + 2 <= nb;
+            let mask = if pair { u64::MAX } else { low };
+            let dst = &mut out[b * QK..][..if pair { 2 * QK } else { QK }];
+            // SAFETY: the mask selects the bytes of blocks b (and b + 1 if it exists) of row
+            // c, readable (contract), and `dst` holds as many bytes.
+            let v = unsafe { _mm512_maskz_loadu_epi8(mask, row.add(b * QK).cast()) };
+            // SAFETY: `dst` holds the bytes the mask selects; masked-off bytes are not written.
+            unsafe { _mm512_mask_storeu_epi8(dst.as_mut_ptr().cast(), mask, v) };
+            let start = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, v));
+            let dst_start = &mut row_starts[s * STEP_LANES..][..STEP_LANES];
+            // SAFETY: `dst_start` holds 16 i32.
+            unsafe { _mm512_storeu_si512(dst_start.as_mut_ptr().cast(), start) };
+            b += 2;
+            s += 1;
+        }
+    }
+}
+
+/// [`block_tile`] for int8 weights with row scales (`ROW_D`) prepared by
+/// [`prepare_cols_quad`]: f32 sums of `da · Σ_block a·q` per output, spread over 16 lanes.
+/// Each step covers 4 blocks: the activation vectors are split into block halves like the
+/// weights (two 128-bit lane shuffles per row), and two `vpdpbusd` into one register leave
+/// each block's exact sum in 4 lanes, so one conversion and one FMA serve 4 blocks.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and VNNI. For every `r < R`, `a.add(r * lda)` must be
+/// valid for reading `nb * 32` bytes and `da.add(r * nb)` for `nb` f32; `w` and `starts` hold
+/// `C` rows prepared by [`prepare_cols_quad`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn block_tile_quad<const R: usize, const C: usize>(
+    (a, lda, da): (*const i8, usize, *const f32),
+    w: *const u8,
+    starts: *const i32,
+    nb: usize,
+) -> [[__m512; C]; R] {
+    let offset = _mm512_set1_epi8(0x80u8 as i8);
+    let (k, nq, st) = (nb * QK, nb / QUAD, quad_starts(nb));
+    let quad_index = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    let mut sums = [[_mm512_setzero_ps(); C]; R];
+    let mut x_vecs = [_mm512_setzero_si512(); C];
+    let mut y_vecs = [_mm512_setzero_si512(); C];
+    for q in 0..nq {
+        let b = q * QUAD;
+        for c in 0..C {
+            // SAFETY: the prepared row c holds nb * 32 >= b * 32 + 128 bytes (contract).
+            unsafe {
+                x_vecs[c] = _mm512_loadu_si512(w.add(c * k + b * QK).cast());
+                y_vecs[c] = _mm512_loadu_si512(w.add(c * k + b * QK + 64).cast());
+            }
+        }
+        for (r, row_sums) in sums.iter_mut().enumerate() {
+            // SAFETY: blocks b..b + 4 of activation row r and their scales are readable
+            // (contract above).
+            let (a0, a1, da4) = unsafe {
+                let p = a.add(r * lda + b * QK);
+                (
+                    _mm512_loadu_si512(p.cast()),
+                    _mm512_loadu_si512(p.add(64).cast()),
+                    _mm_loadu_ps(da.add(r * nb + b)),
+                )
+            };
+            let ux = _mm512_xor_si512(_mm512_shuffle_i64x2::<0x88>(a0, a1), offset);
+            let uy = _mm512_xor_si512(_mm512_shuffle_i64x2::<0xdd>(a0, a1), offset);
+            let da_vec = _mm512_permutexvar_ps(quad_index, _mm512_castps128_ps512(da4));
+            for c in 0..C {
+                // SAFETY: `starts` holds st vectors of 16 i32 per row (contract above).
+                let start =
+                    unsafe { _mm512_loadu_si512(starts.add((c * st + q) * STEP_LANES).cast()) };
+                let lanes = _mm512_dpbusd_epi32(start, ux, x_vecs[c]);
+                let lanes = _mm512_dpbusd_epi32(lanes, uy, y_vecs[c]);
+                row_sums[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), da_vec, row_sums[c]);
+            }
+        }
+    }
+    let (mut b, mut s) = (nq * QUAD, nq);
+    while b < nb {
+        // A remaining pair (lanes 0–7 block b, 8–15 block b + 1) or an odd final block (low
+        // lanes; the prepared high bytes and starts are zero, masked accumulation anyway).
+        let pair = b + 2 <= nb;
+        let (mask, lane_mask): (__mmask64, __mmask16) = if pair {
+            (u64::MAX, u16::MAX)
+        } else {
+            ((1 << QK) - 1, FIRST_BLOCK)
+        };
+        for (c, w_vec) in x_vecs.iter_mut().enumerate() {
+            // SAFETY: the mask selects the prepared bytes of blocks b (and b + 1) of row c.
+            *w_vec = unsafe { _mm512_maskz_loadu_epi8(mask, w.add(c * k + b * QK).cast()) };
+        }
+        for (r, row_sums) in sums.iter_mut().enumerate() {
+            // SAFETY: as above for activation row r; its scales b (and b + 1) are readable.
+            let (a_vec, da_vec) = unsafe {
+                let a_vec = _mm512_maskz_loadu_epi8(mask, a.add(r * lda + b * QK));
+                let da_vec = if pair {
+                    pair_scales(da.add(r * nb + b))
+                } else {
+                    _mm512_set1_ps(*da.add(r * nb + b))
+                };
+                (a_vec, da_vec)
+            };
+            let u_vec = _mm512_xor_si512(a_vec, offset);
+            for c in 0..C {
+                // SAFETY: as in the loop above.
+                let start =
+                    unsafe { _mm512_loadu_si512(starts.add((c * st + s) * STEP_LANES).cast()) };
+                let lanes = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, u_vec, x_vecs[c]));
+                row_sums[c] = _mm512_mask3_fmadd_ps(lanes, da_vec, row_sums[c], lane_mask);
+            }
+        }
+        b += 2;
+        s += 1;
+    }
+    sums
+}
+
 /// Adds one `R × C` tile of [`block_tile`] to `y` at `(i, j)` (each column `c` times the row
 /// scale `d[j + c]` if `ROW_D`); `w` and `starts` are the prepared column tile starting at
 /// column `j` ([`prepare_cols`]).
@@ -578,17 +757,34 @@ unsafe fn add_block_tile<
     // SAFETY: rows i..i+R of the activations and j..j+C of `d` exist (contract), so each row
     // pointer is readable for its nb blocks and nb scales (`d` is not read if ROW_D); `w` and
     // `starts` as required.
-    let sums = unsafe {
-        block_tile::<R, C, U4, PREP, ROW_D>(
-            (
-                a.codes.as_ptr().add(i * a.k),
-                a.k,
-                a.scales.as_ptr().add(i * nb),
-            ),
-            (w, ldw, d_tile),
-            (starts, d_exp),
-            nb,
-        )
+    let sums = if ROW_D && !U4 && PREP {
+        // SAFETY: as below; `w` and `starts` were prepared by `prepare_cols_quad`.
+        unsafe {
+            block_tile_quad::<R, C>(
+                (
+                    a.codes.as_ptr().add(i * a.k),
+                    a.k,
+                    a.scales.as_ptr().add(i * nb),
+                ),
+                w,
+                starts,
+                nb,
+            )
+        }
+    } else {
+        // SAFETY: see above.
+        unsafe {
+            block_tile::<R, C, U4, PREP, ROW_D>(
+                (
+                    a.codes.as_ptr().add(i * a.k),
+                    a.k,
+                    a.scales.as_ptr().add(i * nb),
+                ),
+                (w, ldw, d_tile),
+                (starts, d_exp),
+                nb,
+            )
+        }
     };
     let mut r = 0;
     if C == 4 {
@@ -664,6 +860,9 @@ unsafe fn gemm_blocks<const U4: bool, const ROW_D: bool>(
         }
         if U4 {
             codes = vec![0u8; BLOCK_COLS * k];
+        } else if ROW_D {
+            codes = vec![0u8; BLOCK_COLS * k];
+            starts = vec![0i32; BLOCK_COLS * quad_starts(nb) * STEP_LANES];
         } else {
             starts = vec![0i32; BLOCK_COLS * nb.div_ceil(2) * STEP_LANES];
         }
@@ -682,16 +881,20 @@ unsafe fn gemm_blocks<const U4: bool, const ROW_D: bool>(
                 // BLOCK_COLS >= cols rows (`d_exp` is empty and unused if ROW_D); the CPU has
                 // the features.
                 unsafe {
-                    prepare_cols::<U4, ROW_D>(
-                        (w.add(j * ldw), ldw),
-                        cols,
-                        nb,
-                        &mut codes,
-                        &mut starts,
-                        (d_tile, &mut d_exp),
-                    )
+                    if ROW_D && !U4 {
+                        prepare_cols_quad((w.add(j * ldw), ldw), cols, nb, &mut codes, &mut starts)
+                    } else {
+                        prepare_cols::<U4, ROW_D>(
+                            (w.add(j * ldw), ldw),
+                            cols,
+                            nb,
+                            &mut codes,
+                            &mut starts,
+                            (d_tile, &mut d_exp),
+                        )
+                    }
                 };
-                if U4 {
+                if U4 || ROW_D {
                     (codes.as_ptr(), k, starts.as_ptr(), d_exp.as_ptr())
                 } else {
                     (w.wrapping_add(j * ldw), k, starts.as_ptr(), d_exp.as_ptr())
