@@ -6,6 +6,8 @@
 //! - `f32`: `gemm_f32` on f32 weights;
 //! - `i8-row`: per-row int8 (`quantize_rows_i8` of the activations + `gemm_i8_i32`);
 //! - `q8-block`: q8_0-like int8 blocks of 32 (`quantize_blocks` + `gemm_blocks_i8`, no `mn`);
+//! - `i8rows-block`: int8 per-channel weights (one scale per row) × per-32 activations
+//!   (`quantize_blocks` + `gemm_blocks_i8_rows`, what int8 artifacts are served with);
 //! - `q4-block`: q4_0-like 4-bit blocks (`quantize_blocks` + `gemm_blocks_u4`, `mn = -8·d`).
 //!
 //! The scalar table is skipped (minutes per case); every other available table is measured on one
@@ -38,6 +40,7 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
 struct Weights {
     f32: Vec<f32>,
     i8_rows: Vec<i8>,
+    row_scales: Vec<f32>,
     q8: Vec<i8>,
     q8_d: Vec<f32>,
     q4: Vec<u8>,
@@ -68,6 +71,7 @@ fn weights() -> Weights {
     Weights {
         f32,
         i8_rows,
+        row_scales,
         q8,
         q8_d,
         q4,
@@ -108,6 +112,17 @@ fn bench_table(c: &mut Criterion, table: &'static GemmKernels, w: &Weights) {
             b.iter(|| {
                 acts.quantize(table, black_box(&x), m, K);
                 gemm_blocks(table, &acts, q8, N, &mut y, N);
+            })
+        });
+
+        let rows = BlockWeightsRef::I8Rows {
+            q: &w.i8_rows,
+            d_row: &w.row_scales,
+        };
+        group.bench_function(BenchmarkId::from_parameter("i8rows-block"), |b| {
+            b.iter(|| {
+                acts.quantize(table, black_box(&x), m, K);
+                gemm_blocks(table, &acts, rows, N, &mut y, N);
             })
         });
 
@@ -171,7 +186,11 @@ fn bench_two_threads(c: &mut Criterion, table: &'static GemmKernels, w: &Weights
             d: &w.q4_d,
             mn: &w.q4_mn,
         };
-        for (label, weights) in [("q8-block", q8), ("q4-block", q4)] {
+        let rows = BlockWeightsRef::I8Rows {
+            q: &w.i8_rows,
+            d_row: &w.row_scales,
+        };
+        for (label, weights) in [("q8-block", q8), ("i8rows-block", rows), ("q4-block", q4)] {
             group.bench_function(BenchmarkId::from_parameter(label), |b| {
                 b.iter(|| {
                     acts.quantize(table, black_box(&x), m, K);
