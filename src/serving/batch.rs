@@ -192,9 +192,7 @@ where
                 outputs.len()
             ));
             for pending in batch {
-                let _ = pending
-                    .reply
-                    .send(Err(ServingError::Internal(error.to_string())));
+                let _ = pending.reply.send(Err(error.clone()));
             }
         }
         Err(ServingError::BadInput(message)) if batch.len() > 1 => {
@@ -214,33 +212,10 @@ where
             }
         }
         Err(error) => {
-            let message = error.to_string();
-            let mut error = Some(error);
-            let count = batch.len();
-            for (index, pending) in batch.into_iter().enumerate() {
-                // The original error goes to the last request; the others get a copy.
-                let this = if index + 1 == count {
-                    error
-                        .take()
-                        .unwrap_or_else(|| ServingError::Internal(message.clone()))
-                } else {
-                    clone_error(&error, &message)
-                };
-                let _ = pending.reply.send(Err(this));
+            for pending in batch {
+                let _ = pending.reply.send(Err(error.clone()));
             }
         }
-    }
-}
-
-fn clone_error(error: &Option<ServingError>, message: &str) -> ServingError {
-    match error {
-        Some(ServingError::NotFound(name)) => ServingError::NotFound(name.clone()),
-        Some(ServingError::Ambiguous(name)) => ServingError::Ambiguous(name.clone()),
-        Some(ServingError::Unsupported(why)) => ServingError::Unsupported(why.clone()),
-        Some(ServingError::BadInput(why)) => ServingError::BadInput(why.clone()),
-        Some(ServingError::Busy) => ServingError::Busy,
-        Some(ServingError::Internal(why)) => ServingError::Internal(why.clone()),
-        None => ServingError::Internal(message.to_owned()),
     }
 }
 

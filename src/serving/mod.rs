@@ -21,7 +21,7 @@ use crate::store::{BlobStore, SharedMetadataStore, StoreError, StoredFile};
 
 use batch::{BatchConfig, Batched, Batcher, RunFn};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ServingError {
     #[error("no model or artifact named '{0}'")]
     NotFound(String),
