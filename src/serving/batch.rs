@@ -39,17 +39,37 @@ pub struct BatchConfig {
     pub max_concurrent: usize,
 }
 
-/// What a request got back, with its timing.
-#[derive(Debug)]
-pub struct Batched<O> {
-    /// One output per item of the request, in order.
-    pub outputs: Vec<O>,
+/// Queue and compute time of one request, and the size of the batch it ran in.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
     /// From submission until its batch started running.
     pub queue: Duration,
     /// Running the batch.
     pub compute: Duration,
     /// Items in the batch this request ran in (its own included).
     pub batch_items: usize,
+}
+
+impl Timing {
+    /// The `Server-Timing` header value: `parse`, `queue` and `compute` in milliseconds, and
+    /// the batch size.
+    pub fn server_timing(&self, parse: Duration) -> String {
+        format!(
+            "parse;dur={:.3}, queue;dur={:.3}, compute;dur={:.3}, batch;desc=\"{} items\"",
+            parse.as_secs_f64() * 1e3,
+            self.queue.as_secs_f64() * 1e3,
+            self.compute.as_secs_f64() * 1e3,
+            self.batch_items
+        )
+    }
+}
+
+/// What a request got back, with its timing.
+#[derive(Debug)]
+pub struct Batched<O> {
+    /// One output per item of the request, in order.
+    pub outputs: Vec<O>,
+    pub timing: Timing,
 }
 
 type Reply<O> = oneshot::Sender<Result<Batched<O>, ServingError>>;
@@ -95,9 +115,11 @@ where
         if items.is_empty() {
             return Ok(Batched {
                 outputs: Vec::new(),
-                queue: Duration::ZERO,
-                compute: Duration::ZERO,
-                batch_items: 0,
+                timing: Timing {
+                    queue: Duration::ZERO,
+                    compute: Duration::ZERO,
+                    batch_items: 0,
+                },
             });
         }
         let (reply, answer) = oneshot::channel();
@@ -180,9 +202,11 @@ where
                 // A caller that has gone away just does not read its answer.
                 let _ = pending.reply.send(Ok(Batched {
                     outputs: mine,
-                    queue: started.saturating_duration_since(pending.submitted),
-                    compute,
-                    batch_items: total,
+                    timing: Timing {
+                        queue: started.saturating_duration_since(pending.submitted),
+                        compute,
+                        batch_items: total,
+                    },
                 }));
             }
         }
@@ -204,9 +228,11 @@ where
                 let count = pending.items.len();
                 let result = run(pending.items).await.map(|outputs| Batched {
                     outputs,
-                    queue: started.saturating_duration_since(pending.submitted),
-                    compute: started.elapsed(),
-                    batch_items: count,
+                    timing: Timing {
+                        queue: started.saturating_duration_since(pending.submitted),
+                        compute: started.elapsed(),
+                        batch_items: count,
+                    },
                 });
                 let _ = pending.reply.send(result);
             }
@@ -267,7 +293,7 @@ mod tests {
             let got = task.await.unwrap().unwrap();
             let r = r as u32;
             assert_eq!(got.outputs, vec![r * 20, r * 20 + 2]);
-            largest = largest.max(got.batch_items);
+            largest = largest.max(got.timing.batch_items);
         }
         // The model was idle, so the first request ran at once; the others waited for it and
         // were merged into one batch.

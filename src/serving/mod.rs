@@ -19,7 +19,8 @@ use crate::infer::mlp::{DenseLayer, Mlp, MlpConfig, MlpError};
 use crate::pool::{PoolError, WorkerPool};
 use crate::store::{BlobStore, SharedMetadataStore, StoreError, StoredFile};
 
-use batch::{BatchConfig, Batched, Batcher, RunFn};
+pub use batch::Timing;
+use batch::{BatchConfig, Batcher, RunFn};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ServingError {
@@ -82,35 +83,6 @@ pub struct LoadedModel {
 enum ModelBatcher {
     Rows(Batcher<Vec<f32>, Vec<f32>>),
     Sequences(Batcher<Vec<u32>, Vec<f32>>),
-}
-
-/// Queue and compute time of one request, and the size of the batch it ran in.
-#[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    pub queue: Duration,
-    pub compute: Duration,
-    pub batch_items: usize,
-}
-
-impl Timing {
-    /// The `Server-Timing` header value: `queue` and `compute` in milliseconds, and the batch.
-    pub fn server_timing(&self, parse: Duration) -> String {
-        format!(
-            "parse;dur={:.3}, queue;dur={:.3}, compute;dur={:.3}, batch;desc=\"{} items\"",
-            parse.as_secs_f64() * 1e3,
-            self.queue.as_secs_f64() * 1e3,
-            self.compute.as_secs_f64() * 1e3,
-            self.batch_items
-        )
-    }
-}
-
-fn timing<O>(batched: &Batched<O>) -> Timing {
-    Timing {
-        queue: batched.queue,
-        compute: batched.compute,
-        batch_items: batched.batch_items,
-    }
 }
 
 /// Serving settings (from `config::Settings`).
@@ -460,7 +432,7 @@ impl ServingRegistry {
         let width = input.len() / rows;
         let items: Vec<Vec<f32>> = input.chunks_exact(width).map(<[f32]>::to_vec).collect();
         let batched = batcher.submit(items).await?;
-        let timing = timing(&batched);
+        let timing = batched.timing;
         Ok((batched.outputs.into_iter().flatten().collect(), timing))
     }
 
@@ -511,7 +483,7 @@ impl ServingRegistry {
                 .map_err(|e| ServingError::BadInput(e.to_string()))?;
         }
         let batched = batcher.submit(batch).await?;
-        let timing = timing(&batched);
+        let timing = batched.timing;
         Ok((batched.outputs, timing))
     }
 }
