@@ -333,6 +333,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lone_request_on_an_idle_model_does_not_wait_for_the_delay() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let batcher = Batcher::start(
+            BatchConfig {
+                max_batch: 64,
+                max_delay: Duration::from_secs(30),
+                max_concurrent: 2,
+            },
+            doubler(calls, sizes),
+        );
+        let got = tokio::time::timeout(Duration::from_secs(10), batcher.submit(vec![4]))
+            .await
+            .expect("an idle model runs a lone request at once")
+            .unwrap();
+        assert_eq!(got.outputs, vec![8]);
+        assert!(
+            got.timing.queue < Duration::from_secs(5),
+            "{:?}",
+            got.timing
+        );
+    }
+
+    #[tokio::test]
     async fn bad_input_fails_only_its_own_request() {
         let calls = Arc::new(AtomicUsize::new(0));
         let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
