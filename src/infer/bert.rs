@@ -699,40 +699,6 @@ fn layer_norm(
         .for_each(|rows| (math.layer_norm_rows)(rows, h, gamma, beta, eps));
 }
 
-/// `y[m×n] = x[m×k]·Wᵀ (+ bias)` with `w` row-major `[n×k]`, in f32, through the run-time
-/// dispatched f32 GEMM of [`crate::infer::kernels`] (AVX-512, AVX2+FMA or scalar).
-///
-/// # Panics
-/// If a slice is shorter than its stated shape.
-pub fn matmul_wt(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    assert!(
-        x.len() >= m * k && w.len() >= n * k && y.len() >= m * n,
-        "matmul_wt: slice too short"
-    );
-    assert!(
-        bias.is_none_or(|b| b.len() >= n),
-        "matmul_wt: bias too short"
-    );
-    crate::infer::kernels::linear_f32(
-        crate::infer::kernels::select(false),
-        &x[..m * k],
-        m,
-        k,
-        &w[..n * k],
-        n,
-        bias.map(|b| &b[..n]),
-        &mut y[..m * n],
-    );
-}
-
 struct F32Entry {
     weight: Vec<f32>,
     bias: Option<Vec<f32>>,
@@ -833,7 +799,16 @@ impl LinearBackend for F32Linear {
                 ),
             });
         }
-        matmul_wt(x, m, k, &e.weight, n, e.bias.as_deref(), y);
+        crate::infer::kernels::linear_f32(
+            crate::infer::kernels::select(false),
+            x,
+            m,
+            k,
+            &e.weight,
+            n,
+            e.bias.as_deref(),
+            y,
+        );
         Ok(())
     }
 

@@ -22,7 +22,7 @@ struct Entry {
     inp: usize,
 }
 
-/// The Linear layers of a served BERT, each f32 or int8.
+/// The Linear layers of a served BERT, each f32, per-row int8 or block-quantized.
 pub struct ServedLinear {
     layers: HashMap<String, Entry>,
     kernels: &'static GemmKernels,
@@ -187,7 +187,6 @@ pub struct BertServing {
     linear: ServedLinear,
     tensors: HashMap<String, Vec<f32>>,
     pub tokenizer: BertTokenizer,
-    pub int8: bool,
     pub memory_bytes: usize,
     math: &'static crate::infer::fastmath::MathKernels,
 }
@@ -196,8 +195,8 @@ impl std::fmt::Debug for BertServing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BertServing")
             .field("hidden_size", &self.config.hidden_size)
-            .field("int8", &self.int8)
-            .finish()
+            .field("memory_bytes", &self.memory_bytes)
+            .finish_non_exhaustive()
     }
 }
 
@@ -270,13 +269,11 @@ pub fn load_bert(
         memory_bytes += values.len() * 4;
         tensors.insert(name, values);
     }
-    let int8 = report.held_as.iter().any(|h| *h != "f32");
     let serving = BertServing {
         config,
         linear: ServedLinear { layers, kernels },
         tensors,
         tokenizer,
-        int8,
         memory_bytes,
         math,
     };
