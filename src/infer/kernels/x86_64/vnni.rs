@@ -318,16 +318,17 @@ const PREP_MAX_K: usize = 2048;
 /// Prepares the weight rows `0..cols` at `w` (`ldw` bytes each) for [`block_tile`]: Q4 codes
 /// decoded to bytes in element order (`codes`, row `c` at `c * nb * 32`); for i8 the lane
 /// starts `-128·Σ w` of every step of two blocks (`starts`, 16 i32 per row and step, row `c`
-/// at `c * steps * 16`; an odd final block has zero high lanes); for both, unless `ROW_D`, the
-/// weight block scales `d` spread over the lanes of each step (`d_exp`, laid out as `starts`).
+/// at `c * steps * 16`; an odd final block has zero high lanes); for both, the weight block
+/// scales `d` spread over the lanes of each step (`d_exp`, laid out as `starts`). Int8 weights
+/// with row scales are prepared by [`prepare_cols_quad`] instead.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW, VL and VNNI; for every `c < cols`, `w.add(c * ldw)`
-/// must be valid for reading `nb` blocks and, unless `ROW_D`, `d.add(c * nb)` for `nb` f32 and
-/// `d_exp` must hold `cols · ⌈nb / 2⌉ · 16` f32 (with `ROW_D`, `d` and `d_exp` are not used);
+/// must be valid for reading `nb` blocks and `d.add(c * nb)` for `nb` f32, and `d_exp` must
+/// hold `cols · ⌈nb / 2⌉ · 16` f32;
 /// if `U4`, `codes` holds `cols · nb · 32` bytes, else `starts` holds `cols · ⌈nb / 2⌉ · 16` i32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn prepare_cols<const U4: bool, const ROW_D: bool>(
+unsafe fn prepare_cols<const U4: bool>(
     (w, ldw): (*const u8, usize),
     cols: usize,
     nb: usize,
@@ -343,18 +344,16 @@ unsafe fn prepare_cols<const U4: bool, const ROW_D: bool>(
         for s in 0..steps {
             let b = 2 * s;
             let pair = b + 2 <= nb;
-            if !ROW_D {
-                let d_vec = if pair {
-                    // SAFETY: d of row c has nb > b + 1 entries (contract above).
-                    unsafe { pair_scales(d.add(c * nb + b)) }
-                } else {
-                    // SAFETY: d of row c has nb > b entries (contract above).
-                    _mm512_set1_ps(unsafe { *d.add(c * nb + b) })
-                };
-                let out = &mut d_exp[(c * steps + s) * STEP_LANES..][..STEP_LANES];
-                // SAFETY: `out` holds 16 f32.
-                unsafe { _mm512_storeu_ps(out.as_mut_ptr(), d_vec) };
-            }
+            let d_vec = if pair {
+                // SAFETY: d of row c has nb > b + 1 entries (contract above).
+                unsafe { pair_scales(d.add(c * nb + b)) }
+            } else {
+                // SAFETY: d of row c has nb > b entries (contract above).
+                _mm512_set1_ps(unsafe { *d.add(c * nb + b) })
+            };
+            let out = &mut d_exp[(c * steps + s) * STEP_LANES..][..STEP_LANES];
+            // SAFETY: `out` holds 16 f32.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), d_vec) };
             if U4 {
                 let block = w.wrapping_add(c * ldw + b * QK / 2);
                 let out = &mut codes[(c * nb + b) * QK..][..if pair { 2 * QK } else { QK }];
@@ -884,7 +883,7 @@ unsafe fn gemm_blocks<const U4: bool, const ROW_D: bool>(
                     if ROW_D && !U4 {
                         prepare_cols_quad((w.add(j * ldw), ldw), cols, nb, &mut codes, &mut starts)
                     } else {
-                        prepare_cols::<U4, ROW_D>(
+                        prepare_cols::<U4>(
                             (w.add(j * ldw), ldw),
                             cols,
                             nb,
