@@ -482,17 +482,20 @@ mod tests {
         let zero_points: Vec<i8> = (0..n * k / group).map(|g| (g % 16) as i8 - 8).collect();
         for zps in [&[][..], &zero_points[..]] {
             let matrix = BlockMatrix::from_int4_packed(&packed, &scales, zps, n, k, group).unwrap();
-            // compressed-tensors: x = (q - z) · s with q = nibble - 8.
-            let want: Vec<f32> = (0..n * k)
-                .map(|i| {
-                    let g = (i / k) * (k / group) + (i % k) / group;
-                    let z = zps.get(g).map_or(0.0, |&z| f32::from(z));
-                    let q = f32::from(nibbles[i]) - 8.0;
-                    // d · nibble + mn, the block form's arithmetic.
-                    scales[g] * (q + 8.0) + (-(8.0 + z) * scales[g])
-                })
-                .collect();
-            check_linear(&matrix, &want);
+            // compressed-tensors' own formula: x = (q - z) · s with q = nibble - 8; the block
+            // form computes d · nibble + mn, equal up to one rounding.
+            let got = matrix.dequantize();
+            for (i, &value) in got.iter().enumerate() {
+                let g = (i / k) * (k / group) + (i % k) / group;
+                let z = zps.get(g).map_or(0.0, |&z| f32::from(z));
+                let q = f32::from(nibbles[i]) - 8.0;
+                let want = (q - z) * scales[g];
+                assert!(
+                    (value - want).abs() <= 2.0 * f32::EPSILON * (16.0 * scales[g]),
+                    "{i}: {value} vs {want}"
+                );
+            }
+            check_linear(&matrix, &got);
         }
     }
 
