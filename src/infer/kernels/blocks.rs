@@ -182,6 +182,54 @@ fn check_block_operands(
     blocks
 }
 
+/// The prologue of every SIMD `gemm_blocks_i8` / `gemm_blocks_u4` wrapper: panics unless the
+/// operands fit ([`check_block_gemm_shapes`]), then writes the `mn` term into `y`
+/// ([`init_min_term`]), to which the kernel adds the `d · isum` term.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn begin_block_gemm(
+    gemm_f32: GemmF32Fn,
+    a: &BlockActsView<'_>,
+    (q_len, bytes_per_block): (usize, usize),
+    d_len: usize,
+    mn: Option<&[f32]>,
+    n: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    check_block_gemm_shapes(
+        a,
+        q_len,
+        bytes_per_block,
+        d_len,
+        mn.map(<[f32]>::len),
+        n,
+        y.len(),
+        ldy,
+    );
+    init_min_term(gemm_f32, a, mn, n, y, ldy);
+}
+
+/// The prologue of every SIMD `gemm_blocks_i8_rows` wrapper: panics unless the operands fit
+/// ([`check_block_gemm_rows_shapes`]), then zeroes the outputs the kernel adds into.
+pub(crate) fn begin_block_gemm_rows(
+    a: &BlockActsView<'_>,
+    q_len: usize,
+    d_row_len: usize,
+    n: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    check_block_gemm_rows_shapes(a, q_len, d_row_len, n, y.len(), ldy);
+    zero_outputs(a.m, n, y, ldy);
+}
+
+/// Zeroes `y[i * ldy + j]` for `i < m`, `j < n`.
+fn zero_outputs(m: usize, n: usize, y: &mut [f32], ldy: usize) {
+    if m > 0 && n > 0 {
+        y.chunks_mut(ldy).take(m).for_each(|row| row[..n].fill(0.0));
+    }
+}
+
 /// Sets `y[i, j] = Σ_b mn[j,b] · (da[i,b] · s[i,b])` (zero if `mn` is `None`) with the given
 /// f32 GEMM: the `mn` term of the SIMD block GEMMs, which then add the `d · isum` term. The
 /// shapes must have been checked with [`check_block_gemm_shapes`].
@@ -197,10 +245,10 @@ pub(crate) fn init_min_term(
     if m == 0 || n == 0 {
         return;
     }
-    let y_rows = y.chunks_mut(ldy).take(m);
     match mn {
-        None => y_rows.for_each(|row| row[..n].fill(0.0)),
+        None => zero_outputs(m, n, y, ldy),
         Some(mn) => {
+            let y_rows = y.chunks_mut(ldy).take(m);
             let scaled_sums: Vec<f32> = a
                 .scales
                 .iter()

@@ -16,8 +16,7 @@ mod avx512;
 mod vnni;
 
 use super::blocks::{
-    check_block_gemm_rows_shapes, check_block_gemm_shapes, check_quantize_blocks_shapes,
-    init_min_term, BlockActsView, QK,
+    begin_block_gemm, begin_block_gemm_rows, check_quantize_blocks_shapes, BlockActsView, QK,
 };
 use super::{check_gemm_shapes, check_quantize_shapes, GemmKernels};
 
@@ -147,18 +146,8 @@ fn avx2_gemm_blocks_i8(
     y: &mut [f32],
     ldy: usize,
 ) {
-    check_block_gemm_shapes(
-        &a,
-        q.len(),
-        QK,
-        d.len(),
-        mn.map(<[f32]>::len),
-        n,
-        y.len(),
-        ldy,
-    );
     debug_assert!(avx2_supported());
-    init_min_term(avx2_gemm_f32, &a, mn, n, y, ldy);
+    begin_block_gemm(avx2_gemm_f32, &a, (q.len(), QK), d.len(), mn, n, y, ldy);
     // SAFETY: only reachable through `AVX2` and `AVX512`, handed out after `avx2_supported()`
     // (implied by `avx512_supported()`, module docs); the shapes were checked just above.
     unsafe { avx2_blocks::gemm_blocks_i8(&a, q, d, n, y, ldy) }
@@ -173,18 +162,17 @@ fn avx2_gemm_blocks_u4(
     y: &mut [f32],
     ldy: usize,
 ) {
-    check_block_gemm_shapes(
+    debug_assert!(avx2_supported());
+    begin_block_gemm(
+        avx2_gemm_f32,
         &a,
-        q.len(),
-        QK / 2,
+        (q.len(), QK / 2),
         d.len(),
-        Some(mn.len()),
+        Some(mn),
         n,
-        y.len(),
+        y,
         ldy,
     );
-    debug_assert!(avx2_supported());
-    init_min_term(avx2_gemm_f32, &a, Some(mn), n, y, ldy);
     // SAFETY: only reachable through `AVX2` and `AVX512`, handed out after `avx2_supported()`
     // (implied by `avx512_supported()`, module docs); the shapes were checked just above.
     unsafe { avx2_blocks::gemm_blocks_u4(&a, q, d, n, y, ldy) }
@@ -214,18 +202,8 @@ fn avx512_gemm_blocks_i8(
     y: &mut [f32],
     ldy: usize,
 ) {
-    check_block_gemm_shapes(
-        &a,
-        q.len(),
-        QK,
-        d.len(),
-        mn.map(<[f32]>::len),
-        n,
-        y.len(),
-        ldy,
-    );
     debug_assert!(avx512_supported());
-    init_min_term(avx512_gemm_f32, &a, mn, n, y, ldy);
+    begin_block_gemm(avx512_gemm_f32, &a, (q.len(), QK), d.len(), mn, n, y, ldy);
     // SAFETY: only reachable through `AVX512`, handed out after `avx512_supported()`, which
     // implies `avx2_supported()` (module docs); the shapes were checked just above.
     unsafe { avx2_blocks::gemm_blocks_i8(&a, q, d, n, y, ldy) }
@@ -240,18 +218,17 @@ fn avx512_gemm_blocks_u4(
     y: &mut [f32],
     ldy: usize,
 ) {
-    check_block_gemm_shapes(
+    debug_assert!(avx512_supported());
+    begin_block_gemm(
+        avx512_gemm_f32,
         &a,
-        q.len(),
-        QK / 2,
+        (q.len(), QK / 2),
         d.len(),
-        Some(mn.len()),
+        Some(mn),
         n,
-        y.len(),
+        y,
         ldy,
     );
-    debug_assert!(avx512_supported());
-    init_min_term(avx512_gemm_f32, &a, Some(mn), n, y, ldy);
     // SAFETY: only reachable through `AVX512`, handed out after `avx512_supported()`, which
     // implies `avx2_supported()` (module docs); the shapes were checked just above.
     unsafe { avx2_blocks::gemm_blocks_u4(&a, q, d, n, y, ldy) }
@@ -274,18 +251,8 @@ fn vnni_gemm_blocks_i8(
     y: &mut [f32],
     ldy: usize,
 ) {
-    check_block_gemm_shapes(
-        &a,
-        q.len(),
-        QK,
-        d.len(),
-        mn.map(<[f32]>::len),
-        n,
-        y.len(),
-        ldy,
-    );
     debug_assert!(avx512_vnni_supported());
-    init_min_term(avx512_gemm_f32, &a, mn, n, y, ldy);
+    begin_block_gemm(avx512_gemm_f32, &a, (q.len(), QK), d.len(), mn, n, y, ldy);
     // SAFETY: only reachable through `AVX512_VNNI`, handed out after
     // `avx512_vnni_supported()` (module docs); the shapes were checked just above.
     unsafe { vnni::gemm_blocks_i8(&a, q, d, n, y, ldy) }
@@ -300,30 +267,20 @@ fn vnni_gemm_blocks_u4(
     y: &mut [f32],
     ldy: usize,
 ) {
-    check_block_gemm_shapes(
+    debug_assert!(avx512_vnni_supported());
+    begin_block_gemm(
+        avx512_gemm_f32,
         &a,
-        q.len(),
-        QK / 2,
+        (q.len(), QK / 2),
         d.len(),
-        Some(mn.len()),
+        Some(mn),
         n,
-        y.len(),
+        y,
         ldy,
     );
-    debug_assert!(avx512_vnni_supported());
-    init_min_term(avx512_gemm_f32, &a, Some(mn), n, y, ldy);
     // SAFETY: only reachable through `AVX512_VNNI`, handed out after
     // `avx512_vnni_supported()` (module docs); the shapes were checked just above.
     unsafe { vnni::gemm_blocks_u4(&a, q, d, n, y, ldy) }
-}
-
-/// Zeroes the `m × n` outputs of a block GEMM in `y` (row stride `ldy`, shapes checked): the
-/// start of the SIMD `gemm_blocks_i8_rows`, which add their sums.
-fn zero_outputs(m: usize, n: usize, y: &mut [f32], ldy: usize) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    y.chunks_mut(ldy).take(m).for_each(|row| row[..n].fill(0.0));
 }
 
 fn avx2_gemm_blocks_i8_rows(
@@ -334,9 +291,8 @@ fn avx2_gemm_blocks_i8_rows(
     y: &mut [f32],
     ldy: usize,
 ) {
-    check_block_gemm_rows_shapes(&a, q.len(), d_row.len(), n, y.len(), ldy);
     debug_assert!(avx2_supported());
-    zero_outputs(a.m, n, y, ldy);
+    begin_block_gemm_rows(&a, q.len(), d_row.len(), n, y, ldy);
     // SAFETY: only reachable through `AVX2`, handed out after `avx2_supported()` (module
     // docs); the shapes were checked just above.
     unsafe { avx2_blocks::gemm_blocks_i8_rows(&a, q, d_row, n, y, ldy) }
@@ -350,9 +306,8 @@ fn avx512_gemm_blocks_i8_rows(
     y: &mut [f32],
     ldy: usize,
 ) {
-    check_block_gemm_rows_shapes(&a, q.len(), d_row.len(), n, y.len(), ldy);
     debug_assert!(avx512_supported());
-    zero_outputs(a.m, n, y, ldy);
+    begin_block_gemm_rows(&a, q.len(), d_row.len(), n, y, ldy);
     // SAFETY: only reachable through `AVX512`, handed out after `avx512_supported()`, which
     // implies `avx2_supported()` (module docs); the shapes were checked just above.
     unsafe { avx2_blocks::gemm_blocks_i8_rows(&a, q, d_row, n, y, ldy) }
@@ -366,9 +321,8 @@ fn vnni_gemm_blocks_i8_rows(
     y: &mut [f32],
     ldy: usize,
 ) {
-    check_block_gemm_rows_shapes(&a, q.len(), d_row.len(), n, y.len(), ldy);
     debug_assert!(avx512_vnni_supported());
-    zero_outputs(a.m, n, y, ldy);
+    begin_block_gemm_rows(&a, q.len(), d_row.len(), n, y, ldy);
     // SAFETY: only reachable through `AVX512_VNNI`, handed out after
     // `avx512_vnni_supported()` (module docs); the shapes were checked just above.
     unsafe { vnni::gemm_blocks_i8_rows(&a, q, d_row, n, y, ldy) }
