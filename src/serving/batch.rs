@@ -5,10 +5,11 @@
 //! request, waits for a free run slot (at most `max_concurrent` batches of a model run at once),
 //! then keeps adding waiting requests until the batch holds at least `max_batch` items or, while
 //! another batch of the model is running, `max_delay` has passed since the first request arrived
-//! (an idle model takes only what is already waiting, so a lone request pays no delay). It hands
-//! the batch to the model's runner (which spreads it over the worker pool). While batches run,
-//! new requests queue in the channel and form the next batch as soon as a slot frees up, so under
-//! load batches fill without waiting for the delay.
+//! (an idle model takes only what is already waiting, so a lone request pays no delay). It moves
+//! the requests' items into one shared batch and hands it to the model's runner (one worker-pool
+//! job; a BERT pass fans out from there). While batches run, new requests queue in the channel
+//! and form the next batch as soon as a slot frees up, so under load batches fill without
+//! waiting for the delay.
 //!
 //! Items are independent (every architecture computes each item on its own; see
 //! `infer::bert`), so a merged batch gives every request exactly the outputs it would get alone.
@@ -74,9 +75,10 @@ pub struct Batched<O> {
 
 type Reply<O> = oneshot::Sender<Result<Batched<O>, ServingError>>;
 
-/// Runs one batch of items; returns one output per item, in order.
+/// Runs one batch of items (shared, so that it can move to a worker thread without a copy);
+/// returns one output per item, in order.
 pub type RunFn<I, O> = Arc<
-    dyn Fn(Vec<I>) -> Pin<Box<dyn Future<Output = Result<Vec<O>, ServingError>> + Send>>
+    dyn Fn(Arc<[I]>) -> Pin<Box<dyn Future<Output = Result<Vec<O>, ServingError>> + Send>>
         + Send
         + Sync,
 >;
@@ -100,7 +102,7 @@ impl<I, O> std::fmt::Debug for Batcher<I, O> {
 
 impl<I, O> Batcher<I, O>
 where
-    I: Clone + Send + 'static,
+    I: Clone + Send + Sync + 'static,
     O: Send + 'static,
 {
     /// Starts the batching task on the current tokio runtime.
@@ -141,7 +143,7 @@ async fn batch_loop<I, O>(
     run: RunFn<I, O>,
     mut receiver: mpsc::UnboundedReceiver<Pending<I, O>>,
 ) where
-    I: Clone + Send + 'static,
+    I: Clone + Send + Sync + 'static,
     O: Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
@@ -182,23 +184,34 @@ async fn batch_loop<I, O>(
 
 async fn run_batch<I, O>(run: &RunFn<I, O>, batch: Vec<Pending<I, O>>)
 where
-    I: Clone + Send + 'static,
+    I: Clone + Send + Sync + 'static,
     O: Send + 'static,
 {
     // Requests whose caller has gone (timed out, disconnected) are not computed.
-    let batch: Vec<Pending<I, O>> = batch.into_iter().filter(|p| !p.reply.is_closed()).collect();
+    let mut batch: Vec<Pending<I, O>> =
+        batch.into_iter().filter(|p| !p.reply.is_closed()).collect();
     if batch.is_empty() {
         return;
     }
     let started = Instant::now();
-    let total: usize = batch.iter().map(|p| p.items.len()).sum();
-    let merged: Vec<I> = batch.iter().flat_map(|p| p.items.iter().cloned()).collect();
-    match run(merged).await {
+    // The items move into one batch (no copy); each request keeps its range of it.
+    let mut merged = Vec::with_capacity(batch.iter().map(|p| p.items.len()).sum());
+    let ranges: Vec<std::ops::Range<usize>> = batch
+        .iter_mut()
+        .map(|pending| {
+            let start = merged.len();
+            merged.append(&mut pending.items);
+            start..merged.len()
+        })
+        .collect();
+    let total = merged.len();
+    let merged: Arc<[I]> = merged.into();
+    match run(merged.clone()).await {
         Ok(outputs) if outputs.len() == total => {
             let compute = started.elapsed();
             let mut outputs = outputs.into_iter();
-            for pending in batch {
-                let mine: Vec<O> = outputs.by_ref().take(pending.items.len()).collect();
+            for (pending, range) in batch.into_iter().zip(&ranges) {
+                let mine: Vec<O> = outputs.by_ref().take(range.len()).collect();
                 // A caller that has gone away just does not read its answer.
                 let _ = pending.reply.send(Ok(Batched {
                     outputs: mine,
@@ -223,10 +236,10 @@ where
             // One request's input spoiled the batch: run each on its own so that only the
             // faulty one fails.
             tracing::debug!(%message, requests = batch.len(), "re-running a failed batch one request at a time");
-            for pending in batch {
+            for (pending, range) in batch.into_iter().zip(ranges) {
                 let started = Instant::now();
-                let count = pending.items.len();
-                let result = run(pending.items).await.map(|outputs| Batched {
+                let count = range.len();
+                let result = run(merged[range].into()).await.map(|outputs| Batched {
                     outputs,
                     timing: Timing {
                         queue: started.saturating_duration_since(pending.submitted),
@@ -255,7 +268,7 @@ mod tests {
         calls: Arc<AtomicUsize>,
         sizes: Arc<std::sync::Mutex<Vec<usize>>>,
     ) -> RunFn<u32, u32> {
-        Arc::new(move |items: Vec<u32>| {
+        Arc::new(move |items: Arc<[u32]>| {
             let calls = calls.clone();
             let sizes = sizes.clone();
             Box::pin(async move {

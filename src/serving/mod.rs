@@ -345,20 +345,16 @@ impl ServingRegistry {
         let batcher = match &*kind {
             ModelKind::Mlp(_) => {
                 let kind = kind.clone();
-                let run: RunFn<Vec<f32>, Vec<f32>> = Arc::new(move |rows: Vec<Vec<f32>>| {
+                let run: RunFn<Vec<f32>, Vec<f32>> = Arc::new(move |rows: Arc<[Vec<f32>]>| {
                     let (kind, pool) = (kind.clone(), pool.clone());
                     Box::pin(async move {
                         debug_delay(delay).await;
-                        parallel_chunks(
-                            &pool,
-                            rows,
-                            |_| 1,
-                            move |chunk| match &*kind {
-                                ModelKind::Mlp(mlp) => run_mlp(mlp, &chunk),
-                                ModelKind::Bert(_) => unreachable!("an mlp batcher"),
-                            },
-                        )
-                        .await
+                        let slot = pool.acquire().await?;
+                        pool.run(slot, move || match &*kind {
+                            ModelKind::Mlp(mlp) => run_mlp(mlp, &rows),
+                            ModelKind::Bert(_) => unreachable!("an mlp batcher"),
+                        })
+                        .await?
                     })
                 });
                 ModelBatcher::Rows(Batcher::start(config, run))
@@ -366,7 +362,7 @@ impl ServingRegistry {
             ModelKind::Bert(_) => {
                 let kind = kind.clone();
                 let compute = self.compute.clone();
-                let run: RunFn<Vec<u32>, Vec<f32>> = Arc::new(move |sequences: Vec<Vec<u32>>| {
+                let run: RunFn<Vec<u32>, Vec<f32>> = Arc::new(move |sequences: Arc<[Vec<u32>]>| {
                     let (kind, pool, compute) = (kind.clone(), pool.clone(), compute.clone());
                     Box::pin(async move {
                         debug_delay(delay).await;
@@ -504,52 +500,6 @@ fn run_mlp(mlp: &Mlp, rows: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ServingError> 
         .chunks_exact(width.max(1))
         .map(<[f32]>::to_vec)
         .collect())
-}
-
-/// Splits `items` into at most `pool.size()` contiguous chunks of about equal `weight`, runs
-/// `work` on each chunk on the worker pool in parallel, and concatenates the outputs in order.
-async fn parallel_chunks<I, O, W, F>(
-    pool: &WorkerPool,
-    items: Vec<I>,
-    weight: W,
-    work: F,
-) -> Result<Vec<O>, ServingError>
-where
-    I: Send + 'static,
-    O: Send + 'static,
-    W: Fn(&I) -> usize,
-    F: Fn(Vec<I>) -> Result<Vec<O>, ServingError> + Send + Sync + 'static,
-{
-    let total: usize = items.iter().map(&weight).sum();
-    let parts = pool.size().min(items.len()).max(1);
-    let target = total.div_ceil(parts).max(1);
-    let mut chunks: Vec<Vec<I>> = Vec::with_capacity(parts);
-    let mut current = Vec::new();
-    let mut current_weight = 0;
-    for item in items {
-        current_weight += weight(&item);
-        current.push(item);
-        if current_weight >= target && chunks.len() + 1 < parts {
-            chunks.push(std::mem::take(&mut current));
-            current_weight = 0;
-        }
-    }
-    if !current.is_empty() {
-        chunks.push(current);
-    }
-    let work = Arc::new(work);
-    let runs = chunks.into_iter().map(|chunk| {
-        let work = work.clone();
-        async move {
-            let slot = pool.acquire().await?;
-            pool.run(slot, move || work(chunk)).await?
-        }
-    });
-    let mut output = Vec::new();
-    for part in futures::future::join_all(runs).await {
-        output.extend(part?);
-    }
-    Ok(output)
 }
 
 /// A model as loaded from storage, before its batcher starts.
