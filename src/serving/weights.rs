@@ -14,6 +14,7 @@ use crate::quant::binary::try_dequantize_binary;
 use crate::quant::convert::float_values;
 use crate::quant::fp8::{dequantize_fp8, Fp8Format};
 use crate::quant::ggml::{self, GgmlType};
+use crate::quant::int8::{dequantize_int8, Granularity, Int8Options, Int8Tensor};
 use crate::quant::kmeans::try_dequantize_kmeans;
 use crate::quant::ternary::try_dequantize_ternary;
 
@@ -98,20 +99,33 @@ impl<'a> WeightFile<'a> {
                     return Ok(Some(values));
                 }
                 if info.dtype == Dtype::I8 {
-                    if let Some(values) = self.float(&format!("{name}_scale"))? {
-                        let rows = info.shape.first().copied().unwrap_or(1).max(1);
-                        let cols = bytes.len() / rows;
-                        if values.len() == 1 || values.len() == rows {
-                            return Ok(Some(
-                                bytes
-                                    .iter()
-                                    .enumerate()
-                                    .map(|(i, &q)| {
-                                        f32::from(q as i8)
-                                            * values[if values.len() == 1 { 0 } else { i / cols }]
-                                    })
-                                    .collect(),
-                            ));
+                    // compressed-tensors int8 (`<name>_scale`, optional `<name>_zero_point`),
+                    // decoded by the quantizer's own reference.
+                    if let Some(scales) = self.float(&format!("{name}_scale"))? {
+                        let zero_points: Vec<i8> =
+                            Self::st(header, file, &format!("{name}_zero_point"))
+                                .map(|(_, b)| b.iter().map(|&v| v as i8).collect())
+                                .unwrap_or_default();
+                        let rows = info.shape.first().copied().unwrap_or(1);
+                        let granularity = if scales.len() == 1 {
+                            Granularity::Tensor
+                        } else {
+                            Granularity::Channel
+                        };
+                        let fits = (scales.len() == 1 || scales.len() == rows)
+                            && (zero_points.is_empty() || zero_points.len() == scales.len());
+                        if fits {
+                            let options = Int8Options {
+                                granularity,
+                                symmetric: zero_points.is_empty(),
+                            };
+                            let tensor = Int8Tensor {
+                                q: bytes.iter().map(|&v| v as i8).collect(),
+                                scales,
+                                zero_points,
+                                stats: Default::default(),
+                            };
+                            return Ok(Some(dequantize_int8(&tensor, &info.shape, options)));
                         }
                     }
                 }
@@ -421,5 +435,45 @@ impl<'a> WeightFile<'a> {
         };
         report.held_as.insert(weights.held_as());
         Ok(weights)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::safetensors::Limits;
+
+    /// A safetensors file from a header JSON and its data section.
+    fn file(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
+    #[test]
+    fn int8_side_tensors_dequantize_with_their_zero_points() {
+        // e = [[1, -2], [3, 4]] int8, one scale and zero point per row.
+        let header = r#"{"e":{"dtype":"I8","shape":[2,2],"data_offsets":[0,4]},"e_scale":{"dtype":"F32","shape":[2,1],"data_offsets":[4,12]},"e_zero_point":{"dtype":"I8","shape":[2,1],"data_offsets":[12,14]}}"#;
+        let mut data = vec![1u8, (-2i8) as u8, 3, 4];
+        data.extend_from_slice(&0.5f32.to_le_bytes());
+        data.extend_from_slice(&2.0f32.to_le_bytes());
+        data.extend_from_slice(&[1u8, (-1i8) as u8]);
+        let bytes = file(header, &data);
+        let limits = Limits {
+            max_header_bytes: 1 << 20,
+            max_file_bytes: 1 << 20,
+        };
+        let header = Header::parse_file(&bytes, &limits).unwrap();
+        let weights = WeightFile::Safetensors {
+            file: &bytes,
+            header: &header,
+        };
+        // (q - z) · s per row.
+        assert_eq!(
+            weights.float("e").unwrap().unwrap(),
+            vec![0.0, -1.5, 8.0, 10.0]
+        );
+        assert!(weights.float("missing").unwrap().is_none());
     }
 }
