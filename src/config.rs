@@ -71,6 +71,19 @@ pub struct Settings {
     #[arg(long, env = "QUANTD_MAX_HEADER_BYTES", default_value = "100MiB", value_parser = parse_byte_size)]
     pub max_header_bytes: u64,
 
+    /// Free space kept in reserve on the data dir's file system. Below it, uploads and job
+    /// creation answer 507 before writing anything (so the database always has room to record
+    /// deletes and job outcomes) and `/readyz` reports not ready. An upload that declares its
+    /// length needs that much more. 0 turns the reserve off.
+    #[arg(long, env = "QUANTD_MIN_FREE_BYTES", default_value = "256MiB", value_parser = parse_byte_size)]
+    pub min_free_bytes: u64,
+
+    /// Seconds a staging file (an upload in progress, a job's output being written) may go
+    /// without a write before the reaper removes it; committed blobs that no record refers to
+    /// are removed after the same time. At start-up both are reaped at once.
+    #[arg(long, env = "QUANTD_STAGING_IDLE_SECONDS", default_value_t = 900)]
+    pub staging_idle_seconds: u64,
+
     /// Jobs that may wait in the queue; beyond it job creation answers 503 with Retry-After.
     #[arg(long, env = "QUANTD_MAX_QUEUED_JOBS", default_value_t = 1000)]
     pub max_queued_jobs: u64,
@@ -157,6 +170,9 @@ impl Settings {
         let mut settings = Self::from_env_free_defaults();
         settings.data_dir = data_dir.into();
         settings.bind = "127.0.0.1:0".parse().expect("literal address");
+        // A small reserve: test machines may have little disk, and tests that exercise the
+        // reserve set their own.
+        settings.min_free_bytes = 16 << 20;
         settings
     }
 
@@ -169,6 +185,8 @@ impl Settings {
             max_upload_bytes: 64 << 30,
             max_header_bytes: 100 << 20,
             max_queued_jobs: 1000,
+            min_free_bytes: 256 << 20,
+            staging_idle_seconds: 900,
             kernels: KernelChoice::Auto,
             job_max_attempts: 3,
             lease_seconds: 30,

@@ -17,10 +17,15 @@ use crate::http::{self, AppInner, AppState};
 use crate::jobs::runner::{JobRunner, RunnerSettings};
 use crate::pool::WorkerPool;
 use crate::quant::kernels;
+use crate::store::reaper;
+use crate::store::reserve::StorageReserve;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{BlobStore, SharedMetadataStore};
 
 pub struct Application {
+    /// Held for the process's life: one server per data dir, so that start-up may treat every
+    /// staging file as abandoned.
+    _data_dir_lock: std::fs::File,
     listener: TcpListener,
     state: AppState,
     runner: Arc<JobRunner>,
@@ -44,6 +49,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
+        let data_dir_lock = lock_data_dir(&settings.data_dir)?;
         let kernels = kernels::select(settings.kernels).context("selecting kernels")?;
         let ggml_kernels =
             crate::quant::ggml::select(settings.kernels).context("selecting ggml kernels")?;
@@ -63,6 +69,16 @@ impl Application {
         let store = open_store(&settings).await?;
         let blobs =
             BlobStore::local(settings.data_dir.join("blobs")).context("opening the blob store")?;
+        // Nothing else writes to this data dir (we hold its lock): whatever is staged was
+        // abandoned by a process that died, and unreferenced blobs by a commit that was cut off.
+        reaper::log_pass(
+            "start-up",
+            &reaper::reap(store.as_ref(), &blobs, Duration::ZERO).await,
+        );
+        let reserve = StorageReserve::new(
+            std::iter::once(settings.data_dir.join("blobs")).chain(store.local_dir()),
+            settings.min_free_bytes,
+        );
         let pool = WorkerPool::new(settings.worker_count());
         let job_wake = Arc::new(Notify::new());
         let runner = JobRunner::new(
@@ -111,6 +127,7 @@ impl Application {
                 settings,
                 store,
                 blobs,
+                reserve,
                 kernels,
                 pool,
                 job_wake,
@@ -118,6 +135,7 @@ impl Application {
             }),
         };
         Ok(Application {
+            _data_dir_lock: data_dir_lock,
             listener,
             state,
             runner,
@@ -145,6 +163,7 @@ impl Application {
     /// jobs finish within the grace period (handing the rest back to the queue), joins workers.
     pub async fn run(self) -> anyhow::Result<()> {
         let Application {
+            _data_dir_lock,
             listener,
             state,
             runner,
@@ -152,6 +171,14 @@ impl Application {
         } = self;
         info!(address = %listener.local_addr()?, workers = state.pool.size(), "quantd listening");
         let runner_task = tokio::spawn(runner.run(shutdown.clone()));
+        let idle = Duration::from_secs(state.settings.staging_idle_seconds);
+        let reaper_task = tokio::spawn(reaper::run_periodically(
+            state.store.clone(),
+            state.blobs.clone(),
+            idle,
+            (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            shutdown.clone(),
+        ));
         let pool = state.pool.clone();
         let app = http::router(state);
         axum::serve(listener, app)
@@ -159,11 +186,35 @@ impl Application {
             .await
             .context("serving HTTP")?;
         runner_task.await.context("joining the job runner")?;
+        reaper_task.await.context("joining the reaper")?;
         tokio::task::spawn_blocking(move || pool.shutdown())
             .await
             .context("joining the worker pool")?;
         info!("quantd stopped");
         Ok(())
+    }
+}
+
+/// Takes the data dir's lock file, or says which process holds it.
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("quantd.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another quantd process uses the data dir {} (it holds {}); give each server its own data dir",
+            data_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use crate::formats::safetensors::SafetensorsError;
 use crate::jobs::spec::SpecError;
 use crate::store::blobs::BlobError;
+use crate::store::reserve::LowSpace;
 use crate::store::StoreError;
 
 /// An RFC 9457 problem details object.
@@ -48,6 +49,8 @@ pub enum ErrorKind {
     Internal,
     /// 503: temporarily unable (queue full, dependency down); `Retry-After` tells when to retry.
     Unavailable,
+    /// 507: the data dir or the database has no room left; nothing of the request was kept.
+    InsufficientStorage,
 }
 
 impl ErrorKind {
@@ -62,6 +65,7 @@ impl ErrorKind {
             ErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 }
@@ -162,15 +166,57 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// 507: a write found no room. The client may retry once space is freed.
+    pub fn storage_full(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "storage full: write refused");
+        ApiError::new(
+            ErrorKind::InsufficientStorage,
+            "insufficient-storage",
+            "Insufficient storage",
+            "the server has no room to store this; nothing of the request was kept",
+        )
+        .with_retry_after(60)
+    }
+
+    /// 503: the metadata database did not answer or refused the write for a transient reason.
+    pub fn database_unavailable(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "metadata database unavailable");
+        ApiError::new(
+            ErrorKind::Unavailable,
+            "database-unavailable",
+            "Database unavailable",
+            "the metadata database is unavailable; nothing of the request was kept",
+        )
+        .with_retry_after(5)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        ApiError::internal(&error)
+        if error.is_storage_full() {
+            ApiError::storage_full(&error)
+        } else if error.is_unavailable() {
+            ApiError::database_unavailable(&error)
+        } else {
+            ApiError::internal(&error)
+        }
+    }
+}
+
+impl From<LowSpace> for ApiError {
+    fn from(error: LowSpace) -> Self {
+        ApiError::storage_full(&error)
     }
 }
 
 impl From<BlobError> for ApiError {
     fn from(error: BlobError) -> Self {
-        ApiError::internal(&error)
+        if error.is_storage_full() {
+            ApiError::storage_full(&error)
+        } else {
+            ApiError::internal(&error)
+        }
     }
 }
 

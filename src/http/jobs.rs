@@ -66,7 +66,8 @@ const POLL_AFTER_SECS: u64 = 1;
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown scheme or format, or an invalid option", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The queue is full; retry after Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The queue is full or the database is unavailable; retry after Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "No room left for the artifact (below the free-space reserve), or the database could not record the job; nothing was kept", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_job(
@@ -78,6 +79,8 @@ pub async fn create_job(
         request.options.as_ref(),
         request.format.as_deref(),
     )?;
+    // A job will write an artifact: refuse it up front rather than fail it for lack of room.
+    state.reserve.check(0)?;
     let new_job = NewJob {
         id: Uuid::now_v7(),
         model_id: request.model_id,
@@ -95,7 +98,19 @@ pub async fn create_job(
             state.job_wake.notify_one();
             let location =
                 HeaderValue::from_str(&format!("/api/v1/jobs/{}", job.id)).expect("ascii");
-            let body = view(&state, *job).await?;
+            // The job is committed: from here on the client must hear 202 with its id, so a
+            // failed position lookup only leaves the position out.
+            let queue_position = match state.store.queue_position(job.id).await {
+                Ok(position) => position,
+                Err(e) => {
+                    tracing::warn!(error = %e, job_id = %job.id, "queue position unavailable");
+                    None
+                }
+            };
+            let body = JobView {
+                job: *job,
+                queue_position,
+            };
             Ok((
                 StatusCode::ACCEPTED,
                 [

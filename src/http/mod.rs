@@ -33,6 +33,7 @@ use crate::config::Settings;
 use crate::formats::safetensors::Limits;
 use crate::pool::WorkerPool;
 use crate::quant::kernels::Kernels;
+use crate::store::reserve::StorageReserve;
 use crate::store::{BlobStore, SharedMetadataStore};
 
 /// Shared by every handler.
@@ -45,6 +46,8 @@ pub struct AppInner {
     pub settings: Settings,
     pub store: SharedMetadataStore,
     pub blobs: BlobStore,
+    /// Free space kept for the writes that must not fail (see `store::reserve`).
+    pub reserve: StorageReserve,
     pub kernels: &'static Kernels,
     pub pool: Arc<WorkerPool>,
     /// Wakes the job runner after a job was queued.

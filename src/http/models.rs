@@ -209,7 +209,10 @@ async fn record_model(
         files: Vec::new(),
         created_at: now(),
     };
-    state.store.insert_model(&model).await?;
+    if let Err(e) = state.store.insert_model(&model).await {
+        forget_blob(state, &model.sha256).await;
+        return Err(e.into());
+    }
     // A concurrent delete of another model with the same bytes may have removed the blob
     // between our commit and our insert: say so rather than keep a model without weights.
     if !state.blobs.exists(&model.sha256).await? {
@@ -232,6 +235,24 @@ async fn record_model(
         .into_response())
 }
 
+/// Removes a just-committed blob whose record could not be written, unless another record
+/// uses the same bytes. When the database cannot even answer that, the reaper removes the blob
+/// later (it is unreferenced), so nothing half-stored outlives the failure.
+async fn forget_blob(state: &AppState, sha256: &str) {
+    if let Ok(false) = state.store.blob_is_referenced(sha256).await {
+        let _ = state.blobs.delete(sha256).await;
+    }
+}
+
+/// The declared body length, when the client sent one.
+fn declared_length(headers: &HeaderMap) -> u64 {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 /// Upload a model
 ///
 /// The raw safetensors file as the body (`curl -T model.safetensors`), or `multipart/form-data`
@@ -248,6 +269,8 @@ async fn record_model(
         (status = 400, description = "Empty or interrupted body", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body or header over the limit", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not a valid safetensors file, or a bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The metadata database is unavailable; nothing was kept", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "No room left (below the free-space reserve); nothing was kept", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn upload_model(
@@ -256,6 +279,7 @@ pub async fn upload_model(
     request: Request,
 ) -> Result<Response, ApiError> {
     check_content_length(request.headers(), state.settings.max_upload_bytes)?;
+    state.reserve.check(declared_length(request.headers()))?;
     let is_multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -339,6 +363,8 @@ pub async fn upload_model(
         (status = 400, description = "Empty or interrupted body", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body or header over the limit", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not a valid safetensors file, or a bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The metadata database is unavailable; nothing was kept", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "No room left (below the free-space reserve); nothing was kept", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn upload_model_put(
@@ -418,6 +444,8 @@ pub async fn get_model(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A job uses the model", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The metadata database is unavailable; nothing was deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The database has no room to record the delete; nothing was deleted", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn delete_model(
@@ -458,6 +486,8 @@ pub async fn delete_model(
         (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad file name or invalid JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The metadata database is unavailable; nothing was kept", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "No room left (below the free-space reserve); nothing was kept", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn put_model_file(
@@ -468,6 +498,7 @@ pub async fn put_model_file(
     let model_id = parse_id("model", &id)?;
     let filename = validate_filename(&filename)?;
     check_content_length(request.headers(), state.settings.max_upload_bytes)?;
+    state.reserve.check(declared_length(request.headers()))?;
     if state.store.get_model(model_id).await?.is_none() {
         return Err(ApiError::not_found("model", &id));
     }
@@ -538,7 +569,14 @@ pub async fn put_model_file(
         sha256,
         size_bytes,
     };
-    match state.store.put_model_file(model_id, &file).await? {
+    let recorded = match state.store.put_model_file(model_id, &file).await {
+        Ok(recorded) => recorded,
+        Err(e) => {
+            forget_blob(&state, &file.sha256).await;
+            return Err(e.into());
+        }
+    };
+    match recorded {
         None => {
             if !state.store.blob_is_referenced(&file.sha256).await? {
                 state.blobs.delete(&file.sha256).await?;

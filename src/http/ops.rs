@@ -1,4 +1,5 @@
-//! Operations endpoints: liveness, readiness (database and storage reachable), service info.
+//! Operations endpoints: liveness, readiness (database and storage reachable and with room for
+//! writes), service info.
 
 use axum::extract::State;
 use axum::Json;
@@ -20,14 +21,14 @@ pub async fn healthz() -> Json<Status> {
     Json(Status { status: "ok" })
 }
 
-/// Readiness: the metadata database and the blob store answer
+/// Readiness: the metadata database and the blob store answer, and have room for writes
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "ops",
     responses(
         (status = 200, body = Status),
-        (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A dependency is down, or storage is below the free-space reserve", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
@@ -51,6 +52,16 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiEr
         )
         .with_retry_after(5));
     }
+    if let Err(low) = state.reserve.check(0) {
+        tracing::warn!(error = %low, "readiness: below the free-space reserve");
+        return Err(ApiError::new(
+            ErrorKind::Unavailable,
+            "not-ready",
+            "Not ready",
+            format!("storage cannot take writes: {low} (the reserve is QUANTD_MIN_FREE_BYTES)"),
+        )
+        .with_retry_after(30));
+    }
     Ok(Json(Status { status: "ready" }))
 }
 
@@ -60,6 +71,8 @@ pub struct Limits {
     pub max_header_bytes: u64,
     pub max_queued_jobs: u64,
     pub job_max_attempts: u32,
+    /// Free space kept in reserve; below it uploads and job creation answer 507.
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -107,6 +120,7 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
             max_header_bytes: state.settings.max_header_bytes,
             max_queued_jobs: state.settings.max_queued_jobs,
             job_max_attempts: state.settings.job_max_attempts,
+            min_free_bytes: state.settings.min_free_bytes,
         },
     })
 }

@@ -201,9 +201,13 @@ pub fn quantize_file(
     ctx.progress
         .tensors_total
         .store(header.tensors.len() as u64, Ordering::Relaxed);
+    // Bytes count the whole input file, as the job's totals did from its creation (they come
+    // from the model's size); the header is done once parsed.
+    let file_len = mapping.len() as u64;
+    ctx.progress.bytes_total.store(file_len, Ordering::Relaxed);
     ctx.progress
-        .bytes_total
-        .store(header.data_len, Ordering::Relaxed);
+        .bytes_done
+        .store(file_len.saturating_sub(header.data_len), Ordering::Relaxed);
 
     // Every output tensor is declared up front so the header can be written first and the data
     // streamed after it.

@@ -211,6 +211,7 @@ impl JobRunner {
 
         match outcome {
             Ok(Ok(output)) => {
+                let output_sha = output.sha256.clone();
                 let artifact = self
                     .store_artifact(&job, &spec, output, &staged, model_files)
                     .await;
@@ -230,7 +231,13 @@ impl JobRunner {
                         }
                         Err(e) => error!(error = %e, "recording the artifact failed"),
                     },
-                    Err(problem) => self.record_failure(&lease, problem, true).await,
+                    Err(problem) => {
+                        // Nothing half-stored stays: the staging file if the commit failed, the
+                        // committed output if a later step did.
+                        let _ = tokio::fs::remove_file(&staged).await;
+                        self.delete_unreferenced(std::iter::once(output_sha)).await;
+                        self.record_failure(&lease, problem, true).await
+                    }
                 }
             }
             Ok(Err(PipelineError::Cancelled)) => {
@@ -262,12 +269,21 @@ impl JobRunner {
             }
             Ok(Err(PipelineError::Io(e))) => {
                 let _ = tokio::fs::remove_file(&staged).await;
-                let problem = job_problem(
-                    "job-io-error",
-                    "Storage error while quantizing",
-                    500,
-                    &e.to_string(),
-                );
+                let problem = if crate::store::blobs::is_storage_full(&e) {
+                    job_problem(
+                        "job-storage-full",
+                        "No room left for the artifact",
+                        507,
+                        &e.to_string(),
+                    )
+                } else {
+                    job_problem(
+                        "job-io-error",
+                        "Storage error while quantizing",
+                        500,
+                        &e.to_string(),
+                    )
+                };
                 self.record_failure(&lease, problem, true).await;
             }
             Err(PoolError::Panicked(message)) => {
@@ -401,13 +417,22 @@ impl JobRunner {
         staged: &std::path::Path,
         model_files: Vec<StoredFile>,
     ) -> Result<ArtifactRecord, serde_json::Value> {
-        let storage_problem = |e: &dyn std::fmt::Display| {
-            job_problem(
-                "job-io-error",
-                "Storage error while saving the artifact",
-                500,
-                &e.to_string(),
-            )
+        let storage_problem = |e: &crate::store::blobs::BlobError| {
+            if e.is_storage_full() {
+                job_problem(
+                    "job-storage-full",
+                    "No room left for the artifact",
+                    507,
+                    &e.to_string(),
+                )
+            } else {
+                job_problem(
+                    "job-io-error",
+                    "Storage error while saving the artifact",
+                    500,
+                    &e.to_string(),
+                )
+            }
         };
         self.blobs
             .commit_staged_file(staged, &output.sha256)

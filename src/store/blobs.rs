@@ -8,6 +8,7 @@
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -26,6 +27,36 @@ pub enum BlobError {
     Io(#[from] std::io::Error),
     #[error("blob {0} not found")]
     NotFound(String),
+}
+
+impl BlobError {
+    /// The write failed because the disk (or the user's quota) is full.
+    pub fn is_storage_full(&self) -> bool {
+        is_storage_full(self)
+    }
+}
+
+/// Whether an error, or any error in its source chain, is `ENOSPC` / `EDQUOT`. Errors of
+/// `object_store` and `sqlx` wrap the `std::io::Error` a few levels down; their messages are
+/// checked too, since not every wrapper keeps the source.
+pub fn is_storage_full(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) {
+                return true;
+            }
+        }
+        let text = e.to_string();
+        if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// Streams of blob bytes as the HTTP layer consumes them.
@@ -85,6 +116,7 @@ impl BlobStore {
         let upload = self.store.put_multipart(&temp_key).await?;
         Ok(BlobUpload {
             store: self.store.clone(),
+            root: self.root.clone(),
             temp_key,
             writer: Some(WriteMultipart::new_with_chunk_size(upload, 8 << 20)),
             hasher: Sha256::new(),
@@ -99,7 +131,68 @@ impl BlobStore {
             tokio::fs::create_dir_all(parent).await?;
         }
         tokio::fs::rename(staged, &final_path).await?;
-        Ok(())
+        sync_committed(final_path).await
+    }
+
+    /// Bytes that unprivileged writers may still use on the file system holding the blobs.
+    pub fn available_bytes(&self) -> std::io::Result<u64> {
+        available_bytes(&self.root)
+    }
+
+    /// Removes staging files (interrupted uploads, outputs of killed jobs) that nobody has
+    /// written to for `idle`; `Duration::ZERO` removes them all (start-up, when this process
+    /// holds the data dir's lock and so no writer can exist). Returns (files, bytes) removed.
+    pub async fn reap_staging(&self, idle: Duration) -> Result<(u64, u64), BlobError> {
+        let tmp = self.root.join("tmp");
+        let reaped = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, u64)> {
+            let now = SystemTime::now();
+            let (mut files, mut bytes) = (0, 0);
+            for entry in std::fs::read_dir(&tmp)? {
+                let entry = entry?;
+                let metadata = match entry.metadata() {
+                    Ok(metadata) if metadata.is_file() => metadata,
+                    _ => continue,
+                };
+                let age = now
+                    .duration_since(metadata.modified()?)
+                    .unwrap_or(Duration::ZERO);
+                if age >= idle && std::fs::remove_file(entry.path()).is_ok() {
+                    files += 1;
+                    bytes += metadata.len();
+                }
+            }
+            Ok((files, bytes))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(reaped)
+    }
+
+    /// Every committed blob with its last modification time (a commit refreshes it), for the
+    /// garbage collector.
+    pub async fn list_committed(&self) -> Result<Vec<(String, SystemTime)>, BlobError> {
+        let root = self.root.join("sha256");
+        let listed = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let mut blobs = Vec::new();
+            for shard in std::fs::read_dir(&root)? {
+                let shard = shard?;
+                if !shard.file_type()?.is_dir() {
+                    continue;
+                }
+                for entry in std::fs::read_dir(shard.path())? {
+                    let entry = entry?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !is_sha256_hex(&name) {
+                        continue; // e.g. object_store's in-flight `name#n` files
+                    }
+                    blobs.push((name, entry.metadata()?.modified()?));
+                }
+            }
+            Ok(blobs)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(listed)
     }
 
     /// Streams a blob, or a byte range of it.
@@ -161,6 +254,7 @@ impl BlobStore {
 /// An upload in progress: bytes go to a temporary object while being hashed and counted.
 pub struct BlobUpload {
     store: Arc<dyn ObjectStore>,
+    root: PathBuf,
     temp_key: ObjectPath,
     writer: Option<WriteMultipart>,
     hasher: Sha256,
@@ -197,6 +291,7 @@ impl BlobUpload {
         }
         Ok(StagedBlob {
             store: self.store.clone(),
+            root: self.root.clone(),
             temp_key: self.temp_key.clone(),
             sha256: hex::encode(self.hasher.clone().finalize()),
             size_bytes: self.size_bytes,
@@ -215,6 +310,7 @@ impl BlobUpload {
 /// A completely written temporary object whose digest is known; `commit` or `discard` it.
 pub struct StagedBlob {
     store: Arc<dyn ObjectStore>,
+    root: PathBuf,
     temp_key: ObjectPath,
     pub sha256: String,
     pub size_bytes: u64,
@@ -224,13 +320,58 @@ impl StagedBlob {
     /// Renames the temporary object to its content address (replacing identical bytes if the
     /// same content was uploaded before).
     pub async fn commit(self) -> Result<String, BlobError> {
-        self.store
-            .rename(&self.temp_key, &BlobStore::key(&self.sha256))
-            .await?;
+        let key = BlobStore::key(&self.sha256);
+        if let Err(e) = self.store.rename(&self.temp_key, &key).await {
+            let _ = self.store.delete(&self.temp_key).await;
+            return Err(e.into());
+        }
+        sync_committed(self.root.join(key.as_ref())).await?;
         Ok(self.sha256)
     }
 
     pub async fn discard(self) {
         let _ = self.store.delete(&self.temp_key).await;
     }
+}
+
+/// Makes a committed blob durable before anyone records it: its bytes, then the directory entry
+/// the rename created. It also refreshes the modification time, which the garbage collector
+/// reads as "committed at" (a rename keeps the time of the upload's start).
+async fn sync_committed(path: PathBuf) -> Result<(), BlobError> {
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+        file.set_modified(SystemTime::now())?;
+        file.sync_all()?;
+        if let Some(parent) = path.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    Ok(())
+}
+
+/// `statvfs(2)`'s `f_bavail × f_frsize`: what an unprivileged writer may still use.
+#[cfg(unix)]
+pub fn available_bytes(path: &FsPath) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a NUL-terminated string that outlives the call, and `stats` points to
+    // writable memory of the struct's size, which statvfs fills completely when it returns 0.
+    let status = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
+    if status != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let stats = unsafe { stats.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
+}
+
+#[cfg(not(unix))]
+pub fn available_bytes(_path: &FsPath) -> std::io::Result<u64> {
+    Ok(u64::MAX)
 }

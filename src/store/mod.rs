@@ -5,6 +5,8 @@
 //! issue slots in beside [`sqlite::SqliteStore`] without touching them.
 
 pub mod blobs;
+pub mod reaper;
+pub mod reserve;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -28,6 +30,52 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// The database could not write because its disk is full: SQLite's `SQLITE_FULL` (13, which
+    /// it reports for `ENOSPC`), or an `ENOSPC` / `EDQUOT` reaching us as an I/O error.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                sqlite_primary_code(e.code().as_deref()) == Some(SQLITE_FULL)
+            }
+            other => crate::store::blobs::is_storage_full(other),
+        }
+    }
+
+    /// A transient failure of the database itself (connection lost or refused, pool exhausted,
+    /// I/O error, busy): the same request may succeed later, so the client hears 503.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => matches!(
+                sqlite_primary_code(e.code().as_deref()),
+                Some(
+                    SQLITE_IOERR | SQLITE_BUSY | SQLITE_LOCKED | SQLITE_CANTOPEN | SQLITE_READONLY
+                )
+            ),
+            StoreError::Database(
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            _ => false,
+        }
+    }
+}
+
+// SQLite primary result codes (https://sqlite.org/rescode.html); extended codes carry the
+// primary one in their low byte.
+const SQLITE_BUSY: i64 = 5;
+const SQLITE_LOCKED: i64 = 6;
+const SQLITE_READONLY: i64 = 8;
+const SQLITE_IOERR: i64 = 10;
+const SQLITE_FULL: i64 = 13;
+const SQLITE_CANTOPEN: i64 = 14;
+
+fn sqlite_primary_code(code: Option<&str>) -> Option<i64> {
+    code.and_then(|c| c.parse::<i64>().ok()).map(|c| c & 0xff)
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -258,6 +306,9 @@ pub enum HeartbeatOutcome {
 pub trait MetadataStore: Send + Sync + 'static {
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
+    /// The folder the database writes its files in, when it is local (SQLite), so that its free
+    /// space can be watched; `None` for a database server.
+    fn local_dir(&self) -> Option<std::path::PathBuf>;
 
     async fn insert_model(&self, model: &ModelRecord) -> StoreResult<()>;
     async fn get_model(&self, id: Uuid) -> StoreResult<Option<ModelRecord>>;

@@ -7,7 +7,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -24,8 +26,17 @@ const JOB_COLUMNS: &str = "id, model_id, scheme, options, format, state, attempt
     cancel_requested, tensors_done, tensors_total, bytes_done, bytes_total, artifact_id, error, \
     created_at, started_at, finished_at, updated_at";
 
+// WRITES_RUN_TO_COMPLETION: a write with `RETURNING` is read with `fetch_all`, never
+// `fetch_optional`. SQLite hands out the returned row before the statement's last step, and in
+// autocommit mode that last step is the commit. `fetch_optional` stops after the first row and
+// drops the statement, so a commit that fails there (SQLITE_FULL on a full disk, an I/O error)
+// was lost: the client heard "created" or "deleted" for a change that was rolled back.
+// `fetch_all` steps the statement to SQLITE_DONE and returns the commit's error.
+
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The database file (its folder also holds the WAL and shared-memory files).
+    path: std::path::PathBuf,
 }
 
 impl SqliteStore {
@@ -34,15 +45,19 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            // A commit returns only once the WAL is on disk: what we acknowledge survives a
+            // power cut, not only a crash of this process.
+            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             // Writers queue behind each other instead of failing with SQLITE_BUSY.
             .busy_timeout(Duration::from_secs(10));
+        let path = options.get_filename().to_path_buf();
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, path })
     }
 
     async fn files_of_model(&self, model_id: Uuid) -> StoreResult<Vec<StoredFile>> {
@@ -196,6 +211,15 @@ impl MetadataStore for SqliteStore {
         Ok(())
     }
 
+    fn local_dir(&self) -> Option<std::path::PathBuf> {
+        let parent = self.path.parent()?;
+        Some(if parent.as_os_str().is_empty() {
+            std::path::PathBuf::from(".")
+        } else {
+            parent.to_path_buf()
+        })
+    }
+
     async fn insert_model(&self, model: &ModelRecord) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO models (id, name, sha256, size_bytes, n_tensors, n_parameters, dtypes, metadata, created_at) \
@@ -255,8 +279,10 @@ impl MetadataStore for SqliteStore {
              RETURNING sha256",
         )
         .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .next(); // see WRITES_RUN_TO_COMPLETION
         let Some(model_sha) = deleted else {
             let busy: Option<String> = sqlx::query_scalar(
                 "SELECT id FROM jobs WHERE model_id = ?1 AND state IN ('queued', 'running') LIMIT 1",
@@ -319,9 +345,10 @@ impl MetadataStore for SqliteStore {
     async fn enqueue_job(&self, job: &NewJob, max_queued: u64) -> StoreResult<EnqueueOutcome> {
         let now = rfc3339(now());
         let row = sqlx::query(&format!(
-            "INSERT INTO jobs (id, model_id, scheme, options, format, state, max_attempts, created_at, updated_at) \
-             SELECT ?1, ?2, ?3, ?4, ?8, 'queued', ?5, ?6, ?6 \
-             WHERE EXISTS (SELECT 1 FROM models WHERE id = ?2) \
+            "INSERT INTO jobs (id, model_id, scheme, options, format, state, max_attempts, \
+               tensors_total, bytes_total, created_at, updated_at) \
+             SELECT ?1, ?2, ?3, ?4, ?8, 'queued', ?5, m.n_tensors, m.size_bytes, ?6, ?6 \
+             FROM models m WHERE m.id = ?2 \
              AND (SELECT COUNT(*) FROM jobs WHERE state = 'queued') < ?7 \
              RETURNING {JOB_COLUMNS}"
         ))
@@ -333,8 +360,10 @@ impl MetadataStore for SqliteStore {
         .bind(&now)
         .bind(to_i64(max_queued))
         .bind(&job.format)
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .next(); // see WRITES_RUN_TO_COMPLETION
         if let Some(row) = row {
             return Ok(EnqueueOutcome::Enqueued(Box::new(job_from_row(&row)?)));
         }
@@ -397,8 +426,10 @@ impl MetadataStore for SqliteStore {
         ))
         .bind(id.to_string())
         .bind(&now)
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .next(); // see WRITES_RUN_TO_COMPLETION
         if let Some(row) = row {
             return Ok(CancelOutcome::Accepted(job_from_row(&row)?));
         }
@@ -434,8 +465,10 @@ impl MetadataStore for SqliteStore {
         .bind(expires)
         .bind(rfc3339(now))
         .bind(unix_ms(now))
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .next(); // see WRITES_RUN_TO_COMPLETION
         row.as_ref().map(job_from_row).transpose()
     }
 
@@ -461,8 +494,10 @@ impl MetadataStore for SqliteStore {
         .bind(to_i64(progress.bytes_done))
         .bind(to_i64(progress.bytes_total))
         .bind(rfc3339(now))
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .next(); // see WRITES_RUN_TO_COMPLETION
         Ok(match cancel {
             Some(flag) => HeartbeatOutcome::Held {
                 cancel_requested: flag != 0,

@@ -33,7 +33,11 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let data_dir = tempfile::tempdir().expect("temp dir");
+    spawn_app_in(tempfile::tempdir().expect("temp dir"), configure).await
+}
+
+/// The application on an existing data dir (a restart, or a dir on a special file system).
+pub async fn spawn_app_in(data_dir: TempDir, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings::for_data_dir(data_dir.path());
     settings.workers = Some(2);
     settings.lease_seconds = 2;
@@ -167,11 +171,13 @@ impl TestApp {
         files
     }
 
-    pub async fn stop(mut self) {
+    /// Shuts the application down gracefully and hands back its data dir (for a restart).
+    pub async fn stop(mut self) -> TempDir {
         self.shutdown.cancel();
         if let Some(handle) = self.handle.take() {
             handle.await.unwrap().unwrap();
         }
+        self.data_dir
     }
 }
 

@@ -31,6 +31,7 @@ async fn start_server(data_dir: &Path, tensor_delay_ms: u64) -> Server {
         .env("QUANTD_DATA_DIR", data_dir)
         .env("QUANTD_WORKERS", "1")
         .env("QUANTD_LEASE_SECONDS", "1")
+        .env("QUANTD_MIN_FREE_BYTES", "16MiB")
         .env("QUANTD_SHUTDOWN_GRACE_SECONDS", "0")
         .env("QUANTD_DEBUG_TENSOR_DELAY_MS", tensor_delay_ms.to_string())
         .env("RUST_LOG", "warn")
