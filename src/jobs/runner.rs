@@ -229,7 +229,15 @@ impl JobRunner {
                             )
                             .await;
                         }
-                        Err(e) => error!(error = %e, "recording the artifact failed"),
+                        Err(e) => {
+                            // The lease is left to expire, so the job is retried or failed by
+                            // the reaper; the output nobody recorded goes now if it can.
+                            error!(error = %e, "recording the artifact failed");
+                            self.delete_unreferenced(
+                                artifact.files.iter().map(|f| f.sha256.clone()),
+                            )
+                            .await;
+                        }
                     },
                     Err(problem) => {
                         // Nothing half-stored stays: the staging file if the commit failed, the

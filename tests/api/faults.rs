@@ -311,3 +311,253 @@ async fn on_a_full_disk_every_acknowledged_write_survives_and_every_refused_one_
     let data_dir = app.stop().await;
     assert_nothing_half_stored(data_dir.path()).await;
 }
+
+/// One f32 tensor of `n_floats` values: a model whose size is easy to control.
+fn model_of_floats(n_floats: usize, seed: u32) -> Vec<u8> {
+    let values: Vec<f32> = (0..n_floats)
+        .map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
+        .collect();
+    crate::helpers::safetensors_file(&[(
+        "layer.weight",
+        "F32",
+        vec![n_floats / 256, 256],
+        crate::helpers::f32_bytes(&values),
+    )])
+}
+
+#[tokio::test]
+async fn below_the_reserve_growth_is_refused_up_front_deletes_still_work_and_readyz_says_so() {
+    let tmpfs = Tmpfs::mount(48);
+    let reserve = 8 << 20;
+    let app = spawn_on(tmpfs.data_dir(), reserve).await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    let keep: Value = upload(&app, "keep", digits_model_bytes())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let keep_id = keep["id"].as_str().unwrap().to_owned();
+    let victim: Value = upload(&app, "victim", variant_of_digits(7))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let victim_id = victim["id"].as_str().unwrap().to_owned();
+
+    // Leave half the reserve: the database still has room, new bytes do not.
+    let filler = tmpfs.fill(reserve / 2);
+    let not_ready = app.get("/readyz").await;
+    crate::helpers::assert_problem(not_ready, 503, "not-ready").await;
+    let refused = upload(&app, "late", variant_of_digits(9)).await;
+    let body = crate::helpers::assert_problem(refused, 507, "insufficient-storage").await;
+    assert!(body["detail"].as_str().unwrap().contains("nothing"));
+    crate::helpers::assert_problem(
+        create_job(&app, &keep_id, "int8").await,
+        507,
+        "insufficient-storage",
+    )
+    .await;
+    crate::helpers::assert_problem(
+        put_config(&app, &keep_id).await,
+        507,
+        "insufficient-storage",
+    )
+    .await;
+    // Deletes free space and need only the database: the reserve is there for them.
+    assert_eq!(delete_model(&app, &victim_id).await.status(), 204);
+
+    let data_dir = app.stop().await;
+    let app = spawn_on(data_dir, reserve).await;
+    assert_eq!(
+        app.get(&format!("/api/v1/models/{victim_id}"))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/models/{keep_id}")).await.status(),
+        200
+    );
+    std::fs::remove_file(filler).unwrap();
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    assert_eq!(
+        upload(&app, "late", variant_of_digits(9)).await.status(),
+        201
+    );
+    let data_dir = app.stop().await;
+    assert_nothing_half_stored(data_dir.path()).await;
+}
+
+#[tokio::test]
+async fn a_disk_that_fills_during_an_upload_or_a_job_output_leaves_nothing_behind() {
+    let tmpfs = Tmpfs::mount(48);
+    let app = spawn_on(tmpfs.data_dir(), 0).await;
+    // 6 MiB of f32 weights: its int8 output needs about 1.5 MiB.
+    let model: Value = upload(&app, "big", model_of_floats(6 << 18, 1))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let model_id = model["id"].as_str().unwrap().to_owned();
+
+    let filler = tmpfs.fill(1 << 20);
+    // An upload without Content-Length (chunked) cannot be refused up front: the disk fills
+    // while its body streams in.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = model_of_floats(4 << 18, 2)
+        .chunks(64 << 10)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let response = app
+        .client
+        .post(app.url("/api/v1/models?name=streamed"))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_problem(response, 507, "insufficient-storage").await;
+    // A declared length that cannot fit is refused before a byte is written.
+    let response = upload(&app, "declared", model_of_floats(4 << 18, 3)).await;
+    crate::helpers::assert_problem(response, 507, "insufficient-storage").await;
+
+    // The job's output cannot be written: the job fails, saying why, and leaves no file.
+    let job: Value = create_job(&app, &model_id, "int8")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["error"]["type"], "/problems/job-storage-full", "{job}");
+    assert_eq!(job["error"]["status"], 507);
+    let (staging, _) = blob_state(app.data_dir.path());
+    assert!(staging.is_empty(), "staging leftovers: {staging:?}");
+
+    std::fs::remove_file(filler).unwrap();
+    let job: Value = create_job(&app, &model_id, "int8")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let data_dir = app.stop().await;
+    assert_nothing_half_stored(data_dir.path()).await;
+}
+
+/// Makes every `operation` on `table` fail inside the database, as a broken disk or a lost
+/// connection would, with a real SQLite trigger.
+async fn inject_database_error(data_dir: &Path, table: &str, operation: &str) -> sqlx::SqlitePool {
+    let url = format!("sqlite://{}", data_dir.join("quantd.db").display());
+    let pool = sqlx::SqlitePool::connect(&url)
+        .await
+        .expect("database opens");
+    sqlx::query(&format!(
+        "CREATE TRIGGER injected_fault BEFORE {operation} ON {table} \
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+    ))
+    .execute(&pool)
+    .await
+    .expect("trigger created");
+    pool
+}
+
+async fn clear_database_error(pool: sqlx::SqlitePool) {
+    sqlx::query("DROP TRIGGER injected_fault")
+        .execute(&pool)
+        .await
+        .expect("trigger dropped");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_database_error_at_each_write_path_is_reported_and_leaves_nothing_behind() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.job_max_attempts = 1;
+        s.staging_idle_seconds = 1;
+    })
+    .await;
+    let dir = app.data_dir.path().to_path_buf();
+    let keep: Value = upload(&app, "keep", digits_model_bytes())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let keep_id = keep["id"].as_str().unwrap().to_owned();
+
+    // Upload: the blob was committed before the insert failed; it must not stay.
+    let fault = inject_database_error(&dir, "models", "INSERT").await;
+    let (status, _) = outcome(upload(&app, "late", variant_of_digits(3)).await, "upload").await;
+    assert!(status >= 500);
+    clear_database_error(fault).await;
+    assert_nothing_half_stored(&dir).await;
+
+    // Companion file.
+    let fault = inject_database_error(&dir, "model_files", "INSERT").await;
+    let (status, _) = outcome(put_config(&app, &keep_id).await, "companion").await;
+    assert!(status >= 500);
+    clear_database_error(fault).await;
+    assert_nothing_half_stored(&dir).await;
+
+    // Job creation.
+    let fault = inject_database_error(&dir, "jobs", "INSERT").await;
+    let (status, _) = outcome(create_job(&app, &keep_id, "int8").await, "job").await;
+    assert!(status >= 500);
+    clear_database_error(fault).await;
+    let jobs = app.get_json("/api/v1/jobs").await;
+    assert_eq!(jobs["items"].as_array().unwrap().len(), 0, "{jobs}");
+
+    // Delete: the model and its weights stay.
+    let fault = inject_database_error(&dir, "models", "DELETE").await;
+    let (status, _) = outcome(delete_model(&app, &keep_id).await, "delete").await;
+    assert!(status >= 500);
+    clear_database_error(fault).await;
+    assert_eq!(
+        app.get(&format!("/api/v1/models/{keep_id}")).await.status(),
+        200
+    );
+    assert_nothing_half_stored(&dir).await;
+
+    // Cancellation of a queued job: the job is not reported cancelled.
+    let fault = inject_database_error(&dir, "jobs", "UPDATE").await;
+    let response = create_job(&app, &keep_id, "int8").await;
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.unwrap();
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let response = app
+        .client
+        .post(app.url(&format!("/api/v1/jobs/{job_id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = outcome(response, "cancel").await;
+    assert!(status >= 500);
+    clear_database_error(fault).await;
+    let job = app.wait_for_job(&job_id).await;
+    assert_eq!(job["state"], "succeeded", "the cancel was refused: {job}");
+
+    // Job completion: recording the artifact fails, so the job cannot succeed, and the output
+    // blob it committed is reaped.
+    let fault = inject_database_error(&dir, "artifacts", "INSERT").await;
+    let job: Value = create_job(&app, &keep_id, "int4")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let job = app.wait_for_job(&job_id).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    clear_database_error(fault).await;
+    let start = std::time::Instant::now();
+    loop {
+        let (staging, committed) = blob_state(&dir);
+        if staging.is_empty() && committed == referenced_digests(&dir).await {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the unrecorded artifact was not reaped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    app.stop().await;
+}
