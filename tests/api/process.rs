@@ -1,9 +1,14 @@
-//! The real binary as a child process: a job survives `kill -9` of the server, and SIGTERM hands
-//! a running job back to the queue and exits cleanly.
+//! The real binary as a child process: a job survives `kill -9` of the server, SIGTERM hands
+//! a running job back to the queue and exits cleanly, and twenty kills at random points lose,
+//! duplicate and orphan nothing.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
 
 use serde_json::{json, Value};
 
@@ -24,8 +29,17 @@ fn free_port() -> u16 {
 }
 
 async fn start_server(data_dir: &Path, tensor_delay_ms: u64) -> Server {
+    start_server_with(data_dir, tensor_delay_ms, &[]).await
+}
+
+async fn start_server_with(
+    data_dir: &Path,
+    tensor_delay_ms: u64,
+    extra_env: &[(&str, &str)],
+) -> Server {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_quantd"))
+        .envs(extra_env.iter().copied())
         .arg("serve")
         .env("QUANTD_BIND", format!("127.0.0.1:{port}"))
         .env("QUANTD_DATA_DIR", data_dir)
@@ -283,4 +297,182 @@ async fn offline_quantize_matches_the_service_byte_for_byte() {
         .unwrap();
     assert!(!status.success());
     app.stop().await;
+}
+
+/// What the chaos clients heard acknowledged (a 2xx answer received before the kill).
+#[derive(Default)]
+struct Acknowledged {
+    models: Vec<String>,
+    jobs: Vec<String>,
+}
+
+/// Uploads models and queues jobs as fast as it can until the server dies under it.
+async fn chaos_client(base: String, acknowledged: Arc<Mutex<Acknowledged>>, seed: u64) {
+    let client = reqwest::Client::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    loop {
+        let mut bytes = digits_model_bytes();
+        let last = bytes.len() - 1;
+        bytes[last] = rng.gen();
+        let Ok(response) = client
+            .post(format!("{base}/api/v1/models?name=chaos"))
+            .body(bytes)
+            .send()
+            .await
+        else {
+            return;
+        };
+        if response.status() == 201 {
+            let Ok(model) = response.json::<Value>().await else {
+                return;
+            };
+            let id = model["id"].as_str().unwrap().to_owned();
+            acknowledged.lock().unwrap().models.push(id);
+        }
+        let model_id = {
+            let acknowledged = acknowledged.lock().unwrap();
+            acknowledged.models[rng.gen_range(0..acknowledged.models.len())].clone()
+        };
+        let scheme = ["int8", "int4", "fp8"][rng.gen_range(0..3)];
+        let Ok(response) = client
+            .post(format!("{base}/api/v1/jobs"))
+            .json(&json!({"model_id": model_id, "scheme": scheme}))
+            .send()
+            .await
+        else {
+            return;
+        };
+        if response.status() == 202 {
+            let Ok(job) = response.json::<Value>().await else {
+                return;
+            };
+            let id = job["id"].as_str().unwrap().to_owned();
+            acknowledged.lock().unwrap().jobs.push(id);
+        }
+    }
+}
+
+#[tokio::test]
+async fn twenty_sigkills_at_random_points_lose_nothing_run_nothing_twice_and_leave_no_orphans() {
+    let seed: u64 = std::env::var("QUANTD_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::random());
+    println!("chaos seed {seed} (QUANTD_CHAOS_SEED={seed} replays it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let data_dir = tempfile::tempdir().unwrap();
+    let env = [("QUANTD_JOB_MAX_ATTEMPTS", "1000"), ("QUANTD_WORKERS", "2")];
+    let acknowledged = Arc::new(Mutex::new(Acknowledged::default()));
+    for round in 0..20 {
+        let mut server = start_server_with(data_dir.path(), 5, &env).await;
+        let client = tokio::spawn(chaos_client(
+            server.base.clone(),
+            acknowledged.clone(),
+            seed ^ round,
+        ));
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(20..600))).await;
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        let _ = client.await;
+    }
+
+    let server = start_server_with(data_dir.path(), 0, &env).await;
+    let (models, jobs) = {
+        let acknowledged = acknowledged.lock().unwrap();
+        (acknowledged.models.clone(), acknowledged.jobs.clone())
+    };
+    assert!(
+        models.len() > 20 && jobs.len() > 20,
+        "the chaos was too gentle: {} models, {} jobs",
+        models.len(),
+        jobs.len()
+    );
+    let mut lost = Vec::new();
+    for model in &models {
+        let response = server
+            .client
+            .get(format!("{}/api/v1/models/{model}", server.base))
+            .send()
+            .await
+            .unwrap();
+        if response.status() != 200 {
+            lost.push(format!("model {model}"));
+        }
+    }
+    for job in &jobs {
+        let response = server
+            .client
+            .get(format!("{}/api/v1/jobs/{job}", server.base))
+            .send()
+            .await
+            .unwrap();
+        if response.status() != 200 {
+            lost.push(format!("job {job}"));
+        }
+    }
+    assert_eq!(lost, Vec::<String>::new(), "acknowledged writes lost");
+    for job in &jobs {
+        let job = server.wait(job, |j| j["state"] == "succeeded").await;
+        assert!(job["artifact_id"].is_string(), "{job}");
+    }
+
+    // Stop cleanly and look at what is on disk.
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    drop(server);
+    let url = format!(
+        "sqlite://{}?mode=ro",
+        data_dir.path().join("quantd.db").display()
+    );
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let duplicated: Vec<String> =
+        sqlx::query_scalar("SELECT job_id FROM artifacts GROUP BY job_id HAVING COUNT(*) > 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        duplicated,
+        Vec::<String>::new(),
+        "jobs that produced two artifacts"
+    );
+    let referenced: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT sha256 FROM models UNION SELECT sha256 FROM model_files \
+         UNION SELECT sha256 FROM artifact_files",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    pool.close().await;
+    let staging: Vec<_> = std::fs::read_dir(data_dir.path().join("blobs/tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        staging,
+        Vec::<std::path::PathBuf>::new(),
+        "orphaned staging files"
+    );
+    let mut committed = BTreeSet::new();
+    for shard in std::fs::read_dir(data_dir.path().join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+    {
+        for entry in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            committed.insert(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    let orphaned: Vec<_> = committed.difference(&referenced).collect();
+    assert_eq!(orphaned, Vec::<&String>::new(), "orphaned blobs");
+    println!(
+        "chaos: 20 kills, {} models and {} jobs acknowledged, 0 lost, 0 duplicated, 0 orphaned",
+        models.len(),
+        jobs.len()
+    );
 }
