@@ -357,7 +357,7 @@ async fn twenty_sigkills_at_random_points_lose_nothing_run_nothing_twice_and_lea
     let seed: u64 = std::env::var("QUANTD_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::random());
+        .unwrap_or_else(rand::random);
     println!("chaos seed {seed} (QUANTD_CHAOS_SEED={seed} replays it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let data_dir = tempfile::tempdir().unwrap();
