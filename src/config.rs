@@ -84,6 +84,11 @@ pub struct Settings {
     #[arg(long, env = "QUANTD_STAGING_IDLE_SECONDS", default_value_t = 900)]
     pub staging_idle_seconds: u64,
 
+    /// Largest `__metadata__` map a model may carry (its keys and values in bytes); larger ones
+    /// are refused with 422, since the map is stored and shown with the model.
+    #[arg(long, env = "QUANTD_MAX_METADATA_BYTES", default_value = "1MiB", value_parser = parse_byte_size)]
+    pub max_metadata_bytes: u64,
+
     /// Jobs that may wait in the queue; beyond it job creation answers 503 with Retry-After.
     #[arg(long, env = "QUANTD_MAX_QUEUED_JOBS", default_value_t = 1000)]
     pub max_queued_jobs: u64,
@@ -185,6 +190,7 @@ impl Settings {
             max_upload_bytes: 64 << 30,
             max_header_bytes: 100 << 20,
             max_queued_jobs: 1000,
+            max_metadata_bytes: 1 << 20,
             min_free_bytes: 256 << 20,
             staging_idle_seconds: 900,
             kernels: KernelChoice::Auto,

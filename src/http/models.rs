@@ -19,7 +19,7 @@ use super::{
 use crate::formats::safetensors::{Header, StreamValidator};
 use crate::store::blobs::StagedBlob;
 use crate::store::sqlite::count_map;
-use crate::store::{now, DeleteModelOutcome, ModelRecord, StoredFile};
+use crate::store::{now, DeleteModelOutcome, ModelRecord, ModelSummary, StoredFile};
 
 /// Largest companion file that is JSON-validated in memory (config.json, tokenizer.json).
 const MAX_JSON_COMPANION_BYTES: usize = 64 << 20;
@@ -195,6 +195,23 @@ async fn record_model(
     staged: StagedBlob,
     header: Header,
 ) -> Result<Response, ApiError> {
+    let metadata_bytes: u64 = header
+        .metadata
+        .iter()
+        .map(|(key, value)| (key.len() + value.len()) as u64)
+        .sum();
+    if metadata_bytes > state.settings.max_metadata_bytes {
+        staged.discard().await;
+        return Err(ApiError::new(
+            ErrorKind::Unprocessable,
+            "safetensors-metadata-too-large",
+            "Invalid safetensors upload",
+            format!(
+                "the __metadata__ map holds {metadata_bytes} bytes of keys and values; the limit is {}",
+                state.settings.max_metadata_bytes
+            ),
+        ));
+    }
     let size_bytes = staged.size_bytes;
     let sha256 = staged.commit().await?;
     let model = ModelRecord {
@@ -390,14 +407,14 @@ pub struct ListQuery {
     tag = "models",
     params(ListQuery),
     responses(
-        (status = 200, description = "A page of models", body = PageResponse<ModelRecord>),
+        (status = 200, description = "A page of models (summaries: `__metadata__` is shown by `GET /api/v1/models/{id}`)", body = PageResponse<ModelSummary>),
         (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_models(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<PageResponse<ModelRecord>>, ApiError> {
+) -> Result<Json<PageResponse<ModelSummary>>, ApiError> {
     let page = state
         .store
         .list_models(page_request(query.limit, query.cursor.as_deref())?)

@@ -69,6 +69,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiEr
 pub struct Limits {
     pub max_upload_bytes: u64,
     pub max_header_bytes: u64,
+    pub max_metadata_bytes: u64,
     pub max_queued_jobs: u64,
     pub job_max_attempts: u32,
     /// Free space kept in reserve; below it uploads and job creation answer 507.
@@ -118,6 +119,7 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
         limits: Limits {
             max_upload_bytes: state.settings.max_upload_bytes,
             max_header_bytes: state.settings.max_header_bytes,
+            max_metadata_bytes: state.settings.max_metadata_bytes,
             max_queued_jobs: state.settings.max_queued_jobs,
             job_max_attempts: state.settings.job_max_attempts,
             min_free_bytes: state.settings.min_free_bytes,

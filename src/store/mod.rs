@@ -104,8 +104,28 @@ pub struct ModelRecord {
     pub created_at: OffsetDateTime,
 }
 
+/// A model as listed: everything but its `__metadata__`, which may be large and is shown by
+/// `GET /api/v1/models/{id}` only.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelSummary {
+    pub id: Uuid,
+    pub name: String,
+    /// Hex sha256 of the safetensors file.
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub n_tensors: u64,
+    pub n_parameters: u64,
+    /// Tensor count per safetensors dtype.
+    pub dtypes: BTreeMap<String, u64>,
+    /// Companion files attached with `PUT /api/v1/models/{id}/files/{filename}`.
+    pub files: Vec<StoredFile>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+}
+
 /// A file stored as a content-addressed blob (model companions, artifact files).
-#[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema, PartialEq, Eq)]
 pub struct StoredFile {
     pub filename: String,
     pub sha256: String,
@@ -312,7 +332,8 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     async fn insert_model(&self, model: &ModelRecord) -> StoreResult<()>;
     async fn get_model(&self, id: Uuid) -> StoreResult<Option<ModelRecord>>;
-    async fn list_models(&self, page: PageRequest) -> StoreResult<Page<ModelRecord>>;
+    /// One page of models, newest first, in one round trip.
+    async fn list_models(&self, page: PageRequest) -> StoreResult<Page<ModelSummary>>;
     /// Deletes the model unless a queued or running job uses it (checked atomically).
     async fn delete_model(&self, id: Uuid) -> StoreResult<DeleteModelOutcome>;
     /// Attaches or replaces a companion file. `Ok(None)` when the model does not exist; else the

@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use super::{
     now, ArtifactRecord, CancelOutcome, DeleteModelOutcome, EnqueueOutcome, HeartbeatOutcome,
-    JobFilter, JobRecord, JobState, Lease, MetadataStore, ModelRecord, NewJob, Page, PageRequest,
-    Progress, StoreError, StoreResult, StoredFile,
+    JobFilter, JobRecord, JobState, Lease, MetadataStore, ModelRecord, ModelSummary, NewJob, Page,
+    PageRequest, Progress, StoreError, StoreResult, StoredFile,
 };
 
 /// Column list shared by every query that returns a job.
@@ -250,18 +250,36 @@ impl MetadataStore for SqliteStore {
         }
     }
 
-    async fn list_models(&self, page: PageRequest) -> StoreResult<Page<ModelRecord>> {
+    async fn list_models(&self, page: PageRequest) -> StoreResult<Page<ModelSummary>> {
+        // One statement per page: each model's files come along as a JSON array.
         let rows = sqlx::query(
-            "SELECT * FROM models WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
+            "SELECT m.id, m.name, m.sha256, m.size_bytes, m.n_tensors, m.n_parameters, m.dtypes, \
+               m.created_at, \
+               (SELECT json_group_array(json_object('filename', f.filename, 'sha256', f.sha256, \
+                  'size_bytes', f.size_bytes)) \
+                FROM (SELECT * FROM model_files WHERE model_id = m.id ORDER BY filename) f) AS files \
+             FROM models m WHERE (?1 IS NULL OR m.id < ?1) ORDER BY m.id DESC LIMIT ?2",
         )
         .bind(page.before.map(|id| id.to_string()))
         .bind(i64::from(page.limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        let mut items = Vec::with_capacity(rows.len());
-        for row in &rows {
-            items.push(self.model_from_row(row).await?);
-        }
+        let items = rows
+            .iter()
+            .map(|row| {
+                Ok(ModelSummary {
+                    id: uuid_col(row, "id")?,
+                    name: row.try_get("name")?,
+                    sha256: row.try_get("sha256")?,
+                    size_bytes: u64_col(row, "size_bytes")?,
+                    n_tensors: u64_col(row, "n_tensors")?,
+                    n_parameters: u64_col(row, "n_parameters")?,
+                    dtypes: json_col(row, "dtypes")?,
+                    files: json_col(row, "files")?,
+                    created_at: time_col(row, "created_at")?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
         Ok(page_of(items, page.limit, |m| m.id))
     }
 

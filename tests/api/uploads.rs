@@ -427,3 +427,53 @@ async fn declared_digests_are_verified_before_commit() {
     assert_clean_and_alive(&app).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn listing_shows_summaries_and_large_metadata_is_refused() {
+    let app = spawn_app_with(|s| s.max_metadata_bytes = 4096).await;
+    let tensor = ("w", "F32", vec![2, 2], f32_bytes(&[1.0, 2.0, 3.0, 4.0]));
+    // Metadata within the bound is kept and shown with the model, but not in the list.
+    let small = format!(
+        r#"{{"__metadata__":{{"format":"pt","note":"{}"}},"w":{{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}}}"#,
+        "x".repeat(1000)
+    );
+    let response = app
+        .upload_model("small", raw_safetensors(&small, &tensor.3))
+        .await;
+    assert_eq!(response.status(), 201);
+    let model: Value = response.json().await.unwrap();
+    let id = model["id"].as_str().unwrap();
+    let config = app
+        .client
+        .put(app.url(&format!("/api/v1/models/{id}/files/config.json")))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(config.status(), 201);
+    let full = app.get_json(&format!("/api/v1/models/{id}")).await;
+    assert_eq!(full["metadata"]["format"], "pt");
+    let listed = app.get_json("/api/v1/models").await;
+    let item = &listed["items"][0];
+    assert_eq!(item["id"], id);
+    assert!(
+        item.get("metadata").is_none(),
+        "lists carry summaries: {item}"
+    );
+    assert_eq!(item["files"][0]["filename"], "config.json", "{item}");
+    assert_eq!(item["files"][0]["sha256"], full["files"][0]["sha256"]);
+    assert_eq!(item["n_parameters"], 4);
+
+    // Over the bound: refused, nothing stored.
+    let big = format!(
+        r#"{{"__metadata__":{{"note":"{}"}},"w":{{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}}}"#,
+        "x".repeat(5000)
+    );
+    let response = app
+        .upload_model("big", raw_safetensors(&big, &tensor.3))
+        .await;
+    assert_problem(response, 422, "safetensors-metadata-too-large").await;
+    assert_clean_and_alive(&app).await;
+    let listed = app.get_json("/api/v1/models").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+}
