@@ -93,16 +93,37 @@ pub struct PageResponse<T: utoipa::ToSchema> {
     pub next_cursor: Option<Uuid>,
 }
 
+/// Page sizes list endpoints accept: the server's check and the OpenAPI schema of `limit`
+/// ([`page_limit_schema`]) both read these.
+pub const PAGE_LIMIT_MIN: u32 = 1;
+pub const PAGE_LIMIT_MAX: u32 = 200;
+pub const PAGE_LIMIT_DEFAULT: u32 = 50;
+
+/// The schema of the `limit` query parameter of list endpoints.
+pub fn page_limit_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+        .minimum(Some(PAGE_LIMIT_MIN))
+        .maximum(Some(PAGE_LIMIT_MAX))
+        .default(Some(PAGE_LIMIT_DEFAULT.into()))
+        .description(Some(format!(
+            "Page size, {PAGE_LIMIT_MIN}–{PAGE_LIMIT_MAX} (default {PAGE_LIMIT_DEFAULT})."
+        )))
+        .build()
+}
+
 /// `limit` and `cursor` query parameters shared by list endpoints.
 pub fn page_request(
     limit: Option<u32>,
     cursor: Option<&str>,
 ) -> Result<crate::store::PageRequest, ApiError> {
-    let limit = limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
+    let limit = limit.unwrap_or(PAGE_LIMIT_DEFAULT);
+    if !(PAGE_LIMIT_MIN..=PAGE_LIMIT_MAX).contains(&limit) {
         return Err(ApiError::bad_request(
             "invalid-query",
-            format!("limit must be between 1 and 200, got {limit}"),
+            format!("limit must be between {PAGE_LIMIT_MIN} and {PAGE_LIMIT_MAX}, got {limit}"),
         )
         .with_field("limit"));
     }
