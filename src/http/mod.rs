@@ -3,11 +3,13 @@
 
 pub mod artifacts;
 pub mod download;
+pub mod envelope;
 pub mod error;
 pub mod jobs;
 pub mod models;
 pub mod openai;
 pub mod ops;
+pub mod serve;
 pub mod v2;
 
 use std::sync::Arc;
@@ -190,20 +192,28 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(utoipa_axum::routes!(ops::info))
 }
 
+/// The documented routes and their OpenAPI document, with the responses the HTTP layer adds to
+/// every operation.
+fn api_router_and_spec() -> (Router<AppState>, OpenApiDoc) {
+    let (api, mut spec) = api_router().split_for_parts();
+    envelope::document_http_layer(&mut spec);
+    (api, spec)
+}
+
 /// The OpenAPI document, as `quantd openapi` prints it and `/openapi.json` serves it.
 pub fn openapi() -> OpenApiDoc {
-    api_router().split_for_parts().1
+    api_router_and_spec().1
 }
 
 /// The complete HTTP application.
 pub fn router(state: AppState) -> Router {
-    let (api, spec) = api_router().split_for_parts();
+    let (api, spec) = api_router_and_spec();
     api.merge(v2::router())
         .merge(openai::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(fallback_not_found)
         .method_not_allowed_fallback(fallback_method_not_allowed)
-        .layer(TraceLayer::new_for_http())
+        // Innermost: a panicking handler becomes a problem+json 500 ...
         .layer(CatchPanicLayer::custom(|_panic| {
             ApiError::new(
                 ErrorKind::Internal,
@@ -213,6 +223,10 @@ pub fn router(state: AppState) -> Router {
             )
             .into_response()
         }))
+        // ... every error then gets its path's envelope (and over-long heads are refused) ...
+        .layer(axum::middleware::from_fn(envelope::enveloped_errors))
+        // ... and the trace sees the final status of every request.
+        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
