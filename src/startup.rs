@@ -181,10 +181,8 @@ impl Application {
         ));
         let pool = state.pool.clone();
         let app = http::router(state);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .context("serving HTTP")?;
+        // Our connection loop rather than `axum::serve`: it sets hyper's limits (http::serve).
+        http::serve::serve(listener, app, shutdown.clone().cancelled_owned()).await;
         runner_task.await.context("joining the job runner")?;
         reaper_task.await.context("joining the reaper")?;
         tokio::task::spawn_blocking(move || pool.shutdown())

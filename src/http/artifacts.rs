@@ -26,6 +26,7 @@ async fn load(state: &AppState, id: &str) -> Result<ArtifactRecord, ApiError> {
     params(("id" = String, Path, description = "Artifact id")),
     responses(
         (status = 200, description = "The artifact", body = ArtifactRecord),
+        (status = 400, description = "Malformed path (undecodable percent-encoding)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such artifact", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -48,6 +49,7 @@ pub async fn get_artifact(
     responses(
         (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 206, description = "A byte range of the file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "Malformed path (undecodable percent-encoding)", body = Problem, content_type = "application/problem+json"),
         (status = 304, description = "Not modified"),
         (status = 404, description = "No such artifact", body = Problem, content_type = "application/problem+json"),
         (status = 416, description = "Range outside the file", body = Problem, content_type = "application/problem+json"),
@@ -82,6 +84,7 @@ pub async fn download_artifact(
     responses(
         (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 206, description = "A byte range of the file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "Malformed path (undecodable percent-encoding)", body = Problem, content_type = "application/problem+json"),
         (status = 304, description = "Not modified"),
         (status = 404, description = "No such artifact or file", body = Problem, content_type = "application/problem+json"),
         (status = 416, description = "Range outside the file", body = Problem, content_type = "application/problem+json"),

@@ -65,7 +65,9 @@ const POLL_AFTER_SECS: u64 = 1;
         (status = 202, description = "Queued", body = JobView, headers(("Location" = String), ("Retry-After" = u64))),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown scheme or format, or an invalid option", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over the 2 MiB limit for JSON bodies", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not declared as JSON (Content-Type: application/json)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown scheme or format, an invalid option, or a body that does not match the schema", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The queue is full or the database is unavailable; retry after Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "No room left for the artifact (below the free-space reserve), or the database could not record the job; nothing was kept", body = Problem, content_type = "application/problem+json"),
     )
@@ -137,15 +139,22 @@ pub async fn create_job(
     }
 }
 
+/// Query of `GET /api/v1/jobs`. Fields are parsed by the handler (for its own error messages);
+/// the spec declares what they must hold.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct JobListQuery {
     /// Only jobs in this state: queued, running, succeeded, failed, cancelled.
+    #[param(value_type = Option<JobState>)]
     pub state: Option<String>,
     /// Only jobs of this model.
+    #[param(value_type = Option<String>, format = Uuid)]
     pub model_id: Option<String>,
-    /// Page size, 1–200 (default 50).
+    #[param(schema_with = super::page_limit_schema)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<String>, format = Uuid)]
     pub cursor: Option<String>,
 }
 
@@ -157,7 +166,7 @@ pub struct JobListQuery {
     params(JobListQuery),
     responses(
         (status = 200, description = "A page of jobs", body = PageResponse<JobView>),
-        (status = 400, description = "Bad filter, limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad filter, limit or cursor, or an unknown query parameter", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_jobs(
@@ -202,6 +211,7 @@ pub async fn list_jobs(
     params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 200, description = "The job; while not finished, Retry-After says when to poll again", body = JobView),
+        (status = 400, description = "Malformed path (undecodable percent-encoding)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -241,6 +251,7 @@ pub async fn get_job(
     responses(
         (status = 200, description = "Cancelled", body = JobView),
         (status = 202, description = "Cancellation requested; the worker stops at the next tensor", body = JobView),
+        (status = 400, description = "Malformed path (undecodable percent-encoding)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The job already finished", body = Problem, content_type = "application/problem+json"),
     )

@@ -3,11 +3,13 @@
 
 pub mod artifacts;
 pub mod download;
+pub mod envelope;
 pub mod error;
 pub mod jobs;
 pub mod models;
 pub mod openai;
 pub mod ops;
+pub mod serve;
 pub mod v2;
 
 use std::sync::Arc;
@@ -96,16 +98,37 @@ pub struct PageResponse<T: utoipa::ToSchema> {
     pub next_cursor: Option<Uuid>,
 }
 
+/// Page sizes list endpoints accept: the server's check and the OpenAPI schema of `limit`
+/// ([`page_limit_schema`]) both read these.
+pub const PAGE_LIMIT_MIN: u32 = 1;
+pub const PAGE_LIMIT_MAX: u32 = 200;
+pub const PAGE_LIMIT_DEFAULT: u32 = 50;
+
+/// The schema of the `limit` query parameter of list endpoints.
+pub fn page_limit_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+        .minimum(Some(PAGE_LIMIT_MIN))
+        .maximum(Some(PAGE_LIMIT_MAX))
+        .default(Some(PAGE_LIMIT_DEFAULT.into()))
+        .description(Some(format!(
+            "Page size, {PAGE_LIMIT_MIN}–{PAGE_LIMIT_MAX} (default {PAGE_LIMIT_DEFAULT})."
+        )))
+        .build()
+}
+
 /// `limit` and `cursor` query parameters shared by list endpoints.
 pub fn page_request(
     limit: Option<u32>,
     cursor: Option<&str>,
 ) -> Result<crate::store::PageRequest, ApiError> {
-    let limit = limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
+    let limit = limit.unwrap_or(PAGE_LIMIT_DEFAULT);
+    if !(PAGE_LIMIT_MIN..=PAGE_LIMIT_MAX).contains(&limit) {
         return Err(ApiError::bad_request(
             "invalid-query",
-            format!("limit must be between 1 and 200, got {limit}"),
+            format!("limit must be between {PAGE_LIMIT_MIN} and {PAGE_LIMIT_MAX}, got {limit}"),
         )
         .with_field("limit"));
     }
@@ -172,20 +195,28 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(utoipa_axum::routes!(ops::info))
 }
 
+/// The documented routes and their OpenAPI document, with the responses the HTTP layer adds to
+/// every operation.
+fn api_router_and_spec() -> (Router<AppState>, OpenApiDoc) {
+    let (api, mut spec) = api_router().split_for_parts();
+    envelope::document_http_layer(&mut spec);
+    (api, spec)
+}
+
 /// The OpenAPI document, as `quantd openapi` prints it and `/openapi.json` serves it.
 pub fn openapi() -> OpenApiDoc {
-    api_router().split_for_parts().1
+    api_router_and_spec().1
 }
 
 /// The complete HTTP application.
 pub fn router(state: AppState) -> Router {
-    let (api, spec) = api_router().split_for_parts();
+    let (api, spec) = api_router_and_spec();
     api.merge(v2::router())
         .merge(openai::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(fallback_not_found)
         .method_not_allowed_fallback(fallback_method_not_allowed)
-        .layer(TraceLayer::new_for_http())
+        // Innermost: a panicking handler becomes a problem+json 500 ...
         .layer(CatchPanicLayer::custom(|_panic| {
             ApiError::new(
                 ErrorKind::Internal,
@@ -195,6 +226,10 @@ pub fn router(state: AppState) -> Router {
             )
             .into_response()
         }))
+        // ... every error then gets its path's envelope (and over-long heads are refused) ...
+        .layer(axum::middleware::from_fn(envelope::enveloped_errors))
+        // ... and the trace sees the final status of every request.
+        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 

@@ -25,9 +25,17 @@ use crate::store::{now, DeleteModelOutcome, ModelRecord, ModelSummary, StoredFil
 const MAX_JSON_COMPANION_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct UploadQuery {
-    /// Human-readable model name: 1–128 characters of `A-Z a-z 0-9 . _ -`. For multipart
-    /// uploads a `name` field or the file's name may give it instead.
+    /// Human-readable model name: 1–128 characters of `A-Z a-z 0-9 . _ -`, not starting with
+    /// `.`. Required for a raw body; for multipart uploads a `name` field or the file's name
+    /// may give it instead.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
     pub name: Option<String>,
 }
 
@@ -283,7 +291,8 @@ fn declared_length(headers: &HeaderMap) -> u64 {
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A safetensors file"),
     responses(
         (status = 201, description = "Stored", body = ModelRecord, headers(("Location" = String, description = "URL of the new model"))),
-        (status = 400, description = "Empty or interrupted body", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Empty, interrupted or malformed multipart body, a malformed Content-Digest, or an unknown query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The same bytes were deleted while this upload committed; upload again", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body or header over the limit", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not a valid safetensors file, or a bad name", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The metadata database is unavailable; nothing was kept", body = Problem, content_type = "application/problem+json"),
@@ -377,7 +386,8 @@ pub async fn upload_model(
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A safetensors file"),
     responses(
         (status = 201, description = "Stored", body = ModelRecord, headers(("Location" = String, description = "URL of the new model"))),
-        (status = 400, description = "Empty or interrupted body", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Empty, interrupted or malformed multipart body, a malformed Content-Digest, or an unknown query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The same bytes were deleted while this upload committed; upload again", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body or header over the limit", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not a valid safetensors file, or a bad name", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The metadata database is unavailable; nothing was kept", body = Problem, content_type = "application/problem+json"),
@@ -393,10 +403,13 @@ pub async fn upload_model_put(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// Page size, 1–200 (default 50).
+    #[param(schema_with = super::page_limit_schema)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<String>, format = Uuid)]
     pub cursor: Option<String>,
 }
 
@@ -408,7 +421,7 @@ pub struct ListQuery {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of models (summaries: `__metadata__` is shown by `GET /api/v1/models/{id}`)", body = PageResponse<ModelSummary>),
-        (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad limit or cursor, or an unknown query parameter", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_models(
@@ -433,6 +446,7 @@ pub async fn list_models(
     params(("id" = String, Path, description = "Model id")),
     responses(
         (status = 200, description = "The model", body = ModelRecord),
+        (status = 400, description = "Malformed path (undecodable percent-encoding)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -459,6 +473,7 @@ pub async fn get_model(
     params(("id" = String, Path, description = "Model id")),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed path (undecodable percent-encoding)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A job uses the model", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The metadata database is unavailable; nothing was deleted", body = Problem, content_type = "application/problem+json"),
@@ -500,6 +515,7 @@ pub async fn delete_model(
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 201, description = "Stored", body = StoredFile),
+        (status = 400, description = "Malformed path, an interrupted body, or a malformed Content-Digest", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad file name or invalid JSON", body = Problem, content_type = "application/problem+json"),
@@ -627,7 +643,11 @@ pub async fn put_model_file(
     params(("id" = String, Path, description = "Model id"), ("filename" = String, Path, description = "File name")),
     responses(
         (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "A byte range of the file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "Malformed path (undecodable percent-encoding)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such model or file", body = Problem, content_type = "application/problem+json"),
+        (status = 416, description = "Range outside the file", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_model_file(

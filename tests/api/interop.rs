@@ -20,14 +20,27 @@ fn repo_path(relative: &str) -> PathBuf {
 /// The venv's python, creating the venv and installing the readers when they are missing or the
 /// requirements changed.
 pub fn interop_python() -> PathBuf {
-    let _guard = VENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let venv = std::env::var_os("QUANTD_INTEROP_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_path("target/interop-venv"));
+    venv_python(
+        &venv,
+        &[
+            ("requirements.txt", None),
+            ("requirements-nodeps.txt", Some("--no-deps")),
+        ],
+    )
+}
+
+/// The python of the venv at `venv`, created (or refreshed when the requirements changed) with
+/// the given requirement files of tests/interop, each with an optional extra pip argument.
+pub fn venv_python(venv: &Path, requirement_files: &[(&str, Option<&str>)]) -> PathBuf {
+    let _guard = VENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let python = venv.join("bin/python");
-    let requirements = ["requirements.txt", "requirements-nodeps.txt"]
-        .map(|file| std::fs::read_to_string(repo_path("tests/interop").join(file)).unwrap())
-        .concat();
+    let requirements = requirement_files
+        .iter()
+        .map(|(file, _)| std::fs::read_to_string(repo_path("tests/interop").join(file)).unwrap())
+        .collect::<String>();
     let marker = venv.join("quantd-requirements.txt");
     if std::fs::read_to_string(&marker).ok().as_deref() == Some(requirements.as_str())
         && python.exists()
@@ -37,14 +50,15 @@ pub fn interop_python() -> PathBuf {
     let system_python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let status = Command::new(&system_python)
         .args(["-m", "venv"])
-        .arg(&venv)
+        .arg(venv)
         .status()
         .expect("python3 runs");
-    assert!(status.success(), "creating the interop venv failed");
-    for (file, extra) in [
-        ("requirements.txt", None),
-        ("requirements-nodeps.txt", Some("--no-deps")),
-    ] {
+    assert!(
+        status.success(),
+        "creating the venv {} failed",
+        venv.display()
+    );
+    for (file, extra) in requirement_files {
         let output = Command::new(&python)
             .args([
                 "-m",
@@ -60,7 +74,8 @@ pub fn interop_python() -> PathBuf {
             .expect("pip runs");
         assert!(
             output.status.success(),
-            "installing {file} into the interop venv failed:\n{}",
+            "installing {file} into {} failed:\n{}",
+            venv.display(),
             String::from_utf8_lossy(&output.stderr)
         );
     }

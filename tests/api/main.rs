@@ -5,6 +5,7 @@ mod helpers;
 
 mod downloads;
 mod embeddings;
+mod envelopes;
 mod faults;
 mod gguf;
 mod inference;

@@ -1,12 +1,21 @@
-//! The committed OpenAPI document must equal the one generated from the code.
+//! The committed OpenAPI document must equal the one generated from the code, be a valid
+//! OpenAPI document, and describe requests the server answers.
 //! Run with `UPDATE_OPENAPI=1` to rewrite it after an intended API change.
 
-use crate::helpers::spawn_app;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{digits_model_bytes, spawn_app};
+
+fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
 
 #[test]
 fn committed_openapi_matches_the_code() {
     let generated = quantd::http::openapi().to_pretty_json().unwrap() + "\n";
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi/openapi.json");
+    let path = repo_path("openapi/openapi.json");
     if std::env::var_os("UPDATE_OPENAPI").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &generated).unwrap();
@@ -79,5 +88,59 @@ async fn kernels_can_be_forced_to_scalar() {
         ))
         .await;
     assert_eq!(artifact["report"]["kernel_isa"], "scalar");
+    app.stop().await;
+}
+
+/// Python with openapi-spec-validator, in its own small venv (`target/openapi-venv`, override
+/// with `QUANTD_OPENAPI_VENV`), created on first use like the interop venv.
+fn openapi_python() -> PathBuf {
+    let venv = std::env::var_os("QUANTD_OPENAPI_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_path("target/openapi-venv"));
+    crate::interop::venv_python(&venv, &[("requirements-openapi.txt", None)])
+}
+
+#[tokio::test]
+async fn the_committed_spec_validates_and_a_client_built_from_it_lists_everything() {
+    let app = spawn_app().await;
+    // Two models and a job on each: enough for a second page and for every filter to match.
+    let first = app.upload_digits().await;
+    let response = app.upload_model("digits-again", digits_model_bytes()).await;
+    assert_eq!(response.status(), 201);
+    let second: Value = response.json().await.unwrap();
+    for model in [&first, &second] {
+        app.create_job_ok(model["id"].as_str().unwrap(), json!({}))
+            .await;
+    }
+    let python = tokio::task::spawn_blocking(openapi_python).await.unwrap();
+    // The server answers on this runtime: the client runs as a child process awaited here.
+    let output = tokio::process::Command::new(python)
+        .arg(repo_path("tests/interop/openapi_client.py"))
+        .arg(repo_path("openapi/openapi.json"))
+        .arg(&app.address)
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "openapi_client.py failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).expect("a JSON summary");
+    let operations = summary["operations"].as_array().unwrap();
+    for (path, query) in [
+        (
+            "/api/v1/jobs",
+            json!(["cursor", "limit", "model_id", "state"]),
+        ),
+        ("/api/v1/models", json!(["cursor", "limit"])),
+    ] {
+        assert!(
+            operations
+                .iter()
+                .any(|o| o["path"] == path && o["query"] == query),
+            "{path} not exercised with {query}: {summary}"
+        );
+    }
     app.stop().await;
 }
