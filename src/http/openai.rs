@@ -67,6 +67,11 @@ impl From<ServingError> for OpenAiError {
                 "invalid_request_error",
                 Some("model"),
             ),
+            ServingError::Overflow(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                Some("input"),
+            ),
             ServingError::BadInput(_) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",

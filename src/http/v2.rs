@@ -44,7 +44,9 @@ impl From<ServingError> for V2Error {
         let status = match &error {
             ServingError::NotFound(_) => StatusCode::NOT_FOUND,
             ServingError::Ambiguous(_) | ServingError::BadInput(_) => StatusCode::BAD_REQUEST,
-            ServingError::Unsupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ServingError::Unsupported(_) | ServingError::Overflow(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ServingError::Busy => StatusCode::TOO_MANY_REQUESTS,
             ServingError::Internal(cause) => {
                 tracing::error!(error = %cause, "inference failed");
@@ -63,6 +65,7 @@ impl From<ServingError> for ApiError {
                 (ErrorKind::BadRequest, "bad-inference-request")
             }
             ServingError::Unsupported(_) => (ErrorKind::Unprocessable, "model-not-servable"),
+            ServingError::Overflow(_) => (ErrorKind::Unprocessable, "inference-overflow"),
             ServingError::Busy => {
                 return ApiError::new(
                     ErrorKind::Unavailable,
