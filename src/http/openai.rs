@@ -2,6 +2,7 @@
 //! nested error envelope `{"error": {"message", "type", "param", "code"}}`.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +12,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::AppState;
-use crate::serving::{ModelKind, ServingError};
+use crate::serving::{ModelKind, ServingError, MAX_INPUTS_PER_REQUEST};
 use crate::store::PageRequest;
 
 pub fn router() -> Router<AppState> {
@@ -67,6 +68,11 @@ impl From<ServingError> for OpenAiError {
                 "invalid_request_error",
                 Some("model"),
             ),
+            ServingError::Overflow(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                Some("input"),
+            ),
             ServingError::BadInput(_) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
@@ -98,34 +104,103 @@ enum Inputs {
     Tokens(Vec<Vec<u32>>),
 }
 
+/// Parses `input`, refusing more than [`MAX_INPUTS_PER_REQUEST`] items before converting any.
+/// Token ids must be integers in `0..2^32` (the vocabulary check comes with the model).
 fn parse_inputs(input: &Value) -> Result<Inputs, OpenAiError> {
-    let ids = |items: &[Value]| -> Result<Vec<u32>, OpenAiError> {
+    let ids = |sequence: usize, items: &[Value]| -> Result<Vec<u32>, OpenAiError> {
         items
             .iter()
-            .map(|v| {
+            .enumerate()
+            .map(|(index, v)| {
                 v.as_u64()
                     .and_then(|n| u32::try_from(n).ok())
                     .ok_or_else(|| {
-                        invalid("token ids must be non-negative integers", Some("input"))
+                        invalid(
+                            format!("token id {index} of sequence {sequence} is {v}; token ids must be integers in 0..4294967296"),
+                            Some("input"),
+                        )
                     })
             })
             .collect()
     };
-    match input {
-        Value::String(text) => Ok(Inputs::Texts(vec![text.clone()])),
-        Value::Array(items) if items.is_empty() => Err(invalid("'input' must not be empty", Some("input"))),
-        Value::Array(items) if items.iter().all(Value::is_string) => Ok(Inputs::Texts(items.iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect())),
-        Value::Array(items) if items.iter().all(Value::is_number) => Ok(Inputs::Tokens(vec![ids(items)?])),
-        Value::Array(items) if items.iter().all(Value::is_array) => Ok(Inputs::Tokens(items.iter().map(|v| ids(v.as_array().map(Vec::as_slice).unwrap_or_default())).collect::<Result<_, _>>()?)),
-        _ => Err(invalid("'input' must be a string, an array of strings, an array of token ids, or an array of such arrays", Some("input"))),
+    let items = match input {
+        Value::String(text) => return Ok(Inputs::Texts(vec![text.clone()])),
+        Value::Array(items) => items,
+        _ => return Err(invalid("'input' must be a string, an array of strings, an array of token ids, or an array of such arrays", Some("input"))),
+    };
+    if items.is_empty() {
+        return Err(invalid("'input' must not be empty", Some("input")));
+    }
+    if items.iter().all(Value::is_number) {
+        // One sequence of token ids: its length is checked against the model's positions.
+        return Ok(Inputs::Tokens(vec![ids(0, items)?]));
+    }
+    check_input_count(items.len())?;
+    if items.iter().all(Value::is_string) {
+        return Ok(Inputs::Texts(
+            items
+                .iter()
+                .map(|v| v.as_str().unwrap_or_default().to_owned())
+                .collect(),
+        ));
+    }
+    if items.iter().all(Value::is_array) {
+        return Ok(Inputs::Tokens(
+            items
+                .iter()
+                .enumerate()
+                .map(|(sequence, v)| {
+                    ids(
+                        sequence,
+                        v.as_array().map(Vec::as_slice).unwrap_or_default(),
+                    )
+                })
+                .collect::<Result<_, _>>()?,
+        ));
+    }
+    Err(invalid("'input' must be a string, an array of strings, an array of token ids, or an array of such arrays (not a mix)", Some("input")))
+}
+
+/// `dimensions`: absent or null means all `hidden` values, otherwise an integer in 1..=hidden.
+fn parse_dimensions(value: Option<&Value>, hidden: usize) -> Result<usize, OpenAiError> {
+    match value {
+        None | Some(Value::Null) => Ok(hidden),
+        Some(value) => value
+            .as_u64()
+            .and_then(|d| usize::try_from(d).ok())
+            .filter(|d| (1..=hidden).contains(d))
+            .ok_or_else(|| {
+                invalid(
+                    format!("dimensions must be an integer between 1 and {hidden}"),
+                    Some("dimensions"),
+                )
+            }),
     }
 }
 
-/// Most inputs per request.
-const MAX_INPUTS: usize = 2048;
+/// Refuses more than [`MAX_INPUTS_PER_REQUEST`] inputs (texts or token-id sequences).
+fn check_input_count(count: usize) -> Result<(), OpenAiError> {
+    if count > MAX_INPUTS_PER_REQUEST {
+        return Err(invalid(
+            format!("{count} inputs; at most {MAX_INPUTS_PER_REQUEST} per request"),
+            Some("input"),
+        ));
+    }
+    Ok(())
+}
 
-async fn embeddings(State(state): State<AppState>, body: Bytes) -> Result<Response, OpenAiError> {
+async fn embeddings(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OpenAiError> {
     let started = std::time::Instant::now();
+    // Beyond axum's 2 MiB default body limit: 413, in OpenAI's envelope.
+    let body = body.map_err(|rejection| OpenAiError {
+        status: rejection.status(),
+        message: rejection.body_text(),
+        kind: "invalid_request_error",
+        param: None,
+    })?;
     let request: Value = serde_json::from_slice(&body)
         .map_err(|e| invalid(format!("the body is not valid JSON: {e}"), None))?;
     let name = request
@@ -154,39 +229,11 @@ async fn embeddings(State(state): State<AppState>, body: Bytes) -> Result<Respon
             model.architecture
         ))));
     };
-    let hidden = bert.hidden_size();
-    let dimensions = match request.get("dimensions") {
-        None | Some(Value::Null) => hidden,
-        Some(value) => match value.as_u64() {
-            Some(d) if (1..=hidden as u64).contains(&d) => d as usize,
-            _ => {
-                return Err(invalid(
-                    format!("dimensions must be between 1 and {hidden}"),
-                    Some("dimensions"),
-                ))
-            }
-        },
-    };
-    let count = match &inputs {
-        Inputs::Texts(texts) => texts.len(),
-        Inputs::Tokens(batch) => batch.len(),
-    };
-    if count > MAX_INPUTS {
-        return Err(invalid(
-            format!("at most {MAX_INPUTS} inputs per request"),
-            Some("input"),
-        ));
-    }
+    let dimensions = parse_dimensions(request.get("dimensions"), bert.hidden_size())?;
     let batch: Vec<Vec<u32>> = match inputs {
         Inputs::Tokens(batch) => batch,
         Inputs::Texts(texts) => state.serving.tokenize(model.clone(), texts).await?,
     };
-    if batch.len() > MAX_INPUTS {
-        return Err(invalid(
-            format!("at most {MAX_INPUTS} inputs per request"),
-            Some("input"),
-        ));
-    }
     let prompt_tokens: usize = batch.iter().map(Vec::len).sum();
     let parsed = started.elapsed();
     let (embeddings, timing) = state.serving.embed(model.clone(), batch).await?;
@@ -243,4 +290,96 @@ async fn models(State(state): State<AppState>) -> Result<Json<Value>, OpenAiErro
         .map(|m| json!({"id": m.id, "object": "model", "created": m.created_at.unix_timestamp(), "owned_by": "quantd", "name": m.name}))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(result: Result<impl Sized, OpenAiError>) -> OpenAiError {
+        match result {
+            Ok(_) => panic!("accepted"),
+            Err(error) => error,
+        }
+    }
+
+    #[test]
+    fn inputs_are_capped_and_token_ids_checked() {
+        assert!(matches!(parse_inputs(&json!("hi")), Ok(Inputs::Texts(t)) if t == ["hi"]));
+        assert!(
+            matches!(parse_inputs(&json!([101, 7592, 102])), Ok(Inputs::Tokens(t)) if t == [vec![101, 7592, 102]])
+        );
+        assert!(
+            matches!(parse_inputs(&json!([[101], [102, 103]])), Ok(Inputs::Tokens(t)) if t.len() == 2)
+        );
+        // The shared cap, for texts and for token-id sequences.
+        let texts = json!(vec!["x"; MAX_INPUTS_PER_REQUEST]);
+        assert!(parse_inputs(&texts).is_ok());
+        let texts = json!(vec!["x"; MAX_INPUTS_PER_REQUEST + 1]);
+        let error = refused(parse_inputs(&texts));
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        assert_eq!(error.param, Some("input"));
+        assert!(error.message.contains("at most 2048"), "{}", error.message);
+        let sequences = json!(vec![vec![101]; MAX_INPUTS_PER_REQUEST + 1]);
+        assert!(refused(parse_inputs(&sequences))
+            .message
+            .contains("at most"));
+        // Token ids: integers in u32's range, named by position.
+        for bad in [
+            json!(-1),
+            json!(1.5),
+            json!(4_294_967_296u64),
+            json!(1e300),
+            json!("7"),
+        ] {
+            let error = refused(parse_inputs(&json!([[101], [102, bad]])));
+            assert_eq!(error.status, StatusCode::BAD_REQUEST);
+            assert!(
+                error.message.contains("token id 1 of sequence 1")
+                    || error.message.contains("not a mix"),
+                "{}",
+                error.message
+            );
+        }
+        assert!(parse_inputs(&json!([[101], "text"])).is_err());
+        assert!(parse_inputs(&json!([])).is_err());
+        assert!(parse_inputs(&json!({"text": "x"})).is_err());
+        assert!(parse_inputs(&json!(null)).is_err());
+    }
+
+    #[test]
+    fn dimensions_are_checked_without_casts() {
+        assert_eq!(parse_dimensions(None, 384).ok(), Some(384));
+        assert_eq!(parse_dimensions(Some(&json!(null)), 384).ok(), Some(384));
+        assert_eq!(parse_dimensions(Some(&json!(64)), 384).ok(), Some(64));
+        assert_eq!(parse_dimensions(Some(&json!(384)), 384).ok(), Some(384));
+        for bad in [
+            json!(0),
+            json!(385),
+            json!(-1),
+            json!(64.5),
+            json!(u64::MAX),
+            json!(1e300),
+            json!("64"),
+        ] {
+            let error = refused(parse_dimensions(Some(&bad), 384));
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(error.param, Some("dimensions"));
+        }
+    }
+
+    #[test]
+    fn out_of_vocabulary_and_overflow_errors_use_openai_envelope() {
+        // The model's vocabulary check reports BadInput: 400 with param "input".
+        let error = OpenAiError::from(ServingError::BadInput(
+            "sequence 0 has token id 99999, outside the vocabulary of 30522".into(),
+        ));
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        assert_eq!(error.kind, "invalid_request_error");
+        assert_eq!(error.param, Some("input"));
+        let error = OpenAiError::from(ServingError::Overflow("overflowed f32".into()));
+        assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
 }

@@ -2,6 +2,7 @@
 //! `{"error": "..."}`; plus explicit load/unload under `/api/v1/serving` (problem+json).
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,7 +11,11 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState, ErrorKind};
-use crate::serving::{LoadedModel, ServingError};
+use crate::serving::{LoadedModel, ServingError, MAX_INPUTS_PER_REQUEST};
+
+mod tensor;
+
+use tensor::{Datatype, Shape};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -44,7 +49,9 @@ impl From<ServingError> for V2Error {
         let status = match &error {
             ServingError::NotFound(_) => StatusCode::NOT_FOUND,
             ServingError::Ambiguous(_) | ServingError::BadInput(_) => StatusCode::BAD_REQUEST,
-            ServingError::Unsupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ServingError::Unsupported(_) | ServingError::Overflow(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ServingError::Busy => StatusCode::TOO_MANY_REQUESTS,
             ServingError::Internal(cause) => {
                 tracing::error!(error = %cause, "inference failed");
@@ -63,6 +70,7 @@ impl From<ServingError> for ApiError {
                 (ErrorKind::BadRequest, "bad-inference-request")
             }
             ServingError::Unsupported(_) => (ErrorKind::Unprocessable, "model-not-servable"),
+            ServingError::Overflow(_) => (ErrorKind::Unprocessable, "inference-overflow"),
             ServingError::Busy => {
                 return ApiError::new(
                     ErrorKind::Unavailable,
@@ -134,20 +142,14 @@ async fn model_ready(
     ))
 }
 
-/// Appends the numbers of a flat or nested JSON array to `out`.
-fn flatten(value: &Value, out: &mut Vec<f32>) -> Result<(), String> {
-    match value {
-        Value::Array(items) => items.iter().try_for_each(|item| flatten(item, out)),
-        Value::Number(n) => {
-            out.push(n.as_f64().ok_or("not a number")? as f32);
-            Ok(())
-        }
-        other => Err(format!("tensor data must be numbers, found {other}")),
-    }
-}
-
 fn bad(message: impl Into<String>) -> V2Error {
     V2Error(StatusCode::BAD_REQUEST, message.into())
+}
+
+/// The body, or the extractor's refusal (413 beyond axum's 2 MiB default body limit) in the
+/// protocol's own `{"error": ...}` envelope.
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, V2Error> {
+    body.map_err(|rejection| V2Error(rejection.status(), rejection.body_text()))
 }
 
 /// Splits a request body into its JSON part and the binary tensor data that follows it
@@ -163,7 +165,10 @@ fn split_body<'a>(
                 .to_str()
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| bad("Inference-Header-Content-Length is not a number"))?;
+                .ok_or_else(|| {
+                    bad("Inference-Header-Content-Length is not a non-negative integer")
+                })?;
+            // `split_at` needs length ≤ len; a larger value is the client's mistake, not a panic.
             if length > body.len() {
                 return Err(bad(format!(
                     "Inference-Header-Content-Length {length} exceeds the body's {} bytes",
@@ -175,18 +180,25 @@ fn split_body<'a>(
     }
 }
 
-/// The raw bytes of an input sent with `parameters.binary_data_size`, if it was.
+/// The raw bytes of an input sent with `parameters.binary_data_size`, if it was; binary bytes
+/// that no input claims are refused rather than ignored.
 fn binary_part<'a>(input: &Value, binary: &'a [u8]) -> Result<Option<&'a [u8]>, V2Error> {
     let Some(size) = input
         .get("parameters")
         .and_then(|p| p.get("binary_data_size"))
     else {
+        if !binary.is_empty() {
+            return Err(bad(format!(
+                "{} bytes follow the JSON header but no input has parameters.binary_data_size",
+                binary.len()
+            )));
+        }
         return Ok(None);
     };
     let size = size
         .as_u64()
-        .ok_or_else(|| bad("binary_data_size must be a non-negative integer"))?
-        as usize;
+        .and_then(|size| usize::try_from(size).ok())
+        .ok_or_else(|| bad("binary_data_size must be a non-negative integer"))?;
     if size != binary.len() {
         return Err(bad(format!(
             "binary_data_size {size} does not match the {} bytes after the JSON header",
@@ -196,64 +208,19 @@ fn binary_part<'a>(input: &Value, binary: &'a [u8]) -> Result<Option<&'a [u8]>, 
     Ok(Some(binary))
 }
 
-/// Little-endian tensor bytes of a numeric datatype as f32 values.
-fn decode_binary(datatype: &str, bytes: &[u8]) -> Result<Vec<f32>, V2Error> {
-    let width = match datatype {
-        "FP32" | "INT32" => 4,
-        "FP64" | "INT64" => 8,
-        "FP16" => 2,
-        _ => {
-            return Err(bad(format!(
-                "binary data of datatype '{datatype}' is not supported"
-            )))
-        }
-    };
-    if !bytes.len().is_multiple_of(width) {
-        return Err(bad(format!(
-            "{} bytes are not a whole number of {datatype} values",
-            bytes.len()
-        )));
-    }
-    Ok(bytes
-        .chunks_exact(width)
-        .map(|c| match datatype {
-            "FP32" => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-            "INT32" => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32,
-            "FP64" => f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32,
-            "INT64" => i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32,
-            _ => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
-        })
-        .collect())
-}
-
-/// BYTES elements in the binary format: each a 4-byte little-endian length and its bytes.
-fn decode_binary_strings(mut bytes: &[u8]) -> Result<Vec<String>, V2Error> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        if bytes.len() < 4 {
-            return Err(bad("truncated BYTES element length"));
-        }
-        let length = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-        let rest = &bytes[4..];
-        if rest.len() < length {
-            return Err(bad("truncated BYTES element"));
-        }
-        out.push(
-            String::from_utf8(rest[..length].to_vec())
-                .map_err(|_| bad("BYTES element is not UTF-8 text"))?,
-        );
-        bytes = &rest[length..];
-    }
-    Ok(out)
+/// The name of an input, for error messages.
+fn input_name(input: &Value) -> &str {
+    input.get("name").and_then(Value::as_str).unwrap_or("input")
 }
 
 async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, V2Error> {
     let started = std::time::Instant::now();
+    let body = body_or_error(body)?;
     let (json_part, binary) = split_body(&headers, &body)?;
     let request: Value =
         serde_json::from_slice(json_part).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
@@ -267,47 +234,30 @@ async fn infer(
             inputs.len()
         )));
     };
+    let input_name = input_name(input);
     let datatype = input.get("datatype").and_then(Value::as_str).unwrap_or("");
     if datatype == "BYTES" {
         return infer_text(&state, &name, &request, input, binary, started).await;
     }
-    if !matches!(datatype, "FP32" | "FP64" | "FP16" | "INT64" | "INT32") {
+    let Some(datatype) = Datatype::parse(datatype) else {
         return Err(bad(format!(
             "input datatype '{datatype}' is not supported here (FP32, FP64, FP16, INT32, INT64)"
         )));
-    }
-    let shape: Vec<usize> = input
-        .get("shape")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("the input needs a 'shape'"))?
-        .iter()
-        .map(|d| {
-            d.as_u64()
-                .map(|d| d as usize)
-                .ok_or_else(|| bad("shape dimensions must be non-negative integers"))
-        })
-        .collect::<Result<_, _>>()?;
-    let data = match binary_part(input, binary)? {
-        Some(bytes) => decode_binary(datatype, bytes)?,
-        None => {
-            let mut data = Vec::new();
-            flatten(
-                input
-                    .get("data")
-                    .ok_or_else(|| bad("the input needs 'data'"))?,
-                &mut data,
-            )
-            .map_err(bad)?;
-            data
-        }
     };
-    let elements: usize = shape.iter().product();
-    if elements != data.len() {
-        return Err(bad(format!(
-            "shape {shape:?} holds {elements} values but data has {}",
-            data.len()
-        )));
+    let shape = Shape::parse(input_name, input.get("shape")).map_err(bad)?;
+    // Values are checked while they are converted (an O(n) scan over at most the 2 MiB body):
+    // each must fit its datatype and be finite in f32, so no NaN reaches a model.
+    let data = match binary_part(input, binary)? {
+        Some(bytes) => tensor::numbers_from_binary(input_name, datatype, bytes, &shape),
+        None => {
+            let data = input
+                .get("data")
+                .ok_or_else(|| bad(format!("input '{input_name}' needs 'data'")))?;
+            tensor::numbers_from_json(input_name, datatype, data, &shape)
+        }
     }
+    .map_err(bad)?;
+    let shape = shape.dims;
     let model = state.serving.get_or_load(&name).await?;
     let Some(width) = model.widths().0 else {
         return Err(V2Error(
@@ -412,33 +362,37 @@ async fn infer_text(
     binary: &[u8],
     started: std::time::Instant,
 ) -> Result<Response, V2Error> {
-    fn strings(value: &Value, out: &mut Vec<String>) -> Result<(), String> {
-        match value {
-            Value::Array(items) => items.iter().try_for_each(|item| strings(item, out)),
-            Value::String(text) => {
-                out.push(text.clone());
-                Ok(())
-            }
-            other => Err(format!("BYTES data must be strings, found {other}")),
-        }
-    }
+    let input_name = input_name(input);
+    let shape = Shape::parse(input_name, input.get("shape")).map_err(bad)?;
+    // The same cap as /v1/embeddings' inputs: each string is a sequence for the encoder, so
+    // the count bounds the request's compute.
     let texts = match binary_part(input, binary)? {
-        Some(bytes) => decode_binary_strings(bytes)?,
-        None => {
-            let mut texts = Vec::new();
-            strings(
-                input
-                    .get("data")
-                    .ok_or_else(|| bad("the input needs 'data'"))?,
-                &mut texts,
-            )
-            .map_err(bad)?;
-            texts
+        Some(bytes) => {
+            tensor::check_string_count(input_name, shape.elements, MAX_INPUTS_PER_REQUEST)
+                .and_then(|()| {
+                    tensor::strings_from_binary(input_name, bytes, MAX_INPUTS_PER_REQUEST)
+                })
+                .and_then(|texts| {
+                    if texts.len() == shape.elements {
+                        Ok(texts)
+                    } else {
+                        Err(format!(
+                    "input '{input_name}' has shape {:?} ({} strings) but its binary data holds {}",
+                    shape.dims,
+                    shape.elements,
+                    texts.len()
+                ))
+                    }
+                })
         }
-    };
-    if texts.is_empty() {
-        return Err(bad("the input holds no strings"));
+        None => {
+            let data = input
+                .get("data")
+                .ok_or_else(|| bad(format!("input '{input_name}' needs 'data'")))?;
+            tensor::strings_from_json(input_name, data, &shape, MAX_INPUTS_PER_REQUEST)
+        }
     }
+    .map_err(bad)?;
     let model = state.serving.get_or_load(name).await?;
     let crate::serving::ModelKind::Bert(bert) = &*model.kind else {
         return Err(V2Error(
@@ -477,4 +431,79 @@ async fn unload(
 ) -> Result<Json<Value>, ApiError> {
     let was_loaded = state.serving.unload(&name).await?;
     Ok(Json(json!({"unloaded": was_loaded})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    fn header_length(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "inference-header-content-length",
+            HeaderValue::from_str(value).unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn inference_header_content_length_is_checked_not_trusted() {
+        let body = b"{\"inputs\": []}\x01\x02";
+        let (json_part, binary) = split_body(&header_length("14"), body).ok().unwrap();
+        assert_eq!((json_part.len(), binary), (14, &[1u8, 2][..]));
+        assert_eq!(split_body(&HeaderMap::new(), body).ok().unwrap().1.len(), 0);
+        for bad in [
+            "17",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-1",
+            "1e3",
+            "",
+        ] {
+            let Err(V2Error(status, message)) = split_body(&header_length(bad), body) else {
+                panic!("{bad} accepted")
+            };
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn binary_data_size_must_match_the_bytes_after_the_header() {
+        let with_size =
+            |size: Value| json!({"name": "input", "parameters": {"binary_data_size": size}});
+        assert_eq!(
+            binary_part(&with_size(json!(3)), &[1, 2, 3]).ok().unwrap(),
+            Some(&[1u8, 2, 3][..])
+        );
+        for size in [
+            json!(4),
+            json!(2),
+            json!(u64::MAX),
+            json!(-3),
+            json!(3.5),
+            json!("3"),
+        ] {
+            assert!(
+                binary_part(&with_size(size.clone()), &[1, 2, 3]).is_err(),
+                "{size}"
+            );
+        }
+        // No binary_data_size: JSON data, and bytes that no input claims are refused.
+        assert_eq!(
+            binary_part(&json!({"name": "input"}), &[]).ok().unwrap(),
+            None
+        );
+        assert!(binary_part(&json!({"name": "input"}), &[1]).is_err());
+    }
+
+    #[test]
+    fn overflow_is_a_422_in_both_envelopes() {
+        let V2Error(status, message) =
+            V2Error::from(ServingError::Overflow("layer 'fc1' overflowed f32".into()));
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(message.contains("overflowed f32"));
+        let problem = ApiError::from(ServingError::Overflow("x".into())).into_response();
+        assert_eq!(problem.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
 }

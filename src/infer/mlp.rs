@@ -27,6 +27,12 @@ pub enum MlpError {
     Layer { layer: String, reason: String },
     #[error("input has {got} features per row, the model expects {expected}")]
     InputWidth { expected: usize, got: usize },
+    #[error("input value {index} is not finite (NaN or infinite)")]
+    NonFiniteInput { index: usize },
+    /// A layer's output (before or after its activation) left f32's range: the input's
+    /// magnitudes are too large for this model, and any number we returned would be meaningless.
+    #[error("layer '{layer}' overflowed f32 on input row {row}: the input values are too large for this model")]
+    Overflow { layer: String, row: usize },
 }
 
 /// Elementwise activations of the `mlp` architecture.
@@ -201,31 +207,90 @@ impl DenseLayer {
     /// `y = x · Wᵀ + b` for `rows` input rows, then the activation. Block-quantized weights run
     /// through the block kernels on the whole batch; f32 and per-row int8 weights row by row in
     /// plain f32 (the reference arithmetic).
+    ///
+    /// The result is checked at the layer boundary, before the activation (`tanh`, `sigmoid` or
+    /// ReLU would turn an infinity or NaN into a plausible 1 or 0) and after it: a non-finite
+    /// value is [`MlpError::Overflow`]. `bound` is [`overflow_bound`] of block weights.
     fn forward_batch(
         &self,
         kernels: &crate::infer::kernels::GemmKernels,
         x: &[f32],
         rows: usize,
+        bound: OverflowBound,
         y: &mut [f32],
-    ) {
+    ) -> Result<(), MlpError> {
         if let DenseWeights::Blocks(matrix) = &self.weights {
+            self.check_block_overflow(matrix, x, bound)?;
             let mut acts = crate::infer::kernels::blocks::BlockActs::new();
             matrix.linear(kernels, x, rows, self.bias.as_deref(), &mut acts, y);
-            for value in y.iter_mut() {
-                *value = activate(self.activation, *value);
+        } else {
+            for (x_row, y_row) in x
+                .chunks_exact(self.inputs)
+                .zip(y.chunks_exact_mut(self.outputs))
+            {
+                self.linear_row(x_row, y_row);
             }
-            return;
         }
-        for (x_row, y_row) in x
-            .chunks_exact(self.inputs)
-            .zip(y.chunks_exact_mut(self.outputs))
-        {
-            self.forward_row(x_row, y_row);
+        self.check_finite(y)?;
+        for value in y.iter_mut() {
+            *value = activate(self.activation, *value);
+        }
+        self.check_finite(y)
+    }
+
+    /// [`MlpError::Overflow`] naming the first row of `y` holding a non-finite value.
+    fn check_finite(&self, y: &[f32]) -> Result<(), MlpError> {
+        match y.iter().position(|v| !v.is_finite()) {
+            Some(index) => Err(MlpError::Overflow {
+                layer: self.name.clone(),
+                row: index / self.outputs.max(1),
+            }),
+            None => Ok(()),
         }
     }
 
-    /// `y = x · Wᵀ + b` for one input row, then the activation (f32 and per-row int8 weights).
-    fn forward_row(&self, x: &[f32], y: &mut [f32]) {
+    /// The block kernels quantize each 32-element block of activations with the scale
+    /// `absmax / 127`, which stays finite for any finite input, and then multiply small
+    /// integers: they can return finite numbers where the layer's real value `x · Wᵀ + b` is
+    /// beyond f32 (and the f32 arithmetic would give infinity). So a row whose outputs could
+    /// come near f32's limit (by [`OverflowBound`]: never for sane inputs) is computed exactly in
+    /// f64 from the dequantized weights, and refused if any output is beyond f32.
+    fn check_block_overflow(
+        &self,
+        matrix: &crate::infer::matrix::BlockMatrix,
+        x: &[f32],
+        bound: OverflowBound,
+    ) -> Result<(), MlpError> {
+        let limit = f64::from(f32::MAX) / 2.0;
+        let mut dequantized: Option<Vec<f32>> = None;
+        for (row, x_row) in x.chunks_exact(self.inputs).enumerate() {
+            let absmax = x_row.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+            if absmax * bound.weights + bound.bias <= limit {
+                continue;
+            }
+            let weights = dequantized.get_or_insert_with(|| matrix.dequantize());
+            for (output, w_row) in weights.chunks_exact(self.inputs).enumerate() {
+                let bias = self.bias.as_ref().map_or(0.0, |b| f64::from(b[output]));
+                let exact = w_row
+                    .iter()
+                    .zip(x_row)
+                    .map(|(&w, &v)| f64::from(w) * f64::from(v))
+                    .sum::<f64>()
+                    + bias;
+                // `exact` is finite (finite inputs and weights): only its size matters.
+                if exact.abs() > f64::from(f32::MAX) {
+                    return Err(MlpError::Overflow {
+                        layer: self.name.clone(),
+                        row,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `y = x · Wᵀ + b` for one input row (f32 and per-row int8 weights).
+    fn linear_row(&self, x: &[f32], y: &mut [f32]) {
         match &self.weights {
             DenseWeights::Blocks(_) => unreachable!("forward_batch runs block weights"),
             DenseWeights::F32(w) => {
@@ -259,10 +324,37 @@ impl DenseLayer {
                 *out += b;
             }
         }
-        for value in y.iter_mut() {
-            *value = activate(self.activation, *value);
-        }
     }
+}
+
+/// How large a block-quantized layer's outputs can get: every output is at most
+/// `max |x| · weights + bias` in magnitude.
+#[derive(Debug, Clone, Copy, Default)]
+struct OverflowBound {
+    /// `max_j Σ_i |w_ji|` (the largest L1 norm of a dequantized weight row), in f64.
+    weights: f64,
+    /// `max_j |b_j|`.
+    bias: f64,
+}
+
+/// The [`OverflowBound`] of block-quantized weights; zero for other weights (their f32
+/// arithmetic overflows by itself and is caught by the finite check).
+fn overflow_bound(layer: &DenseLayer) -> OverflowBound {
+    let DenseWeights::Blocks(matrix) = &layer.weights else {
+        return OverflowBound::default();
+    };
+    let weights = matrix
+        .dequantize()
+        .chunks_exact(layer.inputs.max(1))
+        .map(|row| row.iter().map(|w| f64::from(w.abs())).sum::<f64>())
+        .fold(0.0, f64::max);
+    let bias = layer
+        .bias
+        .iter()
+        .flatten()
+        .map(|b| f64::from(b.abs()))
+        .fold(0.0, f64::max);
+    OverflowBound { weights, bias }
 }
 
 /// erf with ~1e-7 relative accuracy (Abramowitz–Stegun 7.1.28-style would not do; this is the
@@ -311,6 +403,8 @@ pub struct Mlp {
     pub softmax: bool,
     /// Kernels for block-quantized layers (the best detected unless set).
     pub kernels: &'static crate::infer::kernels::GemmKernels,
+    /// Per layer, [`overflow_bound`] of its weights (computed once, at load).
+    overflow_bounds: Vec<OverflowBound>,
 }
 
 impl Mlp {
@@ -333,10 +427,12 @@ impl Mlp {
         if layers.is_empty() {
             return Err(MlpError::Config("no layers".into()));
         }
+        let overflow_bounds = layers.iter().map(overflow_bound).collect();
         Ok(Mlp {
             layers,
             softmax,
             kernels: crate::infer::kernels::select(false),
+            overflow_bounds,
         })
     }
 
@@ -352,20 +448,25 @@ impl Mlp {
         self.layers.iter().map(DenseLayer::weight_bytes).sum()
     }
 
-    /// Runs `rows` inputs of `input_width()` values each; returns `rows × output_width()`.
+    /// Runs `rows` inputs of `input_width()` values each; returns `rows × output_width()`, every
+    /// value finite. Non-finite inputs are refused ([`MlpError::NonFiniteInput`]); an input
+    /// that drives any layer beyond f32 is [`MlpError::Overflow`], never a plausible number.
     pub fn forward(&self, input: &[f32], rows: usize) -> Result<Vec<f32>, MlpError> {
         let width = self.input_width();
-        if rows == 0 || input.len() != rows * width {
+        if rows == 0 || rows.checked_mul(width) != Some(input.len()) {
             return Err(MlpError::InputWidth {
                 expected: width,
                 got: input.len().checked_div(rows).unwrap_or(0),
             });
         }
+        if let Some(index) = input.iter().position(|v| !v.is_finite()) {
+            return Err(MlpError::NonFiniteInput { index });
+        }
         let kernels = self.kernels;
         let mut current = input.to_vec();
-        for layer in &self.layers {
+        for (layer, &bound) in self.layers.iter().zip(&self.overflow_bounds) {
             let mut next = vec![0f32; rows * layer.outputs];
-            layer.forward_batch(kernels, &current, rows, &mut next);
+            layer.forward_batch(kernels, &current, rows, bound, &mut next)?;
             current = next;
         }
         let mut output = current;
@@ -484,6 +585,123 @@ mod tests {
         assert!(MlpConfig::from_value(&serde_json::json!({"model_type": "mlp"})).is_err());
         let config = MlpConfig::from_value(&serde_json::json!({"layers": [{"name": "x", "activation": "gelu_tanh"}], "softmax": true})).unwrap();
         assert_eq!(config.layers().next(), Some(("x", Activation::GeluTanh)));
+    }
+
+    #[test]
+    fn non_finite_inputs_are_refused_with_their_index() {
+        let model = Mlp::new(
+            vec![layer(
+                "a",
+                2,
+                3,
+                DenseWeights::F32(vec![0.1; 6]),
+                Activation::Relu,
+            )],
+            false,
+        )
+        .unwrap();
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            assert_eq!(
+                model.forward(&[1.0, 2.0, 3.0, bad], 2),
+                Err(MlpError::NonFiniteInput { index: 3 })
+            );
+        }
+        // Rows × width must match the input exactly, with no overflow in the product.
+        assert!(matches!(
+            model.forward(&[], usize::MAX / 2 + 1),
+            Err(MlpError::InputWidth { .. })
+        ));
+    }
+
+    #[test]
+    fn f32_overflow_is_an_error_not_a_plausible_number() {
+        // 3e38 · 0.1 summed over 64 inputs is beyond f32: fc1 gives infinities, and before
+        // the check ReLU(NaN) = 0 in fc2 turned them into ordinary-looking logits.
+        for activation in [Activation::Relu, Activation::Tanh, Activation::Sigmoid] {
+            let model = Mlp::new(
+                vec![
+                    layer("fc1", 64, 4, DenseWeights::F32(vec![0.1; 256]), activation),
+                    layer(
+                        "fc2",
+                        4,
+                        2,
+                        DenseWeights::F32(vec![0.5, -0.5, 0.25, 1.0, -1.0, 0.5, 0.5, 0.5]),
+                        Activation::Relu,
+                    ),
+                ],
+                true,
+            )
+            .unwrap();
+            let mut input = vec![0.5f32; 128];
+            input[64..].fill(3e38);
+            assert_eq!(
+                model.forward(&input, 2),
+                Err(MlpError::Overflow {
+                    layer: "fc1".into(),
+                    row: 1
+                }),
+                "{activation:?}"
+            );
+            // The first row alone is fine.
+            let probabilities = model.forward(&input[..64], 1).unwrap();
+            assert!(probabilities.iter().all(|p| p.is_finite()));
+        }
+    }
+
+    /// One output over 32 inputs, every weight 10 (int8 code 1, scale 10), bias 0.5, as a
+    /// block-quantized layer.
+    fn block_layer() -> DenseLayer {
+        let matrix =
+            crate::infer::matrix::BlockMatrix::from_int8(&[1; 32], &[10.0], &[], 1, 32).unwrap();
+        layer(
+            "blocks",
+            32,
+            1,
+            DenseWeights::Blocks(matrix),
+            Activation::Identity,
+        )
+    }
+
+    #[test]
+    fn block_quantized_activations_cannot_hide_an_overflow() {
+        // The activation scale is 3.3e37 / 127 and 1.27e35 is 0.49 of it: those 31 values
+        // quantize to 0, so the block kernel returns 10 · 3.3e37, finite, while the real value
+        // 10 · (3.3e37 + 31 · 1.27e35) ≈ 3.69e38 is beyond f32 (f32 arithmetic gives infinity).
+        let mut x = vec![1.27e35f32; 32];
+        x[0] = 3.3e37;
+        let layer = block_layer();
+        let DenseWeights::Blocks(matrix) = &layer.weights else {
+            unreachable!()
+        };
+        let kernels = crate::infer::kernels::scalar();
+        let mut y = [0f32];
+        let mut acts = crate::infer::kernels::blocks::BlockActs::new();
+        matrix.linear(kernels, &x, 1, None, &mut acts, &mut y);
+        assert!(
+            y[0].is_finite(),
+            "the premise: the kernel alone says {}",
+            y[0]
+        );
+        let f32_sum: f32 = x.iter().map(|v| v * 10.0).sum();
+        assert!(f32_sum.is_infinite(), "the premise: f32 overflows");
+
+        let mut model = Mlp::new(vec![layer], false).unwrap();
+        model.kernels = kernels;
+        assert_eq!(
+            model.forward(&x, 1),
+            Err(MlpError::Overflow {
+                layer: "blocks".into(),
+                row: 0
+            })
+        );
+        // Large inputs whose real outputs fit are still answered: 10 · 1e37 (near the limit,
+        // so checked exactly), and 10 · 32 · 1e30 (far from it).
+        let mut large = vec![0f32; 32];
+        large[0] = 1e37;
+        let y = model.forward(&large, 1).unwrap();
+        assert!((y[0] / 1e38 - 1.0).abs() < 1e-2, "{y:?}");
+        let y = model.forward(&[1e30; 32], 1).unwrap();
+        assert!((y[0] / 3.2e32 - 1.0).abs() < 1e-2, "{y:?}");
     }
 
     #[test]

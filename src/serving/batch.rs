@@ -232,21 +232,28 @@ where
                 let _ = pending.reply.send(Err(error.clone()));
             }
         }
-        Err(ServingError::BadInput(message)) if batch.len() > 1 => {
-            // One request's input spoiled the batch: run each on its own so that only the
-            // faulty one fails.
-            tracing::debug!(%message, requests = batch.len(), "re-running a failed batch one request at a time");
+        Err(error) if error.is_input_fault() && batch.len() > 1 => {
+            // One request's input spoiled the batch (bad input, or values that overflow): run
+            // each on its own so that only the faulty one fails.
+            tracing::debug!(%error, requests = batch.len(), "re-running a failed batch one request at a time");
             for (pending, range) in batch.into_iter().zip(ranges) {
                 let started = Instant::now();
                 let count = range.len();
-                let result = run(merged[range].into()).await.map(|outputs| Batched {
-                    outputs,
-                    timing: Timing {
-                        queue: started.saturating_duration_since(pending.submitted),
-                        compute: started.elapsed(),
-                        batch_items: count,
-                    },
-                });
+                let result = match run(merged[range].into()).await {
+                    Ok(outputs) if outputs.len() == count => Ok(Batched {
+                        outputs,
+                        timing: Timing {
+                            queue: started.saturating_duration_since(pending.submitted),
+                            compute: started.elapsed(),
+                            batch_items: count,
+                        },
+                    }),
+                    Ok(outputs) => Err(ServingError::Internal(format!(
+                        "a batch of {count} items returned {} outputs",
+                        outputs.len()
+                    ))),
+                    Err(error) => Err(error),
+                };
                 let _ = pending.reply.send(result);
             }
         }
@@ -277,6 +284,13 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 if items.contains(&13) {
                     return Err(ServingError::BadInput("13 is unlucky".into()));
+                }
+                if items.contains(&u32::MAX) {
+                    return Err(ServingError::Overflow("doubling overflows".into()));
+                }
+                // A broken runner: one output too few for a batch holding 999.
+                if items.contains(&999) {
+                    return Ok(items.iter().skip(1).map(|v| v * 2).collect());
                 }
                 Ok(items.iter().map(|v| v * 2).collect())
             })
@@ -391,6 +405,47 @@ mod tests {
         };
         assert_eq!(good.await.unwrap().unwrap().outputs, vec![2, 4]);
         assert!(matches!(bad.await.unwrap(), Err(ServingError::BadInput(_))));
+    }
+
+    #[tokio::test]
+    async fn overflow_fails_only_its_own_request_and_output_counts_are_checked() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let batcher = Arc::new(Batcher::start(
+            BatchConfig {
+                max_batch: 64,
+                max_delay: Duration::from_millis(200),
+                max_concurrent: 1,
+            },
+            doubler(calls.clone(), sizes.clone()),
+        ));
+        // Occupy the only run slot so that the next three requests share one batch.
+        let first = {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.submit(vec![0]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let submit = |items: Vec<u32>| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.submit(items).await })
+        };
+        let (good, overflowing, short) = (
+            submit(vec![1, 2]),
+            submit(vec![u32::MAX]),
+            submit(vec![999, 1]),
+        );
+        assert_eq!(first.await.unwrap().unwrap().outputs, vec![0]);
+        assert_eq!(good.await.unwrap().unwrap().outputs, vec![2, 4]);
+        assert!(matches!(
+            overflowing.await.unwrap(),
+            Err(ServingError::Overflow(_))
+        ));
+        // Re-run on its own, a request the runner answers with too few outputs gets an
+        // internal error, not a short answer.
+        assert!(matches!(
+            short.await.unwrap(),
+            Err(ServingError::Internal(_))
+        ));
     }
 
     #[tokio::test]

@@ -33,11 +33,27 @@ pub enum ServingError {
     Unsupported(String),
     #[error("{0}")]
     BadInput(String),
+    /// The input is well-formed but the forward pass left f32's range (an activation or output
+    /// became infinite or NaN): answered 422 instead of a meaningless number.
+    #[error("{0}")]
+    Overflow(String),
     #[error("too many inference requests in flight; retry shortly")]
     Busy,
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+impl ServingError {
+    /// Whether the error comes from one request's input, so that a merged batch failing with it
+    /// is re-run request by request (see [`batch`]).
+    pub fn is_input_fault(&self) -> bool {
+        matches!(self, ServingError::BadInput(_) | ServingError::Overflow(_))
+    }
+}
+
+/// Most texts or token-id sequences one request may embed: `/v1/embeddings` inputs and `/v2`
+/// BYTES elements alike (each is a sequence for the encoder, so the count bounds the work).
+pub const MAX_INPUTS_PER_REQUEST: usize = 2048;
 
 impl From<StoreError> for ServingError {
     fn from(error: StoreError) -> Self {
@@ -370,10 +386,12 @@ impl ServingRegistry {
                         // compute threads.
                         let slot = pool.acquire().await?;
                         pool.run(slot, move || {
-                            compute.install(|| match &*kind {
+                            let embeddings = compute.install(|| match &*kind {
                                 ModelKind::Bert(bert) => bert.embed(&sequences, true),
                                 ModelKind::Mlp(_) => unreachable!("a bert batcher"),
-                            })
+                            })?;
+                            check_embeddings(&embeddings)?;
+                            Ok(embeddings)
                         })
                         .await?
                     })
@@ -419,13 +437,15 @@ impl ServingRegistry {
                 "a bert model embeds text: use POST /v1/embeddings".into(),
             ));
         };
-        if rows == 0 || !input.len().is_multiple_of(rows) {
+        // The rows must be exactly `rows × input width` values: checked here, not trusted from
+        // the caller (an empty input with many rows would otherwise mean a zero-width chunk).
+        let width = model.widths().0.unwrap_or(0);
+        if width == 0 || rows == 0 || rows.checked_mul(width) != Some(input.len()) {
             return Err(ServingError::BadInput(format!(
-                "{} values do not split into {rows} rows",
+                "{} values are not {rows} rows of {width}",
                 input.len()
             )));
         }
-        let width = input.len() / rows;
         let items: Vec<Vec<f32>> = input.chunks_exact(width).map(<[f32]>::to_vec).collect();
         let batched = batcher.submit(items).await?;
         let timing = batched.timing;
@@ -484,6 +504,21 @@ impl ServingRegistry {
     }
 }
 
+/// Refuses embeddings with a non-finite value (they would be serialized as JSON `null`s).
+/// Token ids are checked against the vocabulary and the weights are finite, so this guards the
+/// arithmetic, not the input; the re-run after a failed batch finds the sequence it came from.
+fn check_embeddings(embeddings: &[Vec<f32>]) -> Result<(), ServingError> {
+    match embeddings
+        .iter()
+        .position(|e| e.iter().any(|v| !v.is_finite()))
+    {
+        Some(index) => Err(ServingError::Overflow(format!(
+            "the embedding of sequence {index} overflowed f32"
+        ))),
+        None => Ok(()),
+    }
+}
+
 async fn debug_delay(delay: Duration) {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -492,9 +527,10 @@ async fn debug_delay(delay: Duration) {
 
 fn run_mlp(mlp: &Mlp, rows: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ServingError> {
     let input: Vec<f32> = rows.iter().flatten().copied().collect();
-    let output = mlp
-        .forward(&input, rows.len())
-        .map_err(|e| ServingError::BadInput(e.to_string()))?;
+    let output = mlp.forward(&input, rows.len()).map_err(|e| match e {
+        MlpError::Overflow { .. } => ServingError::Overflow(e.to_string()),
+        _ => ServingError::BadInput(e.to_string()),
+    })?;
     let width = mlp.output_width();
     Ok(output
         .chunks_exact(width.max(1))

@@ -226,3 +226,63 @@ async fn minilm_embeddings_match_sentence_transformers() {
     }
     app.stop().await;
 }
+
+/// Posts to `/v1/embeddings`; returns (status, body).
+async fn post_embeddings(app: &TestApp, body: Vec<u8>) -> (u16, Value) {
+    let response = app
+        .client
+        .post(app.url("/v1/embeddings"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn embedding_inputs_are_capped_and_checked_before_any_model_work() {
+    // No model is needed: inputs are parsed and capped before the model is even looked up.
+    let app = spawn_app().await;
+    let cases = [
+        (
+            json!({"model": "any", "input": vec!["x"; 2049]}),
+            400,
+            "at most 2048",
+        ),
+        (
+            json!({"model": "any", "input": vec![vec![101, 102]; 2049]}),
+            400,
+            "at most 2048",
+        ),
+        (
+            json!({"model": "any", "input": [[101, 102], [101, 4_294_967_296u64]]}),
+            400,
+            "token id 1 of sequence 1",
+        ),
+        (
+            json!({"model": "any", "input": [101, -1]}),
+            400,
+            "token id 1 of sequence 0",
+        ),
+        (
+            json!({"model": "any", "input": [[101], "x"]}),
+            400,
+            "not a mix",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let (got, error) = post_embeddings(&app, serde_json::to_vec(&body).unwrap()).await;
+        assert_eq!(got, status, "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "'{needle}' not in {message}");
+        assert_eq!(error["error"]["type"], "invalid_request_error");
+        assert_eq!(error["error"]["param"], "input");
+    }
+    // Bodies beyond 2 MiB: 413 in OpenAI's envelope.
+    let (status, error) = post_embeddings(&app, vec![b' '; 2 * 1024 * 1024 + 1]).await;
+    assert_eq!(status, 413, "{error}");
+    assert!(error["error"]["message"].is_string(), "{error}");
+    app.stop().await;
+}

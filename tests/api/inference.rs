@@ -559,3 +559,319 @@ async fn requests_beyond_the_inflight_budget_get_429_with_retry_after() {
     assert_eq!(slow.await.unwrap(), 200);
     app.stop().await;
 }
+
+/// Posts a v2 inference request with a JSON body; returns (status, body).
+async fn infer_json(app: &TestApp, name: &str, body: &Value) -> (u16, Value) {
+    let response = app
+        .client
+        .post(app.url(&format!("/v2/models/{name}/infer")))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// Posts a v2 request with the binary tensor data extension: the JSON header, then `data`.
+async fn infer_binary(app: &TestApp, name: &str, header: &Value, data: &[u8]) -> (u16, Value) {
+    let header = serde_json::to_vec(header).unwrap();
+    let mut body = header.clone();
+    body.extend_from_slice(data);
+    let response = app
+        .client
+        .post(app.url(&format!("/v2/models/{name}/infer")))
+        .header("inference-header-content-length", header.len().to_string())
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+fn input(shape: Value, datatype: &str, data: Value) -> Value {
+    json!({"inputs": [{"name": "input", "shape": shape, "datatype": datatype, "data": data}]})
+}
+
+/// `{"error": "<message>"}` with `status`, the message containing `needle`.
+fn assert_v2_error((status, body): (u16, Value), want: u16, needle: &str) {
+    assert_eq!(status, want, "{body}");
+    let message = body["error"].as_str().unwrap_or_else(|| panic!("{body}"));
+    assert!(message.contains(needle), "'{needle}' not in {message}");
+}
+
+#[tokio::test]
+async fn malformed_shapes_and_data_are_400s_never_panics() {
+    let app = spawn_app().await;
+    upload_digits_with_config(&app).await;
+    let infer = |body: Value| {
+        let app = &app;
+        async move { infer_json(app, "digits", &body).await }
+    };
+    // Issue 8: 2^58 · 64 wrapped to 0 and matched the empty data; serving then panicked on a
+    // zero-width chunk (500).
+    assert_v2_error(
+        infer(input(
+            json!([288_230_376_151_711_744u64, 64]),
+            "FP32",
+            json!([]),
+        ))
+        .await,
+        400,
+        "more elements than can be addressed",
+    );
+    assert_v2_error(
+        infer(input(json!([0, 64]), "FP32", json!([]))).await,
+        400,
+        "zero dimension",
+    );
+    assert_v2_error(
+        infer(input(json!([2, 64]), "FP32", json!(vec![0.5; 64]))).await,
+        400,
+        "128 values",
+    );
+    // Ragged nested data: 63 values and 1 for shape [1, 64] (64 in total) is refused.
+    assert_v2_error(
+        infer(input(
+            json!([1, 64]),
+            "FP32",
+            json!([vec![0.1; 63], vec![0.1]]),
+        ))
+        .await,
+        400,
+        "ragged",
+    );
+    assert_v2_error(
+        infer(input(
+            json!([2, 64]),
+            "FP32",
+            json!([vec![0.1; 63], vec![0.1; 65]]),
+        ))
+        .await,
+        400,
+        "ragged",
+    );
+    // Values that do not fit their datatype (or f32).
+    let mut row = vec![json!(0.5); 64];
+    row[5] = json!(1e39);
+    assert_v2_error(
+        infer(input(json!([1, 64]), "FP32", json!(row))).await,
+        400,
+        "element 5",
+    );
+    row[5] = json!("NaN");
+    assert_v2_error(
+        infer(input(json!([1, 64]), "FP32", json!(row))).await,
+        400,
+        "element 5",
+    );
+    row[5] = json!(70000);
+    assert_v2_error(
+        infer(input(json!([1, 64]), "FP16", json!(row))).await,
+        400,
+        "element 5",
+    );
+    let mut integers = vec![json!(1); 64];
+    integers[5] = json!(1e10);
+    assert_v2_error(
+        infer(input(json!([1, 64]), "INT32", json!(integers))).await,
+        400,
+        "element 5",
+    );
+    integers[5] = json!(2_147_483_648u64);
+    assert_v2_error(
+        infer(input(json!([1, 64]), "INT32", json!(integers))).await,
+        400,
+        "element 5",
+    );
+    integers[5] = json!(0.5);
+    assert_v2_error(
+        infer(input(json!([1, 64]), "INT64", json!(integers))).await,
+        400,
+        "element 5",
+    );
+    row[5] = json!(1e300);
+    assert_v2_error(
+        infer(input(json!([1, 64]), "FP64", json!(row))).await,
+        400,
+        "element 5",
+    );
+    // 1e999 is not even JSON that serde_json reads (no f64 holds it).
+    let response = app
+        .client
+        .post(app.url("/v2/models/digits/infer"))
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"inputs": [{{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [1e999{}]}}]}}"#,
+            ", 0".repeat(63)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.json::<Value>().await.unwrap()["error"].is_string());
+    // In range for their datatypes, the same rows are answered.
+    row[5] = json!(65504);
+    assert_eq!(
+        infer(input(json!([1, 64]), "FP16", json!(row))).await.0,
+        200
+    );
+    for (datatype, value) in [("INT32", json!(2147483647)), ("INT64", json!(-5))] {
+        integers[5] = value;
+        let (status, body) = infer(input(json!([1, 64]), datatype, json!(integers))).await;
+        assert_eq!(status, 200, "{datatype}: {body}");
+    }
+
+    // The binary extension: NaN and infinities refused with the first bad index.
+    let header = |datatype: &str, size: usize| json!({"inputs": [{"name": "input", "shape": [2, 64], "datatype": datatype, "parameters": {"binary_data_size": size}}]});
+    let mut values = vec![0.25f32; 128];
+    values[70] = f32::NAN;
+    values[90] = f32::INFINITY;
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    assert_v2_error(
+        infer_binary(&app, "digits", &header("FP32", bytes.len()), &bytes).await,
+        400,
+        "element 70",
+    );
+    let mut halves = vec![half::f16::from_f32(0.25); 128];
+    halves[3] = half::f16::NEG_INFINITY;
+    let bytes: Vec<u8> = halves.iter().flat_map(|v| v.to_le_bytes()).collect();
+    assert_v2_error(
+        infer_binary(&app, "digits", &header("FP16", bytes.len()), &bytes).await,
+        400,
+        "element 3",
+    );
+    let doubles: Vec<u8> = (0..128)
+        .flat_map(|i| if i == 127 { f64::NAN } else { 0.25f64 }.to_le_bytes())
+        .collect();
+    assert_v2_error(
+        infer_binary(&app, "digits", &header("FP64", doubles.len()), &doubles).await,
+        400,
+        "element 127",
+    );
+    // A shape whose byte count overflows, and a binary_data_size beyond any body.
+    let huge = json!({"inputs": [{"name": "input", "shape": [288_230_376_151_711_744u64, 64], "datatype": "FP32", "parameters": {"binary_data_size": 0}}]});
+    assert_v2_error(
+        infer_binary(&app, "digits", &huge, &[]).await,
+        400,
+        "more elements",
+    );
+    assert_v2_error(
+        infer_binary(&app, "digits", &header("FP32", usize::MAX), &[0; 512]).await,
+        400,
+        "binary_data_size",
+    );
+    app.stop().await;
+}
+
+/// The digits MLP's answer to one row of 3e38 (every pixel far beyond f32 once multiplied).
+async fn infer_huge_row(app: &TestApp, name: &str, value: f32) -> (u16, Value) {
+    infer_json(
+        app,
+        name,
+        &input(json!([1, 64]), "FP32", json!(vec![value; 64])),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn inputs_that_overflow_f32_get_422_from_fp32_and_int8_models_not_plausible_logits() {
+    let app = spawn_app().await;
+    let id = upload_digits_with_config(&app).await;
+    let int8 = artifact(
+        &app,
+        &id,
+        json!({"scheme": "int8", "options": {"granularity": "channel"}}),
+    )
+    .await;
+    let q8_0 = artifact(&app, &id, json!({"scheme": "q8_0", "format": "gguf"})).await;
+    let (rows, _) = test_split();
+    for name in [id.as_str(), int8.as_str(), q8_0.as_str()] {
+        for value in [3e38f32, -3e38] {
+            let (status, body) = infer_huge_row(&app, name, value).await;
+            assert_v2_error((status, body.clone()), 422, "overflowed f32");
+            assert!(body.get("outputs").is_none(), "{body}");
+        }
+        // The binary extension takes the same path.
+        let bytes: Vec<u8> = (0..64).flat_map(|_| 3e38f32.to_le_bytes()).collect();
+        let header = json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "parameters": {"binary_data_size": 256}}]});
+        assert_v2_error(
+            infer_binary(&app, name, &header, &bytes).await,
+            422,
+            "overflowed f32",
+        );
+        // A row whose real results fit in f32 (1e37 gives logits near 1e38) is answered in f32;
+        // the block kernels scale integer block sums by 1e37 / 127 and may overflow on the way,
+        // which is a 422 too, never a wrong number.
+        let (status, body) = infer_huge_row(&app, name, 1e37).await;
+        if name == id {
+            assert_eq!(status, 200, "{body}");
+        } else if status != 200 {
+            assert_v2_error((status, body), 422, "overflowed f32");
+        }
+        // Sane rows still get finite logits.
+        let (status, body) =
+            infer_json(&app, name, &input(json!([1, 64]), "FP32", json!(rows[0]))).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["outputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v.as_f64().is_some_and(f64::is_finite)));
+    }
+    // Concurrent with good rows: only the overflowing request fails (the merged batch is re-run
+    // request by request).
+    let good_row = input(json!([1, 64]), "FP32", json!(rows[1]));
+    let (good, bad) = futures::join!(
+        infer_json(&app, &int8, &good_row),
+        infer_huge_row(&app, &int8, 3e38),
+    );
+    assert_eq!(good.0, 200, "{}", good.1);
+    assert_eq!(bad.0, 422, "{}", bad.1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bytes_inputs_share_the_embeddings_cap_and_bodies_are_limited_to_2_mib() {
+    let app = spawn_app().await;
+    upload_digits_with_config(&app).await;
+    // The cap is checked on the shape and data before any model work (here the model is not
+    // even a text model).
+    let strings = vec!["x"; 2049];
+    assert_v2_error(
+        infer_json(&app, "digits", &json!({"inputs": [{"name": "text", "shape": [2049], "datatype": "BYTES", "data": strings}]})).await,
+        400,
+        "at most 2048",
+    );
+    let mut bytes = Vec::new();
+    for _ in 0..2049 {
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.push(b'x');
+    }
+    let header = json!({"inputs": [{"name": "text", "shape": [2049], "datatype": "BYTES", "parameters": {"binary_data_size": bytes.len()}}]});
+    assert_v2_error(
+        infer_binary(&app, "digits", &header, &bytes).await,
+        400,
+        "at most 2048",
+    );
+    // BYTES shapes are checked too.
+    assert_v2_error(
+        infer_json(&app, "digits", &json!({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a", "b"]}]})).await,
+        400,
+        "shape",
+    );
+    // Bodies beyond 2 MiB: 413 in the protocol's envelope.
+    let response = app
+        .client
+        .post(app.url("/v2/models/digits/infer"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert!(response.json::<Value>().await.unwrap()["error"].is_string());
+    app.stop().await;
+}
