@@ -146,9 +146,10 @@ fn first_element_goes_to_the_high_nibble_and_odd_lengths_pad_with_zero() {
 }
 
 #[test]
-fn all_zero_blocks_take_code_zero_and_reconstruct_exactly() {
-    let mut src = vec![0.0f32; 130];
-    src[64] = -2.0;
+fn all_zero_blocks_take_the_code_of_zero_as_bitsandbytes_does() {
+    let mut src = vec![0.0f32; 64 * 3 + 3];
+    src[64..128].fill(-0.0);
+    src[128] = -2.0;
     let output = quantize_everywhere(
         &src,
         Nf4Options {
@@ -156,13 +157,52 @@ fn all_zero_blocks_take_code_zero_and_reconstruct_exactly() {
         },
     )
     .unwrap();
-    // Block 0 is all zero: NaN after 0 · (1 / 0), code 0 in both nibbles.
-    assert!(output.packed[..32].iter().all(|&b| b == 0));
-    // Block 2 (two zeros, partial) too.
-    assert_eq!(output.packed[64], 0);
-    assert_eq!(output.absmax, Nf4Absmax::Plain(vec![0.0, 2.0, 0.0]));
-    assert_eq!(dequantize_nf4(&output), src);
+    // bitsandbytes (`quantize_4bit` on CPU) divides by `absmax.clamp(min=1e-38)`, so a zero
+    // block normalizes to 0 and takes code 7 (0.0) in both nibbles; its stored absmax is the
+    // real one, 0.
+    assert!(
+        output.packed[..64].iter().all(|&b| b == 0x77),
+        "{:x?}",
+        &output.packed[..64]
+    );
+    // Block 2 is -2.0 then zeros; block 3 (three zeros, partial, odd) pads with 7 as well.
+    assert_eq!(output.packed[64], 0x07);
+    assert!(output.packed[65..96].iter().all(|&b| b == 0x77));
+    assert_eq!(output.packed[96..], [0x77, 0x77]);
+    assert_eq!(output.absmax, Nf4Absmax::Plain(vec![0.0, 0.0, 2.0, 0.0]));
+    let dequantized = dequantize_nf4(&output);
+    assert_eq!(dequantized, src);
     assert_eq!(output.stats.sum_sq_err, 0.0);
+}
+
+#[test]
+fn all_zero_rows_dequantize_to_exactly_zero_with_double_quant() {
+    // Rows of 128 (two NF4 blocks): heavy-tailed values, then an all-zero row, so the zero
+    // blocks' absmax (0) sits far below the mean that double quantization subtracts and comes
+    // back from the 8-bit map as a small non-zero value.
+    let mut src: Vec<f32> = lcg_values(128 * 40, 11)
+        .iter()
+        .map(|v| v * v * v * 0.5)
+        .collect();
+    src[128 * 7..128 * 8].fill(0.0);
+    src[128 * 20..128 * 20 + 64].fill(0.0);
+    let output = quantize_everywhere(&src, Nf4Options { double_quant: true }).unwrap();
+    let effective = output.effective_absmax();
+    assert_ne!(effective[14], 0.0, "the reconstruction is not exact here");
+    for zero_block in [14, 15, 40] {
+        let bytes = &output.packed[zero_block * 32..(zero_block + 1) * 32];
+        assert!(
+            bytes.iter().all(|&b| b == 0x77),
+            "block {zero_block}: {bytes:x?}"
+        );
+    }
+    let dequantized = dequantize_nf4(&output);
+    for (idx, (&value, &original)) in dequantized.iter().zip(&src).enumerate() {
+        if original == 0.0 {
+            assert_eq!(value, 0.0, "{idx}");
+        }
+    }
+    assert!(dequantized[128 * 7..128 * 8].iter().all(|&v| v == 0.0));
 }
 
 /// Deterministic pseudo-random values in [-1, 1) (64-bit LCG, top bits).
@@ -194,7 +234,14 @@ fn check(src: &[f32], options: Nf4Options) -> Nf4Output {
             .take(BLOCK_SIZE)
             .fold(0.0f32, |m, v| m.max(v.abs()));
         if block_max > 0.0 {
-            let normalized = x * (1.0 / block_max);
+            // bitsandbytes' CPU `quantize_4bit`: whole blocks times `1 / absmax`, a partial
+            // last block divided by it (an ulp apart at most).
+            let whole = (idx / BLOCK_SIZE + 1) * BLOCK_SIZE <= src.len();
+            let normalized = if whole {
+                x * (1.0 / block_max)
+            } else {
+                x / block_max
+            };
             assert_eq!(code, tree_index(normalized), "{idx}");
             let chosen = (NF4_CODE[usize::from(code)] - normalized).abs();
             let best = NF4_CODE
@@ -540,4 +587,45 @@ proptest! {
         let src: Vec<f32> = lcg_values(len, seed).iter().map(|v| v * scale).collect();
         check(&src, Nf4Options { double_quant });
     }
+}
+
+/// A value `v` and absmax `m` for which `v · (1 / m)` and `v / m` fall on different sides of an
+/// NF4 threshold.
+fn reciprocal_and_division_disagree() -> (f32, f32, u8, u8) {
+    for step in 0..10_000u32 {
+        let m = 1.0f32 + step as f32 * 0.000_37;
+        for &t in &NF4_THRESHOLDS {
+            let around = t * m;
+            for v in [around.next_down(), around, around.next_up()] {
+                let by_reciprocal = nf4_index(v * (1.0 / m));
+                let by_division = nf4_index(v / m);
+                if by_reciprocal != by_division && v.abs() < m {
+                    return (v, m, by_reciprocal, by_division);
+                }
+            }
+        }
+    }
+    panic!("no disagreement found");
+}
+
+#[test]
+fn a_partial_last_block_divides_by_its_absmax_as_bitsandbytes_does() {
+    let (v, m, by_reciprocal, by_division) = reciprocal_and_division_disagree();
+    // Block 0 (whole) and block 1 (two values, partial): [m, v, ...zeros], [m, v].
+    let mut src = vec![0.0f32; BLOCK_SIZE + 2];
+    src[..2].copy_from_slice(&[m, v]);
+    src[BLOCK_SIZE..].copy_from_slice(&[m, v]);
+    let output = quantize_everywhere(
+        &src,
+        Nf4Options {
+            double_quant: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(output.packed[0], 0xF0 | by_reciprocal, "{v:e} / {m:e}");
+    assert_eq!(
+        output.packed[BLOCK_SIZE / 2],
+        0xF0 | by_division,
+        "{v:e} / {m:e}"
+    );
 }
