@@ -1,7 +1,7 @@
 //! bitsandbytes NF4: 4-bit NormalFloat codes in blocks of 64 over the flattened tensor, with
 //! optional double quantization of the per-block absmax ("compress_statistics").
 //!
-//! # Reference (bitsandbytes 0.50.2 on CPU, matched bit for bit for f32 input)
+//! # Reference (bitsandbytes 0.50.2 on CPU: bit for bit for f32 input, double quant given the same offset)
 //!
 //! - codebook: `bitsandbytes/functional.py::get_4bit_type("nf4")`, the 16 values of
 //!   [`NF4_CODE`] (`data /= data.abs().max()` leaves them unchanged).
@@ -22,17 +22,20 @@
 //!   i.e. code 7 in the last low nibble.
 //! - double quantization: `functional.py::quantize_4bit(compress_statistics=True)`:
 //!   `offset = absmax.mean()`, `absmax -= offset`, then `quantize_blockwise(absmax,
-//!   blocksize=256)` with the signed 8-bit dynamic map (`create_dynamic_map()`), which runs
-//!   `kQuantizeBlockwise<General8bit>`: per block of 256 an f32 `nested_absmax`, and
-//!   `dQuantize<0>` (a 7-step binary search over the map, then a midpoint test) on
-//!   `v · (1.0f / nested_absmax)`. See `nf4/double_quant.rs`.
-//! - dequantization (`dequantize_4bit` / `kDequantizeBlockwise`): `absmax = code8[q] ·
-//!   nested_absmax + offset` (two f32 operations) when nested, then `NF4_CODE[nibble] · absmax`.
+//!   blocksize=256)` with the signed 8-bit dynamic map (`create_dynamic_map()`), which on CPU
+//!   runs the native `quantize_cpu`: per block of 256 an f32 `nested_absmax`, `x = v ·
+//!   (1 / nested_absmax)`, rounded to a grid of 65536 points over [-1, 1] and looked up in a
+//!   table of the map entries nearest to those points. See `nf4/double_quant.rs`, which also
+//!   derives how far our values can be from bnb's: only the offset (a mean, which we round
+//!   once from f64 and torch sums in f32) can differ. (CUDA's `dQuantize<0>` instead picks
+//!   the entry nearest to `x` itself; the file carries its map and indices, so either decodes
+//!   exactly.)
+//! - dequantization (`dequantize_4bit`): `absmax = code8[q] · nested_absmax + offset` (two
+//!   f32 operations) when nested, then `NF4_CODE[nibble] · absmax`. An all-zero block is all
+//!   code 7 (0.0), so it decodes to exactly 0 whatever its reconstructed absmax.
 //!
-//! The mean of the absmax values is computed in f64 and rounded to f32 (torch's f32 reduction
-//! order differs by backend); the dynamic map follows torch's scalar `linspace` formula. Both
-//! are stored (`nested_offset`, `nested_quant_map`) and readers use the stored values, so the
-//! reconstruction is exact whatever ulp torch itself would have chosen.
+//! The offset and the dynamic map are stored (`nested_offset`, `nested_quant_map`) and
+//! readers use the stored values, so our own reconstruction is exact.
 //!
 //! # What a writer stores (`Linear4bit._save_to_state_dict`: `weight.` + `QuantState.as_dict(packed=True)`)
 //!

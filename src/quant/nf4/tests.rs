@@ -1,6 +1,6 @@
 //! NF4: the code choice against a literal transcription of `dQuantizeNF4`, packing order,
-//! padding and all-zero blocks, error bounds, double quantization (dynamic map, `dQuantize`
-//! against brute-force nearest, reconstruction) and the quant-state JSON.
+//! padding and all-zero blocks, error bounds, double quantization (dynamic map, bitsandbytes'
+//! CPU grid lookup, reconstruction) and the quant-state JSON.
 
 use proptest::prelude::*;
 
@@ -309,33 +309,69 @@ fn dynamic_map_has_bitsandbytes_shape() {
 }
 
 #[test]
-fn dynamic_quantize_picks_the_nearest_entry() {
+fn dynamic_map_is_the_one_torch_builds_with_fused_linspace() {
     let map = dynamic_map();
+    // Bit patterns of `create_dynamic_map()` under torch 2.15 (AVX2 and AVX-512 kernels) where
+    // a twice-rounded linspace would be one ulp off.
+    for (index, bits) in [
+        (18, 0xbf3d_6666u32),
+        (102, 0xbbcf_df3b),
+        (116, 0xba01_6f01),
+        (137, 0x39c7_e283),
+        (236, 0x3f3d_6666),
+    ] {
+        assert_eq!(map[index].to_bits(), bits, "entry {index}");
+    }
+}
+
+/// bitsandbytes' `build_quantize_lut`, literally: a scan over 65536 grid points advancing
+/// through the midpoints.
+fn literal_lookup_table(code: &[f32; 256]) -> Vec<u8> {
+    let mids = super::double_quant::midpoints(code);
+    let mut table = Vec::with_capacity(65536);
+    let mut code_idx = 0usize;
+    for i in 0..65536u32 {
+        let value = -1.0f32 + (2.0 * i as f32) / 65535.0;
+        while code_idx < 255 && mids[code_idx] < value {
+            code_idx += 1;
+        }
+        table.push(code_idx as u8);
+    }
+    table
+}
+
+#[test]
+fn dynamic_index_is_the_lookup_of_the_nearest_grid_point() {
+    let map = dynamic_map();
+    let mids = super::double_quant::midpoints(&map);
+    let table = literal_lookup_table(&map);
     let mut values: Vec<f32> = lcg_values(20_000, 9);
-    for pair in map.windows(2) {
-        let middle = (pair[0] + pair[1]) * 0.5;
+    for i in 0..65536u32 {
+        // Every grid point, and the values half-way between neighbouring ones (ties round up).
+        let point = -1.0f32 + (2.0 * i as f32) / 65535.0;
         values.extend([
-            pair[0],
-            pair[1],
-            middle,
-            middle.next_up(),
-            middle.next_down(),
+            point,
+            point + 1.0 / 65535.0,
+            (point + 1.0 / 65535.0).next_down(),
         ]);
     }
-    values.extend([-1.0, 1.0, 0.0, -0.0, 1e-9, -1e-9]);
+    values.extend([-1.0, 1.0, 0.0, -0.0, 1e-9, -1e-9, 2.0, -2.0]);
     for x in values {
-        let index = usize::from(dynamic_index(&map, x));
-        let chosen = (map[index] - x).abs();
+        let grid = ((x.clamp(-1.0, 1.0) + 1.0) * 0.5 * 65535.0 + 0.5) as usize;
+        assert_eq!(dynamic_index(&mids, x), table[grid], "{x:e}");
+        // The entry is the map value nearest to the grid point (up to f32 midpoint rounding).
+        let point = -1.0f32 + (2.0 * grid as f32) / 65535.0;
+        let chosen = (map[usize::from(dynamic_index(&mids, x))] - point).abs();
         let best = map
             .iter()
-            .map(|c| (c - x).abs())
+            .map(|c| (c - point).abs())
             .fold(f32::INFINITY, f32::min);
-        // Nearest, except that a value on the f32-rounded midpoint of two entries may go to
-        // the farther one by an ulp, as in the kernel.
-        let slack = f32::EPSILON * x.abs().max(f32::MIN_POSITIVE);
-        assert!(chosen <= best + slack, "{x:e}: {index}");
+        assert!(chosen <= best + f32::EPSILON, "{x:e}");
     }
-    assert_eq!(dynamic_index(&map, f32::NAN), 0);
+    // Zero lands on grid point 32768 (1.53e-5), nearest to 2.125e-5, not on 0.
+    assert_eq!(dynamic_index(&mids, 0.0), 131);
+    assert_eq!(dynamic_index(&mids, 1.0), 255);
+    assert_eq!(dynamic_index(&mids, -1.0), 0);
 }
 
 #[test]
