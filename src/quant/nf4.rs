@@ -1,35 +1,41 @@
 //! bitsandbytes NF4: 4-bit NormalFloat codes in blocks of 64 over the flattened tensor, with
 //! optional double quantization of the per-block absmax ("compress_statistics").
 //!
-//! # Reference (bitsandbytes-foundation/bitsandbytes, matched bit for bit for f32 input)
+//! # Reference (bitsandbytes 0.50.2 on CPU: bit for bit for f32 input, double quant given the same offset)
 //!
 //! - codebook: `bitsandbytes/functional.py::get_4bit_type("nf4")`, the 16 values of
 //!   [`NF4_CODE`] (`data /= data.abs().max()` leaves them unchanged).
-//! - quantization: `csrc/kernels.cu::kQuantizeBlockwise<..., NF4>`: `absmax` of the block
-//!   (`fmaxf` of `fabsf`), `x = value · (1.0f / absmax)` (a reciprocal, then a multiply), and
-//!   `dQuantizeNF4(x)`: a binary tree of strict `x > threshold` tests on the f32 midpoints in
-//!   [`NF4_THRESHOLDS`]. Since the thresholds are sorted, the tree's answer is the number of
-//!   thresholds `x` exceeds, which is how [`nf4_index`] computes it (tests check it against
-//!   the tree). A value exactly on a midpoint takes the lower code; an all-zero block has
-//!   `x = 0 · inf = NaN`, which fails every test and gives code 0 (`-1.0 · 0 = 0` again).
-//!   (The portable fallback in `backends/default/ops.py` uses `argmin |x - code|` instead; it
-//!   can differ only for values within an ulp of a midpoint.)
-//! - packing: `qvals[j] = dQuantizeNF4(v[2j]) << 4 | dQuantizeNF4(v[2j + 1])`: the **first**
-//!   element of each pair in the **high** nibble. An odd element count pads with a 0.0 of the
-//!   last block (the CUDA loader fills with 0), i.e. code 7 (or 0 if that block is all zero).
+//! - quantization: on CPU `quantize_4bit` runs `backends/default/ops.py` (no native CPU
+//!   kernel): the `absmax` of each block of 64, `x = value · (1.0 / absmax.clamp(min=1e-38))`
+//!   (a reciprocal, then a multiply; a last partial block is **divided** by its clamped absmax
+//!   instead), then `torch.bucketize` against the f32 midpoints of neighbouring codes, which
+//!   are exactly [`NF4_THRESHOLDS`] (the literals of `dQuantizeNF4` in `csrc/kernels.cu`).
+//!   `bucketize` counts the midpoints strictly below `x`, as does the CUDA kernel's tree of
+//!   strict `x > threshold` tests, which is how [`nf4_index`] computes it (tests check it
+//!   against the tree). A value exactly on a midpoint takes the lower code. The stored absmax
+//!   is the unclamped one, so an **all-zero block** stores absmax 0 and normalizes to `x = 0`:
+//!   code 7 (0.0) in every nibble. (The CUDA kernel differs only there: `0 · (1 / 0)` is NaN,
+//!   code 0, which also decodes to 0 in a plain checkpoint but not with double quantization,
+//!   where the block's absmax comes back non-zero.)
+//! - packing: `packed[j] = code(v[2j]) << 4 | code(v[2j + 1])`: the **first** element of each
+//!   pair in the **high** nibble. An odd element count pads the normalized values with 0.0,
+//!   i.e. code 7 in the last low nibble.
 //! - double quantization: `functional.py::quantize_4bit(compress_statistics=True)`:
 //!   `offset = absmax.mean()`, `absmax -= offset`, then `quantize_blockwise(absmax,
-//!   blocksize=256)` with the signed 8-bit dynamic map (`create_dynamic_map()`), which runs
-//!   `kQuantizeBlockwise<General8bit>`: per block of 256 an f32 `nested_absmax`, and
-//!   `dQuantize<0>` (a 7-step binary search over the map, then a midpoint test) on
-//!   `v · (1.0f / nested_absmax)`. See `nf4/double_quant.rs`.
-//! - dequantization (`dequantize_4bit` / `kDequantizeBlockwise`): `absmax = code8[q] ·
-//!   nested_absmax + offset` (two f32 operations) when nested, then `NF4_CODE[nibble] · absmax`.
+//!   blocksize=256)` with the signed 8-bit dynamic map (`create_dynamic_map()`), which on CPU
+//!   runs the native `quantize_cpu`: per block of 256 an f32 `nested_absmax`, `x = v ·
+//!   (1 / nested_absmax)`, rounded to a grid of 65536 points over [-1, 1] and looked up in a
+//!   table of the map entries nearest to those points. See `nf4/double_quant.rs`, which also
+//!   derives how far our values can be from bnb's: only the offset (a mean, which we round
+//!   once from f64 and torch sums in f32) can differ. (CUDA's `dQuantize<0>` instead picks
+//!   the entry nearest to `x` itself; the file carries its map and indices, so either decodes
+//!   exactly.)
+//! - dequantization (`dequantize_4bit`): `absmax = code8[q] · nested_absmax + offset` (two
+//!   f32 operations) when nested, then `NF4_CODE[nibble] · absmax`. An all-zero block is all
+//!   code 7 (0.0), so it decodes to exactly 0 whatever its reconstructed absmax.
 //!
-//! The mean of the absmax values is computed in f64 and rounded to f32 (torch's f32 reduction
-//! order differs by backend); the dynamic map follows torch's scalar `linspace` formula. Both
-//! are stored (`nested_offset`, `nested_quant_map`) and readers use the stored values, so the
-//! reconstruction is exact whatever ulp torch itself would have chosen.
+//! The offset and the dynamic map are stored (`nested_offset`, `nested_quant_map`) and
+//! readers use the stored values, so our own reconstruction is exact.
 //!
 //! # What a writer stores (`Linear4bit._save_to_state_dict`: `weight.` + `QuantState.as_dict(packed=True)`)
 //!
@@ -198,22 +204,54 @@ fn block_absmax(block: &[f32]) -> f32 {
     f32::from_bits(bits)
 }
 
+/// The smallest absmax bitsandbytes divides by: `quantize_4bit` normalizes with
+/// `absmax.clamp(min=1e-38)` (the stored absmax stays unclamped). An all-zero block therefore
+/// normalizes to 0 and takes code 7 (0.0), and a block whose absmax is below 1e-38 (subnormal)
+/// is scaled by 1e38 rather than by an overflowing reciprocal.
+const MIN_DIVISOR: f32 = 1e-38;
+
+/// How a block's values are normalized by its absmax. bitsandbytes' CPU `quantize_4bit`
+/// multiplies whole blocks by `1.0 / absmax` and divides the values of a last partial block by
+/// the absmax; the two can differ by an ulp, which can move a value across a threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Normalize {
+    /// `value · (1 / max(absmax, 1e-38))`: whole blocks of 64.
+    Reciprocal,
+    /// `value / max(absmax, 1e-38)`: the last block when it is partial.
+    Divide,
+}
+
+/// The f32 factor whole blocks are multiplied by.
+#[inline]
+fn block_reciprocal(block_max: f32) -> f32 {
+    1.0 / block_max.max(MIN_DIVISOR)
+}
+
 /// Encodes one block of at most 64 values into `packed` (`block.len().div_ceil(2)` bytes) and
 /// returns its absmax; when that is not finite (a NaN or ±Inf in the block) `packed` is left
 /// as it was. The definition every kernel matches.
-fn encode_block(block: &[f32], packed: &mut [u8]) -> f32 {
+fn encode_block(block: &[f32], packed: &mut [u8], normalize: Normalize) -> f32 {
     debug_assert!(block.len() <= BLOCK_SIZE && packed.len() == block.len().div_ceil(2));
     let block_max = block_absmax(block);
     if !block_max.is_finite() {
         return block_max;
     }
-    // As the kernel: one reciprocal per block, then a multiply per value. For an all-zero
-    // block this is +Inf and every x is NaN (code 0). Past the end of a partial block the
-    // kernel sees 0.0, normalized like the others; one of them pads an odd length.
-    let reciprocal = 1.0 / block_max;
-    let mut normalized = [0.0f32 * reciprocal; BLOCK_SIZE];
-    for (slot, &value) in normalized.iter_mut().zip(block) {
-        *slot = value * reciprocal;
+    // Past the end of a partial block bitsandbytes pads the normalized values with 0.0; one of
+    // them pads an odd length (code 7). (`clamp(-1, 1)` is left out: it cannot change a code.)
+    let mut normalized = [0.0f32; BLOCK_SIZE];
+    match normalize {
+        Normalize::Reciprocal => {
+            let reciprocal = block_reciprocal(block_max);
+            for (slot, &value) in normalized.iter_mut().zip(block) {
+                *slot = value * reciprocal;
+            }
+        }
+        Normalize::Divide => {
+            let divisor = block_max.max(MIN_DIVISOR);
+            for (slot, &value) in normalized.iter_mut().zip(block) {
+                *slot = value / divisor;
+            }
+        }
     }
     // `nf4_index` for the whole block, threshold by threshold so the loop vectorizes.
     let mut codes = [0u8; BLOCK_SIZE];
@@ -258,7 +296,7 @@ fn scalar_encode_blocks(src: &[f32], packed: &mut [u8], absmax: &mut [f32]) {
         .chunks_exact(BLOCK_SIZE)
         .zip(packed.chunks_exact_mut(BLOCK_SIZE / 2));
     for ((block, bytes), block_max) in blocks.zip(absmax) {
-        *block_max = encode_block(block, bytes);
+        *block_max = encode_block(block, bytes, Normalize::Reciprocal);
     }
 }
 
@@ -297,7 +335,7 @@ pub fn quantize_nf4(
     let (whole_absmax, tail_absmax) = absmax.split_at_mut(n_whole);
     (nf4_kernels(kernels).encode_blocks)(whole_src, whole_packed, whole_absmax);
     if let Some(tail_max) = tail_absmax.first_mut() {
-        *tail_max = encode_block(tail_src, tail_packed);
+        *tail_max = encode_block(tail_src, tail_packed, Normalize::Divide);
     }
     if let Some(block_idx) = absmax.iter().position(|m| !m.is_finite()) {
         let block = &src[block_idx * BLOCK_SIZE..];

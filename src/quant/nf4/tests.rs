@@ -1,6 +1,6 @@
 //! NF4: the code choice against a literal transcription of `dQuantizeNF4`, packing order,
-//! padding and all-zero blocks, error bounds, double quantization (dynamic map, `dQuantize`
-//! against brute-force nearest, reconstruction) and the quant-state JSON.
+//! padding and all-zero blocks, error bounds, double quantization (dynamic map, bitsandbytes'
+//! CPU grid lookup, reconstruction) and the quant-state JSON.
 
 use proptest::prelude::*;
 
@@ -146,9 +146,10 @@ fn first_element_goes_to_the_high_nibble_and_odd_lengths_pad_with_zero() {
 }
 
 #[test]
-fn all_zero_blocks_take_code_zero_and_reconstruct_exactly() {
-    let mut src = vec![0.0f32; 130];
-    src[64] = -2.0;
+fn all_zero_blocks_take_the_code_of_zero_as_bitsandbytes_does() {
+    let mut src = vec![0.0f32; 64 * 3 + 3];
+    src[64..128].fill(-0.0);
+    src[128] = -2.0;
     let output = quantize_everywhere(
         &src,
         Nf4Options {
@@ -156,13 +157,52 @@ fn all_zero_blocks_take_code_zero_and_reconstruct_exactly() {
         },
     )
     .unwrap();
-    // Block 0 is all zero: NaN after 0 · (1 / 0), code 0 in both nibbles.
-    assert!(output.packed[..32].iter().all(|&b| b == 0));
-    // Block 2 (two zeros, partial) too.
-    assert_eq!(output.packed[64], 0);
-    assert_eq!(output.absmax, Nf4Absmax::Plain(vec![0.0, 2.0, 0.0]));
-    assert_eq!(dequantize_nf4(&output), src);
+    // bitsandbytes (`quantize_4bit` on CPU) divides by `absmax.clamp(min=1e-38)`, so a zero
+    // block normalizes to 0 and takes code 7 (0.0) in both nibbles; its stored absmax is the
+    // real one, 0.
+    assert!(
+        output.packed[..64].iter().all(|&b| b == 0x77),
+        "{:x?}",
+        &output.packed[..64]
+    );
+    // Block 2 is -2.0 then zeros; block 3 (three zeros, partial, odd) pads with 7 as well.
+    assert_eq!(output.packed[64], 0x07);
+    assert!(output.packed[65..96].iter().all(|&b| b == 0x77));
+    assert_eq!(output.packed[96..], [0x77, 0x77]);
+    assert_eq!(output.absmax, Nf4Absmax::Plain(vec![0.0, 0.0, 2.0, 0.0]));
+    let dequantized = dequantize_nf4(&output);
+    assert_eq!(dequantized, src);
     assert_eq!(output.stats.sum_sq_err, 0.0);
+}
+
+#[test]
+fn all_zero_rows_dequantize_to_exactly_zero_with_double_quant() {
+    // Rows of 128 (two NF4 blocks): heavy-tailed values, then an all-zero row, so the zero
+    // blocks' absmax (0) sits far below the mean that double quantization subtracts and comes
+    // back from the 8-bit map as a small non-zero value.
+    let mut src: Vec<f32> = lcg_values(128 * 40, 11)
+        .iter()
+        .map(|v| v * v * v * 0.5)
+        .collect();
+    src[128 * 7..128 * 8].fill(0.0);
+    src[128 * 20..128 * 20 + 64].fill(0.0);
+    let output = quantize_everywhere(&src, Nf4Options { double_quant: true }).unwrap();
+    let effective = output.effective_absmax();
+    assert_ne!(effective[14], 0.0, "the reconstruction is not exact here");
+    for zero_block in [14, 15, 40] {
+        let bytes = &output.packed[zero_block * 32..(zero_block + 1) * 32];
+        assert!(
+            bytes.iter().all(|&b| b == 0x77),
+            "block {zero_block}: {bytes:x?}"
+        );
+    }
+    let dequantized = dequantize_nf4(&output);
+    for (idx, (&value, &original)) in dequantized.iter().zip(&src).enumerate() {
+        if original == 0.0 {
+            assert_eq!(value, 0.0, "{idx}");
+        }
+    }
+    assert!(dequantized[128 * 7..128 * 8].iter().all(|&v| v == 0.0));
 }
 
 /// Deterministic pseudo-random values in [-1, 1) (64-bit LCG, top bits).
@@ -194,7 +234,14 @@ fn check(src: &[f32], options: Nf4Options) -> Nf4Output {
             .take(BLOCK_SIZE)
             .fold(0.0f32, |m, v| m.max(v.abs()));
         if block_max > 0.0 {
-            let normalized = x * (1.0 / block_max);
+            // bitsandbytes' CPU `quantize_4bit`: whole blocks times `1 / absmax`, a partial
+            // last block divided by it (an ulp apart at most).
+            let whole = (idx / BLOCK_SIZE + 1) * BLOCK_SIZE <= src.len();
+            let normalized = if whole {
+                x * (1.0 / block_max)
+            } else {
+                x / block_max
+            };
             assert_eq!(code, tree_index(normalized), "{idx}");
             let chosen = (NF4_CODE[usize::from(code)] - normalized).abs();
             let best = NF4_CODE
@@ -262,33 +309,69 @@ fn dynamic_map_has_bitsandbytes_shape() {
 }
 
 #[test]
-fn dynamic_quantize_picks_the_nearest_entry() {
+fn dynamic_map_is_the_one_torch_builds_with_fused_linspace() {
     let map = dynamic_map();
+    // Bit patterns of `create_dynamic_map()` under torch 2.15 (AVX2 and AVX-512 kernels) where
+    // a twice-rounded linspace would be one ulp off.
+    for (index, bits) in [
+        (18, 0xbf3d_6666u32),
+        (102, 0xbbcf_df3b),
+        (116, 0xba01_6f01),
+        (137, 0x39c7_e283),
+        (236, 0x3f3d_6666),
+    ] {
+        assert_eq!(map[index].to_bits(), bits, "entry {index}");
+    }
+}
+
+/// bitsandbytes' `build_quantize_lut`, literally: a scan over 65536 grid points advancing
+/// through the midpoints.
+fn literal_lookup_table(code: &[f32; 256]) -> Vec<u8> {
+    let mids = super::double_quant::midpoints(code);
+    let mut table = Vec::with_capacity(65536);
+    let mut code_idx = 0usize;
+    for i in 0..65536u32 {
+        let value = -1.0f32 + (2.0 * i as f32) / 65535.0;
+        while code_idx < 255 && mids[code_idx] < value {
+            code_idx += 1;
+        }
+        table.push(code_idx as u8);
+    }
+    table
+}
+
+#[test]
+fn dynamic_index_is_the_lookup_of_the_nearest_grid_point() {
+    let map = dynamic_map();
+    let mids = super::double_quant::midpoints(&map);
+    let table = literal_lookup_table(&map);
     let mut values: Vec<f32> = lcg_values(20_000, 9);
-    for pair in map.windows(2) {
-        let middle = (pair[0] + pair[1]) * 0.5;
+    for i in 0..65536u32 {
+        // Every grid point, and the values half-way between neighbouring ones (ties round up).
+        let point = -1.0f32 + (2.0 * i as f32) / 65535.0;
         values.extend([
-            pair[0],
-            pair[1],
-            middle,
-            middle.next_up(),
-            middle.next_down(),
+            point,
+            point + 1.0 / 65535.0,
+            (point + 1.0 / 65535.0).next_down(),
         ]);
     }
-    values.extend([-1.0, 1.0, 0.0, -0.0, 1e-9, -1e-9]);
+    values.extend([-1.0, 1.0, 0.0, -0.0, 1e-9, -1e-9, 2.0, -2.0]);
     for x in values {
-        let index = usize::from(dynamic_index(&map, x));
-        let chosen = (map[index] - x).abs();
+        let grid = ((x.clamp(-1.0, 1.0) + 1.0) * 0.5 * 65535.0 + 0.5) as usize;
+        assert_eq!(dynamic_index(&mids, x), table[grid], "{x:e}");
+        // The entry is the map value nearest to the grid point (up to f32 midpoint rounding).
+        let point = -1.0f32 + (2.0 * grid as f32) / 65535.0;
+        let chosen = (map[usize::from(dynamic_index(&mids, x))] - point).abs();
         let best = map
             .iter()
-            .map(|c| (c - x).abs())
+            .map(|c| (c - point).abs())
             .fold(f32::INFINITY, f32::min);
-        // Nearest, except that a value on the f32-rounded midpoint of two entries may go to
-        // the farther one by an ulp, as in the kernel.
-        let slack = f32::EPSILON * x.abs().max(f32::MIN_POSITIVE);
-        assert!(chosen <= best + slack, "{x:e}: {index}");
+        assert!(chosen <= best + f32::EPSILON, "{x:e}");
     }
-    assert_eq!(dynamic_index(&map, f32::NAN), 0);
+    // Zero lands on grid point 32768 (1.53e-5), nearest to 2.125e-5, not on 0.
+    assert_eq!(dynamic_index(&mids, 0.0), 131);
+    assert_eq!(dynamic_index(&mids, 1.0), 255);
+    assert_eq!(dynamic_index(&mids, -1.0), 0);
 }
 
 #[test]
@@ -540,4 +623,45 @@ proptest! {
         let src: Vec<f32> = lcg_values(len, seed).iter().map(|v| v * scale).collect();
         check(&src, Nf4Options { double_quant });
     }
+}
+
+/// A value `v` and absmax `m` for which `v · (1 / m)` and `v / m` fall on different sides of an
+/// NF4 threshold.
+fn reciprocal_and_division_disagree() -> (f32, f32, u8, u8) {
+    for step in 0..10_000u32 {
+        let m = 1.0f32 + step as f32 * 0.000_37;
+        for &t in &NF4_THRESHOLDS {
+            let around = t * m;
+            for v in [around.next_down(), around, around.next_up()] {
+                let by_reciprocal = nf4_index(v * (1.0 / m));
+                let by_division = nf4_index(v / m);
+                if by_reciprocal != by_division && v.abs() < m {
+                    return (v, m, by_reciprocal, by_division);
+                }
+            }
+        }
+    }
+    panic!("no disagreement found");
+}
+
+#[test]
+fn a_partial_last_block_divides_by_its_absmax_as_bitsandbytes_does() {
+    let (v, m, by_reciprocal, by_division) = reciprocal_and_division_disagree();
+    // Block 0 (whole) and block 1 (two values, partial): [m, v, ...zeros], [m, v].
+    let mut src = vec![0.0f32; BLOCK_SIZE + 2];
+    src[..2].copy_from_slice(&[m, v]);
+    src[BLOCK_SIZE..].copy_from_slice(&[m, v]);
+    let output = quantize_everywhere(
+        &src,
+        Nf4Options {
+            double_quant: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(output.packed[0], 0xF0 | by_reciprocal, "{v:e} / {m:e}");
+    assert_eq!(
+        output.packed[BLOCK_SIZE / 2],
+        0xF0 | by_division,
+        "{v:e} / {m:e}"
+    );
 }

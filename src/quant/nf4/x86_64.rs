@@ -1,7 +1,8 @@
 //! AVX2 and AVX-512 versions of the NF4 block encoder.
 //!
 //! Each lane makes the scalar path's IEEE operations in the same order: the absmax as a max over
-//! magnitude bit patterns, one f32 reciprocal per block, one multiply per value, and ordered
+//! magnitude bit patterns, one f32 reciprocal per block (`block_reciprocal`: of the absmax
+//! clamped to 1e-38, as bitsandbytes does), one multiply per value, and ordered
 //! `x > threshold` tests (false for NaN) against [`NF4_THRESHOLDS`]; so the bytes and absmax
 //! values are identical to `encode_block`'s. AVX-512 finds the number of thresholds exceeded by
 //! a binary search over the sorted thresholds (the `dQuantizeNF4` tree), AVX2 by counting.
@@ -12,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{check_block_lengths, Nf4Kernels, BLOCK_SIZE, NF4_THRESHOLDS};
+use super::{block_reciprocal, check_block_lengths, Nf4Kernels, BLOCK_SIZE, NF4_THRESHOLDS};
 use crate::quant::kernels::Isa;
 
 /// Clears the sign bit of an f32's bit pattern.
@@ -98,7 +99,7 @@ unsafe fn avx2_encode(src: &[f32], packed: &mut [u8], absmax: &mut [f32]) {
         if !max.is_finite() {
             continue;
         }
-        let reciprocal = _mm256_set1_ps(1.0 / max);
+        let reciprocal = _mm256_set1_ps(block_reciprocal(max));
         // Two halves of 32 values, four vectors each, narrowed into one 16-byte store.
         for (half, quad) in values.chunks_exact(4).enumerate() {
             let mut codes = [_mm256_setzero_si256(); 4];
@@ -176,7 +177,7 @@ unsafe fn avx512_encode(src: &[f32], packed: &mut [u8], absmax: &mut [f32]) {
         if !max.is_finite() {
             continue;
         }
-        let reciprocal = _mm512_set1_ps(1.0 / max);
+        let reciprocal = _mm512_set1_ps(block_reciprocal(max));
         for (vector_idx, &value) in values.iter().enumerate() {
             let codes = avx512_codes(_mm512_mul_ps(value, reciprocal), thresholds);
             // Low dword of each qword: `first << 4 | second` (codes are 0..=15); the
