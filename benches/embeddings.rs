@@ -17,7 +17,8 @@ fn minilm_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("QUANTD_MINILM_DIR") {
         return PathBuf::from(dir);
     }
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/interop-venv/bin/python");
+    let python = PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+        .join(".cache/quantd-ci/venvs/interop/bin/python");
     let output = Command::new(&python)
         .args([
             "-c",

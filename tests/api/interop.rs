@@ -1,6 +1,7 @@
 //! Interop: files quantd writes, read back by independent tools from PyPI (see
 //! tests/interop/requirements.txt). The venv is created on first use under
-//! `target/interop-venv` (override with `QUANTD_INTEROP_VENV`), so `cargo test` alone suffices.
+//! `~/.cache/quantd-ci/venvs/interop` (override with `QUANTD_INTEROP_VENV`), so `cargo test`
+//! alone suffices, and CI's fresh clones reuse it instead of downloading torch again.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,12 +18,19 @@ fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
+/// Where a test venv lives between runs: outside the clone, so that CI (a fresh clone each
+/// time) reuses it; it is refreshed when its requirements change.
+pub fn cached_venv_dir(name: &str) -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| repo_path("target"), PathBuf::from);
+    home.join(".cache/quantd-ci/venvs").join(name)
+}
+
 /// The venv's python, creating the venv and installing the readers when they are missing or the
 /// requirements changed.
 pub fn interop_python() -> PathBuf {
     let venv = std::env::var_os("QUANTD_INTEROP_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_path("target/interop-venv"));
+        .unwrap_or_else(|| cached_venv_dir("interop"));
     venv_python(
         &venv,
         &[

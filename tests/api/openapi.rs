@@ -91,12 +91,12 @@ async fn kernels_can_be_forced_to_scalar() {
     app.stop().await;
 }
 
-/// Python with openapi-spec-validator, in its own small venv (`target/openapi-venv`, override
+/// Python with openapi-spec-validator, in its own small venv (`~/.cache/quantd-ci/venvs/openapi`, override
 /// with `QUANTD_OPENAPI_VENV`), created on first use like the interop venv.
 fn openapi_python() -> PathBuf {
     let venv = std::env::var_os("QUANTD_OPENAPI_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_path("target/openapi-venv"));
+        .unwrap_or_else(|| crate::interop::cached_venv_dir("openapi"));
     crate::interop::venv_python(&venv, &[("requirements-openapi.txt", None)])
 }
 
