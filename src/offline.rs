@@ -32,6 +32,10 @@ pub struct QuantizeArgs {
     /// Output format: safetensors (compressed-tensors), dequantized, dequantized-f16.
     #[arg(long, default_value = "safetensors")]
     pub format: String,
+    /// The model's name, written as GGUF `general.name` (a job writes the uploaded model's
+    /// name there). Default: the input file's name without its extension.
+    #[arg(long)]
+    pub name: Option<String>,
     /// The model's config.json, into which quantization_config is merged.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -67,10 +71,11 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         .transpose()
         .context("reading --config")?;
     let model = ModelInfo {
-        name: args
-            .input
-            .file_stem()
-            .map(|stem| stem.to_string_lossy().into_owned()),
+        name: args.name.clone().or_else(|| {
+            args.input
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+        }),
         config: model_config
             .as_deref()
             .map(serde_json::from_slice)

@@ -476,3 +476,59 @@ async fn twenty_sigkills_at_random_points_lose_nothing_run_nothing_twice_and_lea
         jobs.len()
     );
 }
+
+#[tokio::test]
+async fn offline_quantize_writes_the_same_bytes_as_a_job() {
+    let app = crate::helpers::spawn_app().await;
+    let model: Value = app
+        .upload_model("digits", digits_model_bytes())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let model_id = model["id"].as_str().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for (scheme, format, file) in [
+        ("q8_0", "gguf", "out.gguf"),
+        ("int8", "safetensors", "out.st"),
+    ] {
+        let job: Value = app
+            .client
+            .post(app.url("/api/v1/jobs"))
+            .json(&json!({"model_id": model_id, "scheme": scheme, "format": format}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let artifact = app
+            .download(&format!(
+                "/api/v1/artifacts/{}/download",
+                job["artifact_id"].as_str().unwrap()
+            ))
+            .await;
+        let output = out.path().join(file);
+        let status = Command::new(env!("CARGO_BIN_EXE_quantd"))
+            .args([
+                "quantize", "--scheme", scheme, "--format", format, "--name", "digits",
+            ])
+            .arg(crate::helpers::fixture(
+                "digits/digits_mlp_fp32.safetensors",
+            ))
+            .arg("-o")
+            .arg(&output)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let offline = std::fs::read(&output).unwrap();
+        assert!(
+            offline == artifact,
+            "{scheme}/{format}: quantd quantize and the job's artifact differ"
+        );
+    }
+    app.stop().await;
+}
