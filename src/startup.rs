@@ -13,6 +13,7 @@ use tracing::info;
 
 use crate::config::Settings;
 use crate::formats::safetensors::Limits;
+use crate::http::limits::{body_idle_timeout_layer, HeaderBudget};
 use crate::http::{self, AppInner, AppState};
 use crate::jobs::runner::{JobRunner, RunnerSettings};
 use crate::pool::WorkerPool;
@@ -47,6 +48,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<SharedMetadataSto
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.check().map_err(anyhow::Error::msg)?;
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
         let data_dir_lock = lock_data_dir(&settings.data_dir)?;
@@ -121,6 +123,7 @@ impl Application {
                 math: inference.1,
             },
         ));
+        let header_budget = HeaderBudget::new(settings.header_buffer_budget_bytes);
         let state = AppState {
             inner: Arc::new(AppInner {
                 serving,
@@ -131,6 +134,7 @@ impl Application {
                 kernels,
                 pool,
                 job_wake,
+                header_budget,
                 started_at: Instant::now(),
             }),
         };
@@ -180,11 +184,14 @@ impl Application {
             shutdown.clone(),
         ));
         let pool = state.pool.clone();
+        let header_read_timeout = state.settings.header_read_timeout();
+        let body_idle_timeout = state.settings.body_idle_timeout();
         let app = http::router(state);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .context("serving HTTP")?;
+        let app = match body_idle_timeout {
+            Some(timeout) => app.layer(body_idle_timeout_layer(timeout)),
+            None => app,
+        };
+        serve(listener, app, header_read_timeout, shutdown.clone()).await;
         runner_task.await.context("joining the job runner")?;
         reaper_task.await.context("joining the reaper")?;
         tokio::task::spawn_blocking(move || pool.shutdown())
@@ -193,6 +200,62 @@ impl Application {
         info!("quantd stopped");
         Ok(())
     }
+}
+
+/// Serves HTTP/1 connections until `shutdown` is cancelled, then stops accepting and waits for
+/// the open connections to finish their in-flight requests (idle ones close at once), as
+/// `axum::serve(..).with_graceful_shutdown(..)` does. Served through hyper directly because
+/// axum's loop cannot bound the time a client takes to send a request head: with
+/// `header_read_timeout`, a connection whose head is incomplete after that long (including an
+/// idle keep-alive connection) is closed, so slow or silent clients cannot pile up connections.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    header_read_timeout: Option<Duration>,
+    shutdown: CancellationToken,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _remote)) => stream,
+                Err(error) => {
+                    handle_accept_error(error).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                // Timeouts and clients that hang up mid-request end up here; not our failure.
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Per-connection accept errors are the client's; others (out of file descriptors) get a pause
+/// so that the loop does not spin while they last.
+async fn handle_accept_error(error: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%error, "accepting a connection failed; pausing for a second");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Takes the data dir's lock file, or says which process holds it.

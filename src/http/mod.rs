@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod download;
 pub mod error;
 pub mod jobs;
+pub mod limits;
 pub mod models;
 pub mod openai;
 pub mod ops;
@@ -54,6 +55,8 @@ pub struct AppInner {
     pub job_wake: Arc<Notify>,
     /// Loaded models and inference admission.
     pub serving: Arc<crate::serving::ServingRegistry>,
+    /// Header bytes concurrent uploads may buffer together (`QUANTD_HEADER_BUFFER_BUDGET_BYTES`).
+    pub header_budget: limits::HeaderBudget,
     pub started_at: Instant,
 }
 

@@ -10,6 +10,7 @@ mod gguf;
 mod inference;
 mod interop;
 mod jobs;
+mod limits;
 mod minilm;
 mod openapi;
 mod process;
