@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{assert_problem, spawn_app_with, TestApp};
+use crate::helpers::{assert_problem, digits_model_bytes, spawn_app, spawn_app_with, TestApp};
 
 /// Time allowed beyond a timeout for the server to notice it and answer (a loaded test box).
 const SLACK: Duration = Duration::from_secs(3);
@@ -363,4 +363,32 @@ async fn a_header_budget_below_the_header_limit_refuses_to_start() {
         error.contains("QUANTD_HEADER_BUFFER_BUDGET_BYTES"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_lets_an_upload_in_flight_finish() {
+    let app = spawn_app().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let file = digits_model_bytes();
+    let mut in_flight =
+        send_partial(&app, &upload_head("in-flight", file.len()), &file[..1000]).await;
+    // Let the server accept it and start the handler before shutting down.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(app.stop());
+    let refused_by = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(&address).await.is_ok() {
+        assert!(
+            Instant::now() < refused_by,
+            "still accepting after shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    in_flight.write_all(&file[1000..]).await.expect("rest sent");
+    let response = closed_or_answered(&mut in_flight).await;
+    assert_eq!(response.status, 201, "{response:?}");
+    // The connection, idle now, is closed and the server stops.
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("stopped")
+        .expect("joined");
 }
