@@ -337,17 +337,10 @@ pub async fn upload_model(
         .await
         .map_err(|e| ApiError::bad_request("malformed-multipart", e.body_text()))?;
     let mut name = query.name.clone();
-    while let Some(field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| ApiError::bad_request("malformed-multipart", e.body_text()))?
-    {
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         match field.name() {
             Some("name") => {
-                let text = field
-                    .text()
-                    .await
-                    .map_err(|e| ApiError::bad_request("malformed-multipart", e.body_text()))?;
+                let text = field.text().await.map_err(multipart_error)?;
                 name = Some(text);
             }
             Some("file") => {
@@ -378,6 +371,15 @@ pub async fn upload_model(
         "empty-body",
         "the multipart body has no 'file' field",
     ))
+}
+
+/// A multipart body that could not be read: 408 when it stalled, else malformed (400).
+fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError {
+    if super::limits::is_body_idle_timeout(&error) {
+        ApiError::body_timeout(&error)
+    } else {
+        ApiError::bad_request("malformed-multipart", error.body_text())
+    }
 }
 
 /// Upload a model with PUT (what `curl -T` sends)

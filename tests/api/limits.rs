@@ -392,3 +392,28 @@ async fn shutdown_stops_accepting_and_lets_an_upload_in_flight_finish() {
         .expect("stopped")
         .expect("joined");
 }
+
+#[tokio::test]
+async fn a_stalled_multipart_upload_is_answered_408() {
+    let app = spawn_app_with(|settings| settings.body_idle_timeout_seconds = 1).await;
+    let file = file_of_len(1 << 20);
+    let boundary = "quantd-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m.safetensors\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&file[..60_000]);
+    let head = format!(
+        "POST /api/v1/models?name=stalled HTTP/1.1\r\nHost: quantd\r\n\
+         Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+        body.len() + file.len()
+    );
+    let mut stream = send_partial(&app, &head, &body).await;
+    let response = closed_within(&mut stream, Duration::from_secs(1) + SLACK)
+        .await
+        .expect("a response");
+    assert_eq!(response.status, 408, "{response:?}");
+    assert_eq!(response.problem()["type"], "/problems/body-timeout");
+    assert!(staging_files(app.data_dir.path()).is_empty());
+}
