@@ -71,6 +71,25 @@ pub struct Settings {
     #[arg(long, env = "QUANTD_MAX_HEADER_BYTES", default_value = "100MiB", value_parser = parse_byte_size)]
     pub max_header_bytes: u64,
 
+    /// Bytes of safetensors JSON headers buffered at once across all concurrent uploads. An
+    /// upload reserves its declared header length before buffering it and releases it once the
+    /// header is parsed; one that does not fit answers 503 with Retry-After. Must be at least
+    /// `--max-header-bytes`, or one largest header could never be accepted.
+    #[arg(long, env = "QUANTD_HEADER_BUFFER_BUDGET_BYTES", default_value = "256MiB", value_parser = parse_byte_size)]
+    pub header_buffer_budget_bytes: u64,
+
+    /// Seconds a client has to send a request's complete head (request line and headers), also
+    /// how long an idle keep-alive connection stays open; then the connection is closed. 0 turns
+    /// it off.
+    #[arg(long, env = "QUANTD_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub header_read_timeout_seconds: u64,
+
+    /// Seconds a request body may go without a byte arriving while the server waits for it;
+    /// then the request fails (an upload answers 408 and its staging file is removed). 0 turns
+    /// it off.
+    #[arg(long, env = "QUANTD_BODY_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub body_idle_timeout_seconds: u64,
+
     /// Free space kept in reserve on the data dir's file system. Below it, uploads and job
     /// creation answer 507 before writing anything (so the database always has room to record
     /// deletes and job outcomes) and `/readyz` reports not ready. An upload that declares its
@@ -189,6 +208,9 @@ impl Settings {
             workers: None,
             max_upload_bytes: 64 << 30,
             max_header_bytes: 100 << 20,
+            header_buffer_budget_bytes: 256 << 20,
+            header_read_timeout_seconds: 30,
+            body_idle_timeout_seconds: 60,
             max_queued_jobs: 1000,
             max_metadata_bytes: 1 << 20,
             min_free_bytes: 256 << 20,
@@ -226,6 +248,31 @@ impl Settings {
 
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_seconds.max(1))
+    }
+
+    /// How long a client may take to send a request head; `None` when turned off.
+    pub fn header_read_timeout(&self) -> Option<Duration> {
+        (self.header_read_timeout_seconds > 0)
+            .then(|| Duration::from_secs(self.header_read_timeout_seconds))
+    }
+
+    /// How long a request body may stall; `None` when turned off.
+    pub fn body_idle_timeout(&self) -> Option<Duration> {
+        (self.body_idle_timeout_seconds > 0)
+            .then(|| Duration::from_secs(self.body_idle_timeout_seconds))
+    }
+
+    /// Refuses combinations of settings that cannot work, naming the flags to change.
+    pub fn check(&self) -> Result<(), String> {
+        if self.header_buffer_budget_bytes < self.max_header_bytes {
+            return Err(format!(
+                "the header buffer budget (QUANTD_HEADER_BUFFER_BUDGET_BYTES = {}) is smaller than \
+                 the largest accepted header (QUANTD_MAX_HEADER_BYTES = {}): an upload with the \
+                 largest header could never be accepted; raise the budget or lower the limit",
+                self.header_buffer_budget_bytes, self.max_header_bytes
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -275,5 +322,31 @@ mod tests {
         assert_eq!(settings.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(settings.max_header_bytes, 100 << 20);
         assert!(settings.database_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn hand_written_defaults_match_the_flag_defaults() {
+        // `from_env` reads QUANTD_* variables: the comparison holds only without them.
+        if std::env::vars().any(|(name, _)| name.starts_with("QUANTD_")) {
+            return;
+        }
+        let from_flags = Settings::from_env().expect("defaults parse");
+        let by_hand = Settings::from_env_free_defaults();
+        assert_eq!(format!("{from_flags:?}"), format!("{by_hand:?}"));
+        assert!(by_hand.check().is_ok());
+    }
+
+    #[test]
+    fn a_header_budget_below_the_header_limit_is_refused() {
+        let mut settings = Settings::from_env_free_defaults();
+        settings.max_header_bytes = 100 << 20;
+        settings.header_buffer_budget_bytes = 10 << 20;
+        let message = settings.check().unwrap_err();
+        assert!(
+            message.contains("QUANTD_HEADER_BUFFER_BUDGET_BYTES"),
+            "{message}"
+        );
+        settings.header_buffer_budget_bytes = 100 << 20;
+        assert!(settings.check().is_ok());
     }
 }

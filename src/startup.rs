@@ -13,6 +13,7 @@ use tracing::info;
 
 use crate::config::Settings;
 use crate::formats::safetensors::Limits;
+use crate::http::limits::{body_idle_timeout_layer, HeaderBudget};
 use crate::http::{self, AppInner, AppState};
 use crate::jobs::runner::{JobRunner, RunnerSettings};
 use crate::pool::WorkerPool;
@@ -47,6 +48,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<SharedMetadataSto
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.check().map_err(anyhow::Error::msg)?;
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
         let data_dir_lock = lock_data_dir(&settings.data_dir)?;
@@ -121,6 +123,7 @@ impl Application {
                 math: inference.1,
             },
         ));
+        let header_budget = HeaderBudget::new(settings.header_buffer_budget_bytes);
         let state = AppState {
             inner: Arc::new(AppInner {
                 serving,
@@ -131,6 +134,7 @@ impl Application {
                 kernels,
                 pool,
                 job_wake,
+                header_budget,
                 started_at: Instant::now(),
             }),
         };
@@ -180,9 +184,16 @@ impl Application {
             shutdown.clone(),
         ));
         let pool = state.pool.clone();
+        let header_read_timeout = state.settings.header_read_timeout();
+        let body_idle_timeout = state.settings.body_idle_timeout();
         let app = http::router(state);
-        // Our connection loop rather than `axum::serve`: it sets hyper's limits (http::serve).
-        http::serve::serve(listener, app, shutdown.clone().cancelled_owned()).await;
+        let app = match body_idle_timeout {
+            Some(timeout) => app.layer(body_idle_timeout_layer(timeout)),
+            None => app,
+        };
+        // Our connection loop rather than `axum::serve`: it sets hyper's limits and the
+        // header-read timeout (http::serve).
+        http::serve::serve(listener, app, header_read_timeout, shutdown.clone()).await;
         runner_task.await.context("joining the job runner")?;
         reaper_task.await.context("joining the reaper")?;
         tokio::task::spawn_blocking(move || pool.shutdown())

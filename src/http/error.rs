@@ -37,6 +37,8 @@ pub enum ErrorKind {
     NotFound,
     /// 405: the path exists but not with this method.
     MethodNotAllowed,
+    /// 408: the client stopped sending the request body (see `http::limits`).
+    RequestTimeout,
     /// 409: the resource is in a state that forbids the request.
     Conflict,
     /// 413: the body exceeds a configured limit.
@@ -59,6 +61,7 @@ impl ErrorKind {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -274,6 +277,9 @@ impl From<SpecError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if super::limits::is_body_idle_timeout(&rejection) {
+            return ApiError::body_timeout(&rejection.body_text());
+        }
         match rejection {
             JsonRejection::MissingJsonContentType(_) => ApiError::new(
                 ErrorKind::UnsupportedMediaType,

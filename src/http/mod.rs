@@ -6,6 +6,7 @@ pub mod download;
 pub mod envelope;
 pub mod error;
 pub mod jobs;
+pub mod limits;
 pub mod models;
 pub mod openai;
 pub mod ops;
@@ -56,6 +57,8 @@ pub struct AppInner {
     pub job_wake: Arc<Notify>,
     /// Loaded models and inference admission.
     pub serving: Arc<crate::serving::ServingRegistry>,
+    /// Header bytes concurrent uploads may buffer together (`QUANTD_HEADER_BUFFER_BUDGET_BYTES`).
+    pub header_budget: limits::HeaderBudget,
     pub started_at: Instant,
 }
 

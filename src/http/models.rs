@@ -16,7 +16,7 @@ use super::download::serve_blob;
 use super::{
     page_request, parse_id, ApiError, ApiQuery, AppState, ErrorKind, PageResponse, Problem,
 };
-use crate::formats::safetensors::{Header, StreamValidator};
+use crate::formats::safetensors::{Header, StreamValidator, LENGTH_PREFIX_BYTES};
 use crate::store::blobs::StagedBlob;
 use crate::store::sqlite::count_map;
 use crate::store::{now, DeleteModelOutcome, ModelRecord, ModelSummary, StoredFile};
@@ -151,30 +151,32 @@ async fn verify_declared_digest(
 
 /// Streams a safetensors body into a temporary blob while hashing and validating it. On any
 /// failure the temporary blob is removed.
+///
+/// The header is the only part buffered in memory, so its declared length is reserved from the
+/// shared [`HeaderBudget`](super::limits::HeaderBudget) before any byte of it is (503 when it
+/// does not fit) and given back once it is parsed, or when this future ends or is dropped.
 async fn ingest_safetensors<S, E>(
     state: &AppState,
     mut body: S,
 ) -> Result<(StagedBlob, Header), ApiError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
+    E: std::error::Error + 'static,
 {
     let mut validator = StreamValidator::new(state.limits());
     let mut upload = state.blobs.begin_upload().await?;
+    let mut header_reservation = None;
     while let Some(chunk) = body.next().await {
         let chunk = match chunk {
             Ok(chunk) => chunk,
             Err(e) => {
                 upload.abort().await;
-                return Err(ApiError::bad_request(
-                    "upload-interrupted",
-                    format!("reading the body failed: {e}"),
-                ));
+                return Err(ApiError::body_read_failed(&e));
             }
         };
-        if let Err(e) = validator.feed(&chunk) {
+        if let Err(e) = feed_validator(state, &mut validator, &mut header_reservation, &chunk) {
             upload.abort().await;
-            return Err(e.into());
+            return Err(e);
         }
         if let Err(e) = upload.write(chunk).await {
             upload.abort().await;
@@ -194,6 +196,34 @@ where
     };
     let staged = upload.finish().await?;
     Ok((staged, header))
+}
+
+/// Feeds one chunk to the validator, reserving the header's bytes from the shared budget
+/// between its length prefix and its first byte, and releasing them once it is parsed.
+fn feed_validator(
+    state: &AppState,
+    validator: &mut StreamValidator,
+    header_reservation: &mut Option<super::limits::HeaderReservation>,
+    chunk: &[u8],
+) -> Result<(), ApiError> {
+    // The length prefix goes in on its own, so that the header's length is known before the
+    // validator buffers any of it.
+    let n_prefix_missing = LENGTH_PREFIX_BYTES.saturating_sub(validator.bytes_seen());
+    let n_prefix = chunk
+        .len()
+        .min(usize::try_from(n_prefix_missing).unwrap_or(usize::MAX));
+    let (prefix, rest) = chunk.split_at(n_prefix);
+    validator.feed(prefix)?;
+    if header_reservation.is_none() {
+        if let Some(header_len) = validator.pending_header_len() {
+            *header_reservation = Some(state.header_budget.try_reserve(header_len)?);
+        }
+    }
+    validator.feed(rest)?;
+    if validator.pending_header_len().is_none() {
+        *header_reservation = None;
+    }
+    Ok(())
 }
 
 /// Commits the staged blob and records the model.
@@ -293,9 +323,10 @@ fn declared_length(headers: &HeaderMap) -> u64 {
         (status = 201, description = "Stored", body = ModelRecord, headers(("Location" = String, description = "URL of the new model"))),
         (status = 400, description = "Empty, interrupted or malformed multipart body, a malformed Content-Digest, or an unknown query parameter", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The same bytes were deleted while this upload committed; upload again", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body stopped arriving for the idle timeout; nothing was kept", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body or header over the limit", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not a valid safetensors file, or a bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The metadata database is unavailable; nothing was kept", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The metadata database is unavailable, or concurrent uploads fill the header buffer budget (Retry-After); nothing was kept", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "No room left (below the free-space reserve); nothing was kept", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -332,17 +363,10 @@ pub async fn upload_model(
         .await
         .map_err(|e| ApiError::bad_request("malformed-multipart", e.body_text()))?;
     let mut name = query.name.clone();
-    while let Some(field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| ApiError::bad_request("malformed-multipart", e.body_text()))?
-    {
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         match field.name() {
             Some("name") => {
-                let text = field
-                    .text()
-                    .await
-                    .map_err(|e| ApiError::bad_request("malformed-multipart", e.body_text()))?;
+                let text = field.text().await.map_err(multipart_error)?;
                 name = Some(text);
             }
             Some("file") => {
@@ -375,6 +399,15 @@ pub async fn upload_model(
     ))
 }
 
+/// A multipart body that could not be read: 408 when it stalled, else malformed (400).
+fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError {
+    if super::limits::is_body_idle_timeout(&error) {
+        ApiError::body_timeout(&error)
+    } else {
+        ApiError::bad_request("malformed-multipart", error.body_text())
+    }
+}
+
 /// Upload a model with PUT (what `curl -T` sends)
 ///
 /// Same as `POST /api/v1/models`: `curl -T model.safetensors '.../api/v1/models?name=NAME'`.
@@ -388,9 +421,10 @@ pub async fn upload_model(
         (status = 201, description = "Stored", body = ModelRecord, headers(("Location" = String, description = "URL of the new model"))),
         (status = 400, description = "Empty, interrupted or malformed multipart body, a malformed Content-Digest, or an unknown query parameter", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The same bytes were deleted while this upload committed; upload again", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body stopped arriving for the idle timeout; nothing was kept", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body or header over the limit", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not a valid safetensors file, or a bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The metadata database is unavailable; nothing was kept", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The metadata database is unavailable, or concurrent uploads fill the header buffer budget (Retry-After); nothing was kept", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "No room left (below the free-space reserve); nothing was kept", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -517,6 +551,7 @@ pub async fn delete_model(
         (status = 201, description = "Stored", body = StoredFile),
         (status = 400, description = "Malformed path, an interrupted body, or a malformed Content-Digest", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body stopped arriving for the idle timeout; nothing was kept", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad file name or invalid JSON", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The metadata database is unavailable; nothing was kept", body = Problem, content_type = "application/problem+json"),
@@ -542,10 +577,7 @@ pub async fn put_model_file(
     let mut body = request.into_body().into_data_stream();
     while let Some(chunk) = body.next().await {
         let failure = match chunk {
-            Err(e) => Some(ApiError::bad_request(
-                "upload-interrupted",
-                format!("reading the body failed: {e}"),
-            )),
+            Err(e) => Some(ApiError::body_read_failed(&e)),
             Ok(_) if upload.size_bytes() > state.settings.max_upload_bytes => Some(ApiError::new(
                 ErrorKind::PayloadTooLarge,
                 "upload-too-large",

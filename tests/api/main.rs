@@ -11,6 +11,7 @@ mod gguf;
 mod inference;
 mod interop;
 mod jobs;
+mod limits;
 mod minilm;
 mod openapi;
 mod process;

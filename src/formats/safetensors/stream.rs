@@ -70,6 +70,16 @@ impl StreamValidator {
         self.bytes_seen
     }
 
+    /// The declared length of the JSON header while it is being collected: known (and within
+    /// the limits) once the 8-byte prefix has arrived, `None` before and after. A caller that
+    /// feeds the prefix on its own learns how much the header will buffer before any of it is.
+    pub fn pending_header_len(&self) -> Option<u64> {
+        match &self.state {
+            StreamState::Header { header_len, .. } => Some(*header_len),
+            _ => None,
+        }
+    }
+
     /// The validated header, once it has fully arrived.
     pub fn header(&self) -> Option<&Header> {
         match &self.state {

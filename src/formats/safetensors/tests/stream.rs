@@ -296,3 +296,22 @@ fn empty_chunks_and_an_empty_header_are_handled() {
     let error = validator.feed(&0u64.to_le_bytes()).unwrap_err();
     assert!(matches!(error, SafetensorsError::HeaderNotJson(_)));
 }
+
+#[test]
+fn the_pending_header_length_is_known_between_prefix_and_parse() {
+    let header_json = r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#;
+    let file = file_with_header(header_json, &[7, 7]);
+    let mut validator = StreamValidator::new(generous_limits());
+    validator.feed(&file[..7]).unwrap();
+    assert_eq!(validator.pending_header_len(), None, "prefix incomplete");
+    validator.feed(&file[7..8]).unwrap();
+    assert_eq!(
+        validator.pending_header_len(),
+        Some(header_json.len() as u64),
+        "known before any header byte"
+    );
+    validator.feed(&file[8..file.len() - 2]).unwrap();
+    assert_eq!(validator.pending_header_len(), None, "parsed");
+    validator.feed(&file[file.len() - 2..]).unwrap();
+    validator.finish().unwrap();
+}
