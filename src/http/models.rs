@@ -649,6 +649,10 @@ pub async fn put_model_file(
             Err(ApiError::not_found("model", &id))
         }
         Some(replaced) => {
+            // A served model reads its companions at load: reload it with the new file.
+            if state.serving.forget(model_id) {
+                tracing::info!(model_id = %model_id, file = %file.filename, "served model reloads with a new companion file");
+            }
             if let Some(old_sha) = replaced {
                 state.blobs.delete(&old_sha).await?;
             }

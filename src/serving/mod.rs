@@ -341,6 +341,17 @@ impl ServingRegistry {
             .is_some())
     }
 
+    /// Drops the loaded copy of a model whose companion files changed (a new `config.json` or
+    /// `tokenizer.json`), so that the next request loads it as it is now. Requests already
+    /// running finish on the copy they hold.
+    pub fn forget(&self, id: Uuid) -> bool {
+        self.resident
+            .lock()
+            .expect("not poisoned")
+            .remove(&id)
+            .is_some()
+    }
+
     pub fn is_loaded(&self, id: Uuid) -> bool {
         self.resident
             .lock()

@@ -875,3 +875,36 @@ async fn bytes_inputs_share_the_embeddings_cap_and_bodies_are_limited_to_2_mib()
     assert!(response.json::<Value>().await.unwrap()["error"].is_string());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_new_config_json_takes_effect_without_an_explicit_unload() {
+    let app = spawn_app().await;
+    let id = upload_digits_with_config(&app).await;
+    let row = vec![0.5f32; 64];
+    let (logits, _) = infer_row(&app, &row).await;
+    assert!(
+        logits.iter().any(|v| *v < 0.0),
+        "identity logits: {logits:?}"
+    );
+    // Replace config.json on the loaded model: the last layer now ends in a softmax.
+    let with_softmax = MLP_CONFIG.replace(
+        r#""model_type": "mlp""#,
+        r#""model_type": "mlp", "softmax": true"#,
+    );
+    let response = app
+        .client
+        .put(app.url(&format!("/api/v1/models/{id}/files/config.json")))
+        .body(with_softmax)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let (probabilities, _) = infer_row(&app, &row).await;
+    let sum: f64 = probabilities.iter().sum();
+    assert!(
+        (sum - 1.0).abs() < 1e-5,
+        "softmax output sums to 1: {probabilities:?}"
+    );
+    assert!(probabilities.iter().all(|p| *p >= 0.0));
+    app.stop().await;
+}
