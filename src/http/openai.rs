@@ -195,11 +195,23 @@ async fn embeddings(
 ) -> Result<Response, OpenAiError> {
     let started = std::time::Instant::now();
     // Beyond axum's 2 MiB default body limit: 413, in OpenAI's envelope.
-    let body = body.map_err(|rejection| OpenAiError {
-        status: rejection.status(),
-        message: rejection.body_text(),
-        kind: "invalid_request_error",
-        param: None,
+    // A body that stops arriving: 408, also in OpenAI's envelope.
+    let body = body.map_err(|rejection| {
+        let timed_out = super::limits::is_body_idle_timeout(&rejection);
+        OpenAiError {
+            status: if timed_out {
+                StatusCode::REQUEST_TIMEOUT
+            } else {
+                rejection.status()
+            },
+            message: if timed_out {
+                "the request body stopped arriving (body idle timeout)".into()
+            } else {
+                rejection.body_text()
+            },
+            kind: "invalid_request_error",
+            param: None,
+        }
     })?;
     let request: Value = serde_json::from_slice(&body)
         .map_err(|e| invalid(format!("the body is not valid JSON: {e}"), None))?;

@@ -149,7 +149,16 @@ fn bad(message: impl Into<String>) -> V2Error {
 /// The body, or the extractor's refusal (413 beyond axum's 2 MiB default body limit) in the
 /// protocol's own `{"error": ...}` envelope.
 fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, V2Error> {
-    body.map_err(|rejection| V2Error(rejection.status(), rejection.body_text()))
+    body.map_err(|rejection| {
+        if super::limits::is_body_idle_timeout(&rejection) {
+            V2Error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body stopped arriving (body idle timeout)".into(),
+            )
+        } else {
+            V2Error(rejection.status(), rejection.body_text())
+        }
+    })
 }
 
 /// Splits a request body into its JSON part and the binary tensor data that follows it

@@ -419,3 +419,31 @@ async fn a_stalled_multipart_upload_is_answered_408() {
     assert_eq!(response.problem()["type"], "/problems/body-timeout");
     assert!(staging_files(app.data_dir.path()).is_empty());
 }
+
+#[tokio::test]
+async fn stalled_inference_bodies_are_408_in_their_protocols_envelopes() {
+    let app = spawn_app_with(|settings| settings.body_idle_timeout_seconds = 1).await;
+    for (path, check) in [
+        ("/v2/models/digits/infer", "v2"),
+        ("/v1/embeddings", "openai"),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: quantd\r\n\
+             Content-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+        );
+        let mut stream = send_partial(&app, &head, br#"{"inputs": "#).await;
+        let response = closed_within(&mut stream, Duration::from_secs(1) + SLACK)
+            .await
+            .expect("a response");
+        assert_eq!(response.status, 408, "{path}: {response:?}");
+        assert_eq!(response.header("content-type"), Some("application/json"));
+        let body: Value = serde_json::from_slice(&response.body).expect("a JSON error");
+        match check {
+            "v2" => assert!(body["error"].as_str().unwrap().contains("idle"), "{body}"),
+            _ => assert!(
+                body["error"]["message"].as_str().unwrap().contains("idle"),
+                "{body}"
+            ),
+        }
+    }
+}
