@@ -324,3 +324,29 @@ async fn non_finite_weights_fail_the_job_with_a_clear_problem() {
     assert!(job["error"]["detail"].as_str().unwrap().contains("'w'"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn progress_totals_are_known_from_the_moment_a_job_is_queued() {
+    let app = spawn_app_with(|s| s.debug_tensor_delay_ms = 100).await;
+    let model = app.upload_digits().await;
+    let response = app
+        .create_job(model["id"].as_str().unwrap(), "int8", json!(null))
+        .await;
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.unwrap();
+    // Totals come from the model, not from the first heartbeat of a running job.
+    assert_eq!(
+        job["progress"]["tensors_total"], model["n_tensors"],
+        "{job}"
+    );
+    assert_eq!(job["progress"]["bytes_total"], model["size_bytes"], "{job}");
+    let id = job["id"].as_str().unwrap();
+    let done = app.wait_for_job(id).await;
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["progress"]["tensors_done"], model["n_tensors"]);
+    assert_eq!(
+        done["progress"]["bytes_done"], model["size_bytes"],
+        "{done}"
+    );
+    assert_eq!(done["progress"]["bytes_total"], model["size_bytes"]);
+}
