@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod container;
 mod downloads;
 mod embeddings;
 mod envelopes;
