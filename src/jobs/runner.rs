@@ -277,21 +277,7 @@ impl JobRunner {
             }
             Ok(Err(PipelineError::Io(e))) => {
                 let _ = tokio::fs::remove_file(&staged).await;
-                let problem = if crate::store::blobs::is_storage_full(&e) {
-                    job_problem(
-                        "job-storage-full",
-                        "No room left for the artifact",
-                        507,
-                        &e.to_string(),
-                    )
-                } else {
-                    job_problem(
-                        "job-io-error",
-                        "Storage error while quantizing",
-                        500,
-                        &e.to_string(),
-                    )
-                };
+                let problem = storage_problem(&e, "Storage error while quantizing");
                 self.record_failure(&lease, problem, true).await;
             }
             Err(PoolError::Panicked(message)) => {
@@ -426,21 +412,7 @@ impl JobRunner {
         model_files: Vec<StoredFile>,
     ) -> Result<ArtifactRecord, serde_json::Value> {
         let storage_problem = |e: &crate::store::blobs::BlobError| {
-            if e.is_storage_full() {
-                job_problem(
-                    "job-storage-full",
-                    "No room left for the artifact",
-                    507,
-                    &e.to_string(),
-                )
-            } else {
-                job_problem(
-                    "job-io-error",
-                    "Storage error while saving the artifact",
-                    500,
-                    &e.to_string(),
-                )
-            }
+            storage_problem(e, "Storage error while saving the artifact")
         };
         self.blobs
             .commit_staged_file(staged, &output.sha256)
@@ -555,5 +527,20 @@ impl JobRunner {
                 let _ = self.blobs.delete(&sha).await;
             }
         }
+    }
+}
+
+/// A job's storage failure: 507 `job-storage-full` when the disk is full (the job may succeed
+/// once space is freed), else 500 `job-io-error` with `title`.
+fn storage_problem(error: &(dyn std::error::Error + 'static), title: &str) -> serde_json::Value {
+    if crate::store::blobs::is_storage_full(error) {
+        job_problem(
+            "job-storage-full",
+            "No room left for the artifact",
+            507,
+            &error.to_string(),
+        )
+    } else {
+        job_problem("job-io-error", title, 500, &error.to_string())
     }
 }
