@@ -272,6 +272,13 @@ impl Settings {
                 self.header_buffer_budget_bytes, self.max_header_bytes
             ));
         }
+        if self.staging_idle_seconds == 0 {
+            return Err(
+                "QUANTD_STAGING_IDLE_SECONDS must be at least 1: it is how long leftovers \
+                 of interrupted writes stay before the reaper removes them"
+                    .to_owned(),
+            );
+        }
         Ok(())
     }
 }

@@ -17,7 +17,8 @@ use super::{
     page_request, parse_id, ApiError, ApiQuery, AppState, ErrorKind, PageResponse, Problem,
 };
 use crate::formats::safetensors::{Header, StreamValidator, LENGTH_PREFIX_BYTES};
-use crate::store::blobs::StagedBlob;
+use crate::store::blobs::{BlobUpload, StagedBlob};
+use crate::store::reaper;
 use crate::store::sqlite::count_map;
 use crate::store::{now, DeleteModelOutcome, ModelRecord, ModelSummary, StoredFile};
 
@@ -178,9 +179,9 @@ where
             upload.abort().await;
             return Err(e);
         }
-        if let Err(e) = upload.write(chunk).await {
+        if let Err(e) = write_within_reserve(state, &mut upload, chunk).await {
             upload.abort().await;
-            return Err(e.into());
+            return Err(e);
         }
     }
     if validator.bytes_seen() == 0 {
@@ -251,7 +252,10 @@ async fn record_model(
         ));
     }
     let size_bytes = staged.size_bytes;
-    let sha256 = staged.commit().await?;
+    // From the commit until the row is written, no garbage collector may unlink these bytes
+    // (another model with the same bytes may be being deleted right now).
+    let window = state.blobs.open_commit_window().await;
+    let sha256 = staged.commit(&window).await?;
     let model = ModelRecord {
         id: Uuid::now_v7(),
         name,
@@ -264,21 +268,11 @@ async fn record_model(
         files: Vec::new(),
         created_at: now(),
     };
-    if let Err(e) = state.store.insert_model(&model).await {
-        forget_blob(state, &model.sha256).await;
+    let inserted = state.store.insert_model(&model).await;
+    drop(window);
+    if let Err(e) = inserted {
+        forget_blobs(state, [model.sha256.clone()]).await;
         return Err(e.into());
-    }
-    // A concurrent delete of another model with the same bytes may have removed the blob
-    // between our commit and our insert: say so rather than keep a model without weights.
-    if !state.blobs.exists(&model.sha256).await? {
-        let _ = state.store.delete_model(model.id).await;
-        return Err(ApiError::new(
-            ErrorKind::Conflict,
-            "upload-raced-delete",
-            "Upload raced a delete",
-            "the same bytes were deleted while this upload committed; upload again",
-        )
-        .with_retry_after(1));
     }
     tracing::info!(model_id = %model.id, sha256 = %model.sha256, size_bytes, "model uploaded");
     let location = HeaderValue::from_str(&format!("/api/v1/models/{}", model.id)).expect("ascii");
@@ -290,13 +284,31 @@ async fn record_model(
         .into_response())
 }
 
-/// Removes a just-committed blob whose record could not be written, unless another record
-/// uses the same bytes. When the database cannot even answer that, the reaper removes the blob
-/// later (it is unreferenced), so nothing half-stored outlives the failure.
-async fn forget_blob(state: &AppState, sha256: &str) {
-    if let Ok(false) = state.store.blob_is_referenced(sha256).await {
-        let _ = state.blobs.delete(sha256).await;
+/// Bytes between two checks of the free-space reserve while a body streams in.
+const RESERVE_CHECK_BYTES: u64 = 8 << 20;
+
+/// Writes a chunk of an upload, checking the free-space reserve whenever another
+/// [`RESERVE_CHECK_BYTES`] went in: a body without a declared length, or many uploads at once,
+/// must not eat the room kept for the database.
+async fn write_within_reserve(
+    state: &AppState,
+    upload: &mut BlobUpload,
+    chunk: Bytes,
+) -> Result<(), ApiError> {
+    let before = upload.size_bytes();
+    let after = before + chunk.len() as u64;
+    if after / RESERVE_CHECK_BYTES != before / RESERVE_CHECK_BYTES {
+        state.reserve.check(0)?;
     }
+    upload.write(chunk).await?;
+    Ok(())
+}
+
+/// Removes blobs no record refers to any more (a record that could not be written, a deleted
+/// model, a replaced file). The request's outcome is already settled, so a failure here is only
+/// logged: the blobs are unreferenced, and the reaper removes them later.
+async fn forget_blobs(state: &AppState, shas: impl IntoIterator<Item = String>) {
+    reaper::collect_after_write(state.store.as_ref(), &state.blobs, shas).await;
 }
 
 /// The declared body length, when the client sent one.
@@ -520,10 +532,8 @@ pub async fn delete_model(
 ) -> Result<StatusCode, ApiError> {
     let model_id = parse_id("model", &id)?;
     match state.store.delete_model(model_id).await? {
-        DeleteModelOutcome::Deleted { orphaned_blobs } => {
-            for sha in orphaned_blobs {
-                state.blobs.delete(&sha).await?;
-            }
+        DeleteModelOutcome::Deleted { released_blobs } => {
+            forget_blobs(&state, released_blobs).await;
             Ok(StatusCode::NO_CONTENT)
         }
         DeleteModelOutcome::NotFound => Err(ApiError::not_found("model", &id)),
@@ -598,7 +608,7 @@ pub async fn put_model_file(
                     if is_json {
                         json_buffer.extend_from_slice(&chunk);
                     }
-                    upload.write(chunk).await.err().map(ApiError::from)
+                    write_within_reserve(&state, &mut upload, chunk).await.err()
                 }
             }
         };
@@ -628,24 +638,25 @@ pub async fn put_model_file(
     }
     let staged = verify_declared_digest(upload.finish().await?, declared).await?;
     let size_bytes = staged.size_bytes;
-    let sha256 = staged.commit().await?;
+    let window = state.blobs.open_commit_window().await;
+    let sha256 = staged.commit(&window).await?;
     let file = StoredFile {
         filename,
         sha256,
         size_bytes,
     };
-    let recorded = match state.store.put_model_file(model_id, &file).await {
+    let recorded = state.store.put_model_file(model_id, &file).await;
+    drop(window);
+    let recorded = match recorded {
         Ok(recorded) => recorded,
         Err(e) => {
-            forget_blob(&state, &file.sha256).await;
+            forget_blobs(&state, [file.sha256.clone()]).await;
             return Err(e.into());
         }
     };
     match recorded {
         None => {
-            if !state.store.blob_is_referenced(&file.sha256).await? {
-                state.blobs.delete(&file.sha256).await?;
-            }
+            forget_blobs(&state, [file.sha256.clone()]).await;
             Err(ApiError::not_found("model", &id))
         }
         Some(replaced) => {
@@ -653,9 +664,7 @@ pub async fn put_model_file(
             if state.serving.forget(model_id) {
                 tracing::info!(model_id = %model_id, file = %file.filename, "served model reloads with a new companion file");
             }
-            if let Some(old_sha) = replaced {
-                state.blobs.delete(&old_sha).await?;
-            }
+            forget_blobs(&state, replaced).await;
             let location = HeaderValue::from_str(&format!(
                 "/api/v1/models/{model_id}/files/{}",
                 file.filename

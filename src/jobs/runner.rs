@@ -27,6 +27,8 @@ use crate::formats::safetensors::Limits;
 use crate::pool::{PoolError, WorkerPool, WorkerSlot};
 use crate::quant::ggml::GgmlKernels;
 use crate::quant::kernels::Kernels;
+use crate::store::blobs::CommitWindow;
+use crate::store::reaper;
 use crate::store::{
     now, ArtifactRecord, BlobStore, HeartbeatOutcome, JobRecord, Lease, SharedMetadataStore,
     StoredFile,
@@ -185,7 +187,9 @@ impl JobRunner {
         );
 
         let input = self.blobs.local_path(&model_sha);
-        let staged = self.blobs.staging_path();
+        // Registered as live until this function returns, so that the reaper leaves it alone.
+        let staging = self.blobs.staging_file();
+        let staged = staging.path().to_path_buf();
         let outcome = {
             let (cancel, progress, staged) = (cancel.clone(), progress.clone(), staged.clone());
             let spec = spec.clone();
@@ -212,38 +216,43 @@ impl JobRunner {
         match outcome {
             Ok(Ok(output)) => {
                 let output_sha = output.sha256.clone();
+                // From the output's commit until the artifact row is written, no garbage
+                // collector may unlink what the artifact refers to.
+                let window = self.blobs.open_commit_window().await;
                 let artifact = self
-                    .store_artifact(&job, &spec, output, &staged, model_files)
+                    .store_artifact(&job, &spec, output, &staged, model_files, &window)
                     .await;
                 match artifact {
-                    Ok(artifact) => match self
-                        .store
-                        .complete_job(&lease, progress.snapshot(), &artifact)
-                        .await
-                    {
-                        Ok(true) => info!(artifact_id = %artifact.id, "job succeeded"),
-                        Ok(false) => {
-                            warn!("lease lost before completion; the newer attempt owns the job");
-                            self.delete_unreferenced(
-                                artifact.files.iter().map(|f| f.sha256.clone()),
-                            )
+                    Ok(artifact) => {
+                        let completed = self
+                            .store
+                            .complete_job(&lease, progress.snapshot(), &artifact)
                             .await;
+                        drop(window);
+                        let unrecorded: Vec<String> =
+                            artifact.files.iter().map(|f| f.sha256.clone()).collect();
+                        match completed {
+                            Ok(true) => info!(artifact_id = %artifact.id, "job succeeded"),
+                            Ok(false) => {
+                                warn!(
+                                    "lease lost before completion; the newer attempt owns the job"
+                                );
+                                self.collect(unrecorded.into_iter()).await;
+                            }
+                            Err(e) => {
+                                // The lease is left to expire, so the job is retried or failed
+                                // by the reaper; the output nobody recorded goes now if it can.
+                                error!(error = %e, "recording the artifact failed");
+                                self.collect(unrecorded.into_iter()).await;
+                            }
                         }
-                        Err(e) => {
-                            // The lease is left to expire, so the job is retried or failed by
-                            // the reaper; the output nobody recorded goes now if it can.
-                            error!(error = %e, "recording the artifact failed");
-                            self.delete_unreferenced(
-                                artifact.files.iter().map(|f| f.sha256.clone()),
-                            )
-                            .await;
-                        }
-                    },
+                    }
                     Err(problem) => {
+                        drop(window);
                         // Nothing half-stored stays: the staging file if the commit failed, the
                         // committed output if a later step did.
                         let _ = tokio::fs::remove_file(&staged).await;
-                        self.delete_unreferenced(std::iter::once(output_sha)).await;
+                        self.collect(std::iter::once(output_sha)).await;
                         self.record_failure(&lease, problem, true).await
                     }
                 }
@@ -410,12 +419,35 @@ impl JobRunner {
         output: PipelineOutput,
         staged: &std::path::Path,
         model_files: Vec<StoredFile>,
+        window: &CommitWindow,
     ) -> Result<ArtifactRecord, serde_json::Value> {
+        // The artifact carries the model's companion files by reference. One may have been
+        // replaced (and its old blob removed) while the job ran; inside the window, what exists
+        // now stays until the artifact row is written.
+        for file in &model_files {
+            match self.blobs.exists(&file.sha256).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(job_problem(
+                        "job-input-changed",
+                        "The model's files changed while the job ran",
+                        503,
+                        &format!("{} was replaced; the job runs again", file.filename),
+                    ))
+                }
+                Err(e) => {
+                    return Err(storage_problem(
+                        &e,
+                        "Storage error while saving the artifact",
+                    ))
+                }
+            }
+        }
         let storage_problem = |e: &crate::store::blobs::BlobError| {
             storage_problem(e, "Storage error while saving the artifact")
         };
         self.blobs
-            .commit_staged_file(staged, &output.sha256)
+            .commit_staged_file(staged, &output.sha256, window)
             .await
             .map_err(|e| storage_problem(&e))?;
 
@@ -466,7 +498,7 @@ impl JobRunner {
         let staged_config = upload.finish().await.map_err(|e| storage_problem(&e))?;
         let config_size = staged_config.size_bytes;
         let config_sha = staged_config
-            .commit()
+            .commit(window)
             .await
             .map_err(|e| storage_problem(&e))?;
         files.push(StoredFile {
@@ -521,12 +553,10 @@ impl JobRunner {
         }
     }
 
-    async fn delete_unreferenced(&self, shas: impl Iterator<Item = String>) {
-        for sha in shas {
-            if let Ok(false) = self.store.blob_is_referenced(&sha).await {
-                let _ = self.blobs.delete(&sha).await;
-            }
-        }
+    /// Removes blobs no record refers to (an output nobody recorded); failures are left to the
+    /// reaper. Never call it inside a commit window.
+    async fn collect(&self, shas: impl Iterator<Item = String>) {
+        reaper::collect_after_write(self.store.as_ref(), &self.blobs, shas).await;
     }
 }
 

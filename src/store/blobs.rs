@@ -67,6 +67,54 @@ pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     /// Root folder of the local store; workers mmap blobs from here and stage outputs in it.
     root: PathBuf,
+    /// Orders commits against garbage collection. A commit holds it shared from the blob's
+    /// rename until the row that records the blob is written (a [`CommitWindow`]); a collector
+    /// holds it exclusively around "is it referenced? then unlink" ([`GcTurn`]). So a collector
+    /// never unlinks bytes that a record is about to claim, even when the same bytes are being
+    /// deleted elsewhere at the same moment.
+    gate: Arc<tokio::sync::RwLock<()>>,
+    /// Staging names a live upload or job is writing: the reaper leaves them alone whatever
+    /// their age (an upload's file is only written once per part).
+    live_staging: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Held from a blob's commit until the row recording it is written or has failed. Drop it
+/// before collecting garbage: collection waits for every open window.
+pub struct CommitWindow {
+    _guard: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
+/// Exclusive turn of a garbage collector (see [`BlobStore::gc_turn`]).
+pub struct GcTurn {
+    _guard: tokio::sync::OwnedRwLockWriteGuard<()>,
+}
+
+/// A staging name registered as live for as long as this lives.
+struct LiveStaging {
+    name: String,
+    registry: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Drop for LiveStaging {
+    fn drop(&mut self) {
+        self.registry
+            .lock()
+            .expect("not poisoned")
+            .remove(&self.name);
+    }
+}
+
+/// A staging file a worker writes a job's output into; live (safe from the reaper) until
+/// dropped.
+pub struct StagingFile {
+    path: PathBuf,
+    _live: LiveStaging,
+}
+
+impl StagingFile {
+    pub fn path(&self) -> &FsPath {
+        &self.path
+    }
 }
 
 /// The hex sha256 of some bytes, as used for blob keys.
@@ -93,6 +141,8 @@ impl BlobStore {
         Ok(BlobStore {
             store: Arc::new(store),
             root,
+            gate: Arc::new(tokio::sync::RwLock::new(())),
+            live_staging: Arc::default(),
         })
     }
 
@@ -105,18 +155,51 @@ impl BlobStore {
         self.root.join("sha256").join(&sha256[..2]).join(sha256)
     }
 
-    /// A fresh path in the staging folder for a worker to write an output file into.
-    pub fn staging_path(&self) -> PathBuf {
-        self.root.join("tmp").join(Uuid::new_v4().to_string())
+    /// A fresh file in the staging folder for a worker to write an output into.
+    pub fn staging_file(&self) -> StagingFile {
+        let name = Uuid::new_v4().to_string();
+        StagingFile {
+            path: self.root.join("tmp").join(&name),
+            _live: self.register_live(name),
+        }
+    }
+
+    fn register_live(&self, name: String) -> LiveStaging {
+        self.live_staging
+            .lock()
+            .expect("not poisoned")
+            .insert(name.clone());
+        LiveStaging {
+            name,
+            registry: self.live_staging.clone(),
+        }
+    }
+
+    /// Opens a commit window: commits need one (see [`CommitWindow`]).
+    pub async fn open_commit_window(&self) -> CommitWindow {
+        CommitWindow {
+            _guard: self.gate.clone().read_owned().await,
+        }
+    }
+
+    /// Waits until no commit window is open and keeps new ones from opening while the turn
+    /// lasts. Never call it while holding a [`CommitWindow`].
+    pub async fn gc_turn(&self) -> GcTurn {
+        GcTurn {
+            _guard: self.gate.clone().write_owned().await,
+        }
     }
 
     /// Starts a streamed upload into a temporary object.
     pub async fn begin_upload(&self) -> Result<BlobUpload, BlobError> {
-        let temp_key = ObjectPath::from(format!("tmp/{}", Uuid::new_v4()));
+        let name = Uuid::new_v4().to_string();
+        let live = self.register_live(name.clone());
+        let temp_key = ObjectPath::from(format!("tmp/{name}"));
         let upload = self.store.put_multipart(&temp_key).await?;
         Ok(BlobUpload {
             store: self.store.clone(),
             root: self.root.clone(),
+            _live: live,
             temp_key,
             writer: Some(WriteMultipart::new_with_chunk_size(upload, 8 << 20)),
             hasher: Sha256::new(),
@@ -124,8 +207,14 @@ impl BlobStore {
         })
     }
 
-    /// Moves a fully written staging file (see [`Self::staging_path`]) to its blob key.
-    pub async fn commit_staged_file(&self, staged: &FsPath, sha256: &str) -> Result<(), BlobError> {
+    /// Moves a fully written (and synced) staging file (see [`Self::staging_file`]) to its blob
+    /// key, inside a commit window.
+    pub async fn commit_staged_file(
+        &self,
+        staged: &FsPath,
+        sha256: &str,
+        _window: &CommitWindow,
+    ) -> Result<(), BlobError> {
         let final_path = self.local_path(sha256);
         if let Some(parent) = final_path.parent() {
             tokio::fs::create_dir_all(parent).await?;
@@ -144,6 +233,7 @@ impl BlobStore {
     /// holds the data dir's lock and so no writer can exist). Returns (files, bytes) removed.
     pub async fn reap_staging(&self, idle: Duration) -> Result<(u64, u64), BlobError> {
         let tmp = self.root.join("tmp");
+        let live = self.live_staging.clone();
         let reaped = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, u64)> {
             let now = SystemTime::now();
             let (mut files, mut bytes) = (0, 0);
@@ -153,6 +243,12 @@ impl BlobStore {
                     Ok(metadata) if metadata.is_file() => metadata,
                     _ => continue,
                 };
+                // object_store writes an upload to `<name>#<n>` before naming it `<name>`.
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                let name = file_name.split('#').next().unwrap_or_default();
+                if live.lock().expect("not poisoned").contains(name) {
+                    continue;
+                }
                 let age = now
                     .duration_since(metadata.modified()?)
                     .unwrap_or(Duration::ZERO);
@@ -255,6 +351,8 @@ impl BlobStore {
 pub struct BlobUpload {
     store: Arc<dyn ObjectStore>,
     root: PathBuf,
+    /// Keeps the reaper away until the upload is committed, discarded or dropped.
+    _live: LiveStaging,
     temp_key: ObjectPath,
     writer: Option<WriteMultipart>,
     hasher: Sha256,
@@ -292,6 +390,7 @@ impl BlobUpload {
         Ok(StagedBlob {
             store: self.store.clone(),
             root: self.root.clone(),
+            _live: self._live,
             temp_key: self.temp_key.clone(),
             sha256: hex::encode(self.hasher.clone().finalize()),
             size_bytes: self.size_bytes,
@@ -311,6 +410,8 @@ impl BlobUpload {
 pub struct StagedBlob {
     store: Arc<dyn ObjectStore>,
     root: PathBuf,
+    /// Keeps the reaper away until the upload is committed, discarded or dropped.
+    _live: LiveStaging,
     temp_key: ObjectPath,
     pub sha256: String,
     pub size_bytes: u64,
@@ -319,8 +420,15 @@ pub struct StagedBlob {
 impl StagedBlob {
     /// Renames the temporary object to its content address (replacing identical bytes if the
     /// same content was uploaded before).
-    pub async fn commit(self) -> Result<String, BlobError> {
+    /// The bytes reach the disk before the rename, so that a rename over an existing blob (the
+    /// same content uploaded again) can never leave that blob's name on unwritten data.
+    pub async fn commit(self, _window: &CommitWindow) -> Result<String, BlobError> {
         let key = BlobStore::key(&self.sha256);
+        let temp_path = self.root.join(self.temp_key.as_ref());
+        if let Err(e) = sync_file(temp_path).await {
+            let _ = self.store.delete(&self.temp_key).await;
+            return Err(e);
+        }
         if let Err(e) = self.store.rename(&self.temp_key, &key).await {
             let _ = self.store.delete(&self.temp_key).await;
             return Err(e.into());
@@ -342,8 +450,10 @@ async fn sync_committed(path: PathBuf) -> Result<(), BlobError> {
         let file = std::fs::OpenOptions::new().write(true).open(&path)?;
         file.set_modified(SystemTime::now())?;
         file.sync_all()?;
-        if let Some(parent) = path.parent() {
-            std::fs::File::open(parent)?.sync_all()?;
+        // The entry in the shard folder, and the shard folder's entry in `sha256/` (it may be
+        // new).
+        for dir in path.ancestors().skip(1).take(2) {
+            std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
     })
@@ -374,4 +484,12 @@ pub fn available_bytes(path: &FsPath) -> std::io::Result<u64> {
 #[cfg(not(unix))]
 pub fn available_bytes(_path: &FsPath) -> std::io::Result<u64> {
     Ok(u64::MAX)
+}
+
+/// `fsync` of one file's bytes.
+async fn sync_file(path: PathBuf) -> Result<(), BlobError> {
+    tokio::task::spawn_blocking(move || std::fs::File::open(&path)?.sync_all())
+        .await
+        .map_err(std::io::Error::other)??;
+    Ok(())
 }

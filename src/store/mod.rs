@@ -285,8 +285,8 @@ pub enum EnqueueOutcome {
 #[derive(Debug)]
 pub enum DeleteModelOutcome {
     Deleted {
-        /// Blobs no row refers to any more, for the caller to remove.
-        orphaned_blobs: Vec<String>,
+        /// Blobs the model referred to: the caller removes those nothing else refers to.
+        released_blobs: Vec<String>,
     },
     NotFound,
     /// A queued or running job uses the model.
@@ -337,7 +337,7 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Deletes the model unless a queued or running job uses it (checked atomically).
     async fn delete_model(&self, id: Uuid) -> StoreResult<DeleteModelOutcome>;
     /// Attaches or replaces a companion file. `Ok(None)` when the model does not exist; else the
-    /// replaced file's blob if it is now unreferenced.
+    /// replaced file's blob (when it differs), which may now be unreferenced.
     async fn put_model_file(
         &self,
         model_id: Uuid,
@@ -389,6 +389,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn get_artifact(&self, id: Uuid) -> StoreResult<Option<ArtifactRecord>>;
     /// Whether any model, companion file or artifact file still refers to the blob.
     async fn blob_is_referenced(&self, sha256: &str) -> StoreResult<bool>;
+    /// Whether any record refers to any blob at all.
+    async fn has_blob_references(&self) -> StoreResult<bool>;
     /// Ids of the models with this exact name (newest first, at most `limit`).
     async fn model_ids_by_name(&self, name: &str, limit: u32) -> StoreResult<Vec<Uuid>>;
 }

@@ -7,9 +7,12 @@
 //!   the database refused the write, between a blob's commit and the row that records it).
 //!
 //! At start-up the process holds the data dir's lock, so no writer can exist and everything is
-//! reaped at once. While serving, only garbage idle for `idle` is removed: a live upload or job
-//! writes its staging file continuously, and a commit refreshes a blob's modification time just
-//! before its row is inserted.
+//! reaped at once. While serving, staging files that a live upload or job owns are never
+//! touched, and a blob is only unlinked in a garbage-collection turn, which no commit window
+//! overlaps (see `BlobStore`'s gate); `idle` only spares recent files the work of a check.
+//!
+//! Every other remover of blobs (deletes, replaced companion files, failed commits) goes through
+//! [`collect_unreferenced`] as well, so there is one place where bytes are unlinked.
 
 use std::time::{Duration, SystemTime};
 
@@ -35,7 +38,39 @@ pub enum ReapError {
     Store(#[from] StoreError),
 }
 
-/// One pass: staging files and unreferenced blobs idle for at least `idle`.
+/// Removes those of `candidates` that no record refers to, in one garbage-collection turn (so
+/// no commit can claim them between the check and the unlink). Returns how many went. Callers
+/// must not hold a [`super::blobs::CommitWindow`].
+pub async fn collect_unreferenced(
+    store: &dyn MetadataStore,
+    blobs: &BlobStore,
+    candidates: impl IntoIterator<Item = String>,
+) -> Result<u64, ReapError> {
+    let _turn = blobs.gc_turn().await;
+    let mut removed = 0;
+    let mut seen = std::collections::HashSet::new();
+    for sha256 in candidates {
+        if seen.insert(sha256.clone()) && !store.blob_is_referenced(&sha256).await? {
+            blobs.delete(&sha256).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// [`collect_unreferenced`] after a write that already succeeded or failed on its own: a
+/// failure here only leaves garbage for the reaper, so it is logged, not returned.
+pub async fn collect_after_write(
+    store: &dyn MetadataStore,
+    blobs: &BlobStore,
+    candidates: impl IntoIterator<Item = String>,
+) {
+    if let Err(e) = collect_unreferenced(store, blobs, candidates).await {
+        warn!(error = %e, "removing unreferenced blobs failed; the reaper will retry");
+    }
+}
+
+/// One pass: staging files no live writer owns and unreferenced blobs, idle for at least `idle`.
 pub async fn reap(
     store: &dyn MetadataStore,
     blobs: &BlobStore,
@@ -43,12 +78,27 @@ pub async fn reap(
 ) -> Result<Reaped, ReapError> {
     let (staging_files, staging_bytes) = blobs.reap_staging(idle).await?;
     let now = SystemTime::now();
+    let committed = blobs.list_committed().await?;
+    // A database without a single blob reference beside a data dir full of blobs is more
+    // likely the wrong database (a mistyped QUANTD_DATABASE_URL) than garbage: keep the bytes.
+    if !committed.is_empty() && !store.has_blob_references().await? {
+        warn!(
+            blobs = committed.len(),
+            "the database refers to no blob, yet the data dir holds some: not collecting them \
+             (is QUANTD_DATABASE_URL the database of this data dir?)"
+        );
+        return Ok(Reaped {
+            staging_files,
+            staging_bytes,
+            orphaned_blobs: 0,
+        });
+    }
     let mut orphaned_blobs = 0;
-    for (sha256, modified) in blobs.list_committed().await? {
+    for (sha256, modified) in committed {
         let age = now.duration_since(modified).unwrap_or(Duration::ZERO);
-        if age >= idle && !store.blob_is_referenced(&sha256).await? {
-            blobs.delete(&sha256).await?;
-            orphaned_blobs += 1;
+        if age >= idle {
+            // One turn per blob, so that commits are held up only briefly.
+            orphaned_blobs += collect_unreferenced(store, blobs, [sha256]).await?;
         }
     }
     Ok(Reaped {

@@ -315,13 +315,10 @@ impl MetadataStore for SqliteStore {
                 None => DeleteModelOutcome::NotFound,
             });
         };
-        let mut orphaned_blobs = Vec::new();
-        for sha in std::iter::once(model_sha).chain(file_shas) {
-            if !orphaned_blobs.contains(&sha) && !self.blob_is_referenced(&sha).await? {
-                orphaned_blobs.push(sha);
-            }
-        }
-        Ok(DeleteModelOutcome::Deleted { orphaned_blobs })
+        // The delete is committed: nothing after it may turn it into an error.
+        Ok(DeleteModelOutcome::Deleted {
+            released_blobs: std::iter::once(model_sha).chain(file_shas).collect(),
+        })
     }
 
     async fn put_model_file(
@@ -352,12 +349,8 @@ impl MetadataStore for SqliteStore {
         if result.rows_affected() == 0 {
             return Ok(None);
         }
-        match previous {
-            Some(sha) if sha != file.sha256 && !self.blob_is_referenced(&sha).await? => {
-                Ok(Some(Some(sha)))
-            }
-            _ => Ok(Some(None)),
-        }
+        // Committed: the caller decides whether the replaced blob can go.
+        Ok(Some(previous.filter(|sha| *sha != file.sha256)))
     }
 
     async fn enqueue_job(&self, job: &NewJob, max_queued: u64) -> StoreResult<EnqueueOutcome> {
@@ -705,6 +698,15 @@ impl MetadataStore for SqliteStore {
         ids.iter()
             .map(|id| Uuid::parse_str(id).map_err(corrupt))
             .collect()
+    }
+
+    async fn has_blob_references(&self) -> StoreResult<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 WHERE EXISTS (SELECT 1 FROM models) OR EXISTS (SELECT 1 FROM artifact_files)",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
     }
 
     async fn blob_is_referenced(&self, sha256: &str) -> StoreResult<bool> {

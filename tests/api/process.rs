@@ -39,7 +39,6 @@ async fn start_server_with(
 ) -> Server {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_quantd"))
-        .envs(extra_env.iter().copied())
         .arg("serve")
         .env("QUANTD_BIND", format!("127.0.0.1:{port}"))
         .env("QUANTD_DATA_DIR", data_dir)
@@ -49,6 +48,8 @@ async fn start_server_with(
         .env("QUANTD_SHUTDOWN_GRACE_SECONDS", "0")
         .env("QUANTD_DEBUG_TENSOR_DELAY_MS", tensor_delay_ms.to_string())
         .env("RUST_LOG", "warn")
+        // Last, so that a test's settings override the defaults above.
+        .envs(extra_env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -303,17 +304,34 @@ async fn offline_quantize_matches_the_service_byte_for_byte() {
 #[derive(Default)]
 struct Acknowledged {
     models: Vec<String>,
+    deleted: Vec<String>,
     jobs: Vec<String>,
+    /// Models that were answered 201 for the shared `config.json`.
+    configured: Vec<String>,
 }
 
-/// Uploads models and queues jobs as fast as it can until the server dies under it.
+/// The same `config.json` for every model: one blob that many records share, while models that
+/// hold it are deleted concurrently.
+const CHAOS_CONFIG: &str = r#"{"model_type": "mlp"}"#;
+
+/// Uploads models, attaches companion files, deletes models and queues jobs as fast as it can
+/// until the server dies under it.
 async fn chaos_client(base: String, acknowledged: Arc<Mutex<Acknowledged>>, seed: u64) {
     let client = reqwest::Client::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let pick = |rng: &mut rand::rngs::StdRng| {
+        let acknowledged = acknowledged.lock().unwrap();
+        let live: Vec<&String> = acknowledged
+            .models
+            .iter()
+            .filter(|m| !acknowledged.deleted.contains(m))
+            .collect();
+        (!live.is_empty()).then(|| live[rng.gen_range(0..live.len())].clone())
+    };
     loop {
         let mut bytes = digits_model_bytes();
         let last = bytes.len() - 1;
-        bytes[last] = rng.gen();
+        bytes[last] = rng.gen_range(0..8); // few variants: the same bytes are often shared
         let Ok(response) = client
             .post(format!("{base}/api/v1/models?name=chaos"))
             .body(bytes)
@@ -329,9 +347,37 @@ async fn chaos_client(base: String, acknowledged: Arc<Mutex<Acknowledged>>, seed
             let id = model["id"].as_str().unwrap().to_owned();
             acknowledged.lock().unwrap().models.push(id);
         }
-        let model_id = {
-            let acknowledged = acknowledged.lock().unwrap();
-            acknowledged.models[rng.gen_range(0..acknowledged.models.len())].clone()
+        let Some(model_id) = pick(&mut rng) else {
+            continue;
+        };
+        let Ok(response) = client
+            .put(format!("{base}/api/v1/models/{model_id}/files/config.json"))
+            .body(CHAOS_CONFIG)
+            .send()
+            .await
+        else {
+            return;
+        };
+        if response.status() == 201 {
+            acknowledged.lock().unwrap().configured.push(model_id);
+        }
+        if rng.gen_bool(0.3) {
+            let Some(model_id) = pick(&mut rng) else {
+                continue;
+            };
+            let Ok(response) = client
+                .delete(format!("{base}/api/v1/models/{model_id}"))
+                .send()
+                .await
+            else {
+                return;
+            };
+            if response.status() == 204 {
+                acknowledged.lock().unwrap().deleted.push(model_id);
+            }
+        }
+        let Some(model_id) = pick(&mut rng) else {
+            continue;
         };
         let scheme = ["int8", "int4", "fp8"][rng.gen_range(0..3)];
         let Ok(response) = client
@@ -350,6 +396,17 @@ async fn chaos_client(base: String, acknowledged: Arc<Mutex<Acknowledged>>, seed
             acknowledged.lock().unwrap().jobs.push(id);
         }
     }
+}
+
+async fn get_status(server: &Server, path: &str) -> u16 {
+    server
+        .client
+        .get(format!("{}{path}", server.base))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 #[tokio::test]
@@ -373,56 +430,59 @@ async fn twenty_sigkills_at_random_points_lose_nothing_run_nothing_twice_and_lea
         tokio::time::sleep(Duration::from_millis(rng.gen_range(20..600))).await;
         server.child.kill().unwrap();
         server.child.wait().unwrap();
-        let _ = client.await;
+        client
+            .await
+            .expect("the chaos client ends without panicking");
     }
 
-    let server = start_server_with(data_dir.path(), 0, &env).await;
-    let (models, jobs) = {
-        let acknowledged = acknowledged.lock().unwrap();
-        (acknowledged.models.clone(), acknowledged.jobs.clone())
-    };
+    let mut server = start_server_with(data_dir.path(), 0, &env).await;
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
     assert!(
-        models.len() > 20 && jobs.len() > 20,
+        acknowledged.models.len() > 20 && acknowledged.jobs.len() > 20,
         "the chaos was too gentle: {} models, {} jobs",
-        models.len(),
-        jobs.len()
+        acknowledged.models.len(),
+        acknowledged.jobs.len()
     );
     let mut lost = Vec::new();
-    for model in &models {
-        let response = server
-            .client
-            .get(format!("{}/api/v1/models/{model}", server.base))
-            .send()
-            .await
-            .unwrap();
-        if response.status() != 200 {
-            lost.push(format!("model {model}"));
+    for model in &acknowledged.models {
+        let expected = if acknowledged.deleted.contains(model) {
+            404
+        } else {
+            200
+        };
+        if get_status(&server, &format!("/api/v1/models/{model}")).await != expected {
+            lost.push(format!("model {model} (expected {expected})"));
         }
     }
-    for job in &jobs {
-        let response = server
-            .client
-            .get(format!("{}/api/v1/jobs/{job}", server.base))
-            .send()
-            .await
-            .unwrap();
-        if response.status() != 200 {
+    for model in &acknowledged.configured {
+        if acknowledged.deleted.contains(model) {
+            continue;
+        }
+        let path = format!("/api/v1/models/{model}/files/config.json");
+        if get_status(&server, &path).await != 200 {
+            lost.push(format!("config.json of {model}"));
+        }
+    }
+    for job in &acknowledged.jobs {
+        if get_status(&server, &format!("/api/v1/jobs/{job}")).await != 200 {
             lost.push(format!("job {job}"));
         }
     }
     assert_eq!(lost, Vec::<String>::new(), "acknowledged writes lost");
-    for job in &jobs {
+    for job in &acknowledged.jobs {
         let job = server.wait(job, |j| j["state"] == "succeeded").await;
         assert!(job["artifact_id"].is_string(), "{job}");
     }
 
-    // Stop cleanly and look at what is on disk.
+    // Stop cleanly (SIGTERM, wait for the exit) and look at what is on disk.
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(server.child.id().to_string())
         .status()
         .unwrap();
     assert!(status.success());
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
     drop(server);
     let url = format!(
         "sqlite://{}?mode=ro",
@@ -465,15 +525,32 @@ async fn twenty_sigkills_at_random_points_lose_nothing_run_nothing_twice_and_lea
         .flatten()
     {
         for entry in std::fs::read_dir(shard.path()).unwrap().flatten() {
-            committed.insert(entry.file_name().to_string_lossy().into_owned());
+            // Every blob's name is its content's digest.
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let bytes = std::fs::read(entry.path()).unwrap();
+            assert_eq!(
+                quantd::store::blobs::sha256_hex(&bytes),
+                name,
+                "a blob whose name lies"
+            );
+            committed.insert(name);
         }
     }
     let orphaned: Vec<_> = committed.difference(&referenced).collect();
     assert_eq!(orphaned, Vec::<&String>::new(), "orphaned blobs");
+    let missing: Vec<_> = referenced.difference(&committed).collect();
+    assert_eq!(
+        missing,
+        Vec::<&String>::new(),
+        "recorded blobs that are gone"
+    );
     println!(
-        "chaos: 20 kills, {} models and {} jobs acknowledged, 0 lost, 0 duplicated, 0 orphaned",
-        models.len(),
-        jobs.len()
+        "chaos: 20 kills; acknowledged {} models ({} deleted), {} config.json, {} jobs; \
+         0 lost, 0 duplicated, 0 orphaned, 0 missing",
+        acknowledged.models.len(),
+        acknowledged.deleted.len(),
+        acknowledged.configured.len(),
+        acknowledged.jobs.len()
     );
 }
 
