@@ -561,3 +561,21 @@ async fn a_database_error_at_each_write_path_is_reported_and_leaves_nothing_behi
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
+    let app = crate::helpers::spawn_app().await;
+    let mut settings = Settings::for_data_dir(app.data_dir.path());
+    settings.workers = Some(1);
+    let error = match quantd::startup::Application::build(settings).await {
+        Ok(_) => panic!("two servers on one data dir"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("another quantd process uses the data dir"), "{error}");
+    // The first one is unaffected, and once it stops the dir is free again.
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    let data_dir = app.stop().await;
+    let app = spawn_on(data_dir, 16 << 20).await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    app.stop().await;
+}
