@@ -571,7 +571,10 @@ async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
         Ok(_) => panic!("two servers on one data dir"),
         Err(error) => format!("{error:#}"),
     };
-    assert!(error.contains("another quantd process uses the data dir"), "{error}");
+    assert!(
+        error.contains("another quantd process uses the data dir"),
+        "{error}"
+    );
     // The first one is unaffected, and once it stops the dir is free again.
     assert_eq!(app.get("/readyz").await.status(), 200);
     let data_dir = app.stop().await;
