@@ -15,6 +15,7 @@ mod jobs;
 mod limits;
 mod minilm;
 mod openapi;
+mod pinned;
 mod process;
 mod quantize;
 mod readme;

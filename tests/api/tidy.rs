@@ -29,12 +29,12 @@ fn pure_modules_stay_free_of_io_frameworks() {
         "utoipa",
     ];
     let mut files = Vec::new();
-    for pure in ["quant", "formats"] {
+    for pure in ["quant", "formats", "infer"] {
         rust_files(&root.join(pure), &mut files);
     }
     assert!(
         files.len() >= 4,
-        "expected the pure modules at src/quant and src/formats"
+        "expected the pure modules at src/quant, src/formats and src/infer"
     );
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();

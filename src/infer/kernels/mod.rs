@@ -28,9 +28,6 @@
 //! hands a SIMD table out only after run-time detection confirmed the features. Holding a
 //! `&GemmKernels` is the proof that its functions may run on this CPU.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
-
 pub mod blocks;
 pub mod scalar;
 

@@ -43,9 +43,6 @@
 //! [`select`] hands out after run-time detection, so holding a `&GgmlKernels` proves its
 //! functions may run on this CPU.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
-
 pub mod blocks;
 pub mod kquants;
 pub mod scalar;

@@ -22,9 +22,6 @@
 //! out only after run-time detection confirmed the features. So holding a `&Kernels` is the proof
 //! that its functions may run on this CPU.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
-
 pub mod scalar;
 
 #[cfg(target_arch = "aarch64")]
