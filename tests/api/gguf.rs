@@ -5,7 +5,7 @@ use safetensors::SafeTensors;
 use serde_json::{json, Value};
 
 use crate::helpers::{assert_problem, digits_model_bytes, fixture, spawn_app, TestApp};
-use crate::interop::run_interop_script;
+use crate::readers::run_interop_script;
 
 async fn gguf_artifact(
     app: &TestApp,

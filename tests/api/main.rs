@@ -18,6 +18,7 @@ mod openapi;
 mod pinned;
 mod process;
 mod quantize;
+mod readers;
 mod readme;
 mod tidy;
 mod uploads;

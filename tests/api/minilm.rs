@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 
 use crate::helpers::{fixture, spawn_app, TestApp};
-use crate::interop::interop_python;
+use crate::readers::interop_python;
 
 pub fn minilm_dir() -> PathBuf {
     let output = Command::new(interop_python())

@@ -96,8 +96,8 @@ async fn kernels_can_be_forced_to_scalar() {
 fn openapi_python() -> PathBuf {
     let venv = std::env::var_os("QUANTD_OPENAPI_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::interop::cached_venv_dir("openapi"));
-    crate::interop::venv_python(&venv, &[("requirements-openapi.txt", None)])
+        .unwrap_or_else(|| crate::readers::cached_venv_dir("openapi"));
+    crate::readers::venv_python(&venv, &[("requirements-openapi.txt", None)])
 }
 
 #[tokio::test]
