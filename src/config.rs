@@ -32,7 +32,45 @@ pub enum Command {
     /// Print the OpenAPI document generated from the code and exit.
     Openapi,
     /// Quantize a local safetensors file offline (no server, no database).
-    Quantize(crate::offline::QuantizeArgs),
+    Quantize(QuantizeArgs),
+}
+
+/// Arguments of `quantd quantize`.
+#[derive(Debug, Clone, Args)]
+pub struct QuantizeArgs {
+    /// Input safetensors file.
+    pub input: PathBuf,
+    /// Output file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Quantization scheme, e.g. int8.
+    #[arg(long, default_value = "int8")]
+    pub scheme: String,
+    /// Scheme options as JSON (may include "skip" and "overrides"), e.g. '{"granularity":"tensor"}'.
+    #[arg(long)]
+    pub options: Option<String>,
+    /// Output format: safetensors (compressed-tensors), dequantized, dequantized-f16.
+    #[arg(long, default_value = "safetensors")]
+    pub format: String,
+    /// The model's name, written as GGUF `general.name` (a job writes the uploaded model's
+    /// name there). Default: the input file's name without its extension.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The model's config.json, into which quantization_config is merged.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where to write the resulting config.json (default: config.json beside the output).
+    #[arg(long)]
+    pub config_out: Option<PathBuf>,
+    /// Where to write the per-tensor report as JSON.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Kernel instruction set: auto, scalar, avx2, avx512, neon.
+    #[arg(long, env = "QUANTD_KERNELS", default_value = "auto")]
+    pub kernels: KernelChoice,
+    /// Largest accepted safetensors JSON header in bytes.
+    #[arg(long, default_value = "100MiB", value_parser = parse_byte_size)]
+    pub max_header_bytes: u64,
 }
 
 /// How log lines are written.

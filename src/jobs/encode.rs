@@ -22,7 +22,7 @@ use crate::quant::metrics::compare;
 use crate::quant::nf4::{self, dequantize_nf4, quantize_nf4, Nf4Absmax, Nf4Output};
 use crate::quant::ternary::{self, dequantize_ternary, quantize_ternary};
 
-use super::pipeline::PipelineError;
+use super::error::PipelineError;
 use super::spec::{JobSpec, OutputFormat, Scheme, TensorChoice};
 
 /// What happens to one input tensor.

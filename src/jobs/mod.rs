@@ -3,6 +3,7 @@
 //! the outcome ([`runner`]).
 
 pub mod encode;
+pub mod error;
 pub mod output;
 pub mod pipeline;
 pub mod runner;

@@ -15,7 +15,7 @@ use crate::formats::safetensors::{SafetensorsWriteError, SafetensorsWriter};
 use crate::quant::ggml::GgmlType;
 
 use super::encode::{OutputTensor, StoredAs};
-use super::pipeline::PipelineError;
+use super::error::PipelineError;
 use super::spec::{JobSpec, OutputFormat, Scheme};
 
 /// What the pipeline knows about the model besides its weights.

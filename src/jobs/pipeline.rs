@@ -66,16 +66,24 @@ pub struct PipelineContext<'a> {
     pub tensor_delay: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    #[error("cancelled")]
-    Cancelled,
-    /// The model itself cannot be quantized as asked; retrying will not help.
-    #[error("{detail}")]
-    InvalidInput { slug: &'static str, detail: String },
-    /// Disk or similar trouble; worth another attempt.
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
+pub use super::error::PipelineError;
+
+/// What the pipeline did with a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TensorAction {
+    Quantized,
+    Kept,
+}
+
+impl std::fmt::Display for TensorAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `{:<9}` in the offline table pads this.
+        f.pad(match self {
+            TensorAction::Quantized => "quantized",
+            TensorAction::Kept => "kept",
+        })
+    }
 }
 
 /// Error figures of one tensor; `null` where a figure is undefined (e.g. SQNR of an exact copy).
@@ -84,8 +92,8 @@ pub struct TensorReport {
     pub name: String,
     pub dtype: String,
     pub shape: Vec<usize>,
-    /// `quantized` or `kept` (stored as uploaded).
-    pub action: String,
+    /// Quantized, or kept (stored as uploaded; `reason` says why).
+    pub action: TensorAction,
     /// The scheme that quantized it (differs from the job's when an override matched).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheme: Option<String>,
@@ -278,7 +286,7 @@ pub fn quantize_file(
                     name: tensor.name.clone(),
                     dtype: tensor.dtype.as_str().to_owned(),
                     shape: tensor.shape.clone(),
-                    action: "kept".into(),
+                    action: TensorAction::Kept,
                     scheme: None,
                     reason: Some(reason.clone()),
                     mse: Some(0.0),
@@ -301,7 +309,7 @@ pub fn quantize_file(
                     name: tensor.name.clone(),
                     dtype: tensor.dtype.as_str().to_owned(),
                     shape: tensor.shape.clone(),
-                    action: "quantized".into(),
+                    action: TensorAction::Quantized,
                     scheme: Some(scheme.name().to_owned()),
                     reason: note.clone(),
                     mse: finite(metrics.mse),
@@ -333,8 +341,10 @@ pub fn quantize_file(
     // Durable before the blob is committed and the job marked succeeded.
     out_file.sync_all()?;
 
-    let quantized: Vec<&TensorReport> =
-        reports.iter().filter(|r| r.action == "quantized").collect();
+    let quantized: Vec<&TensorReport> = reports
+        .iter()
+        .filter(|r| r.action == TensorAction::Quantized)
+        .collect();
     let sqnrs: Vec<f64> = quantized.iter().filter_map(|r| r.sqnr_db).collect();
     let quantized_elements: u64 = quantized
         .iter()

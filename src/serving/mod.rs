@@ -67,11 +67,27 @@ impl From<PoolError> for ServingError {
     }
 }
 
+/// What a served name resolved to (`model` or `artifact` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Model,
+    Artifact,
+}
+
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SourceKind::Model => "model",
+            SourceKind::Artifact => "artifact",
+        })
+    }
+}
+
 /// Where a served name's weights come from.
 #[derive(Debug, Clone)]
 pub struct Source {
-    /// `model` or `artifact`.
-    pub kind: &'static str,
+    pub kind: SourceKind,
     pub id: Uuid,
     pub name: String,
     pub sha256: String,
@@ -212,7 +228,7 @@ impl ServingRegistry {
         if let Ok(id) = Uuid::parse_str(name) {
             if let Some(model) = self.store.get_model(id).await? {
                 return Ok(Source {
-                    kind: "model",
+                    kind: SourceKind::Model,
                     id,
                     name: model.name,
                     sha256: model.sha256,
@@ -233,7 +249,7 @@ impl ServingRegistry {
                     .cloned()
                     .collect();
                 return Ok(Source {
-                    kind: "artifact",
+                    kind: SourceKind::Artifact,
                     id,
                     name: format!("{model_name}@{}", artifact.scheme),
                     sha256: artifact.sha256,
