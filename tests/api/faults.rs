@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use quantd::config::Settings;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::helpers::{digits_model_bytes, spawn_app_in, TestApp};
@@ -155,19 +155,6 @@ async fn outcome(response: reqwest::Response, what: &str) -> (u16, Value) {
     (status, body)
 }
 
-async fn upload(app: &TestApp, name: &str, bytes: Vec<u8>) -> reqwest::Response {
-    app.upload_model(name, bytes).await
-}
-
-async fn create_job(app: &TestApp, model_id: &str, scheme: &str) -> reqwest::Response {
-    app.client
-        .post(app.url("/api/v1/jobs"))
-        .json(&json!({"model_id": model_id, "scheme": scheme}))
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn put_config(app: &TestApp, model_id: &str) -> reqwest::Response {
     app.client
         .put(app.url(&format!("/api/v1/models/{model_id}/files/config.json")))
@@ -199,7 +186,8 @@ async fn on_a_full_disk_every_acknowledged_write_survives_and_every_refused_one_
     // No reserve: every write goes all the way to SQLite and the file system and meets ENOSPC
     // there, which is the path that used to acknowledge lost writes.
     let app = spawn_on(tmpfs.data_dir(), 0).await;
-    let keep: Value = upload(&app, "keep", digits_model_bytes())
+    let keep: Value = app
+        .upload_model("keep", digits_model_bytes())
         .await
         .json()
         .await
@@ -207,7 +195,8 @@ async fn on_a_full_disk_every_acknowledged_write_survives_and_every_refused_one_
     let keep_id = keep["id"].as_str().unwrap().to_owned();
     let mut victims = Vec::new();
     for i in 0..4u8 {
-        let model: Value = upload(&app, &format!("victim{i}"), variant_of_digits(i + 1))
+        let model: Value = app
+            .upload_model(&format!("victim{i}"), variant_of_digits(i + 1))
             .await
             .json()
             .await
@@ -221,7 +210,8 @@ async fn on_a_full_disk_every_acknowledged_write_survives_and_every_refused_one_
     let mut acknowledged_jobs = Vec::new();
     let mut refused = 0;
     for scheme in ["int8", "nf4", "int4", "fp8"] {
-        let (status, body) = outcome(create_job(&app, &keep_id, scheme).await, "job").await;
+        let (status, body) =
+            outcome(app.create_job(&keep_id, scheme, Value::Null).await, "job").await;
         match status {
             202 => acknowledged_jobs.push(body["id"].as_str().unwrap().to_owned()),
             _ => refused += 1,
@@ -239,8 +229,11 @@ async fn on_a_full_disk_every_acknowledged_write_survives_and_every_refused_one_
         }
     }
     let (config_status, _) = outcome(put_config(&app, &keep_id).await, "companion").await;
-    let (upload_status, uploaded) =
-        outcome(upload(&app, "late", variant_of_digits(99)).await, "upload").await;
+    let (upload_status, uploaded) = outcome(
+        app.upload_model("late", variant_of_digits(99)).await,
+        "upload",
+    )
+    .await;
     refused += usize::from(config_status != 201) + usize::from(upload_status != 201);
     eprintln!(
         "under a full disk: jobs acknowledged {}, deletes acknowledged {}/{}, companion {config_status}, upload {upload_status}",
@@ -331,13 +324,15 @@ async fn below_the_reserve_growth_is_refused_up_front_deletes_still_work_and_rea
     let reserve = 8 << 20;
     let app = spawn_on(tmpfs.data_dir(), reserve).await;
     assert_eq!(app.get("/readyz").await.status(), 200);
-    let keep: Value = upload(&app, "keep", digits_model_bytes())
+    let keep: Value = app
+        .upload_model("keep", digits_model_bytes())
         .await
         .json()
         .await
         .unwrap();
     let keep_id = keep["id"].as_str().unwrap().to_owned();
-    let victim: Value = upload(&app, "victim", variant_of_digits(7))
+    let victim: Value = app
+        .upload_model("victim", variant_of_digits(7))
         .await
         .json()
         .await
@@ -348,11 +343,11 @@ async fn below_the_reserve_growth_is_refused_up_front_deletes_still_work_and_rea
     let filler = tmpfs.fill(reserve / 2);
     let not_ready = app.get("/readyz").await;
     crate::helpers::assert_problem(not_ready, 503, "not-ready").await;
-    let refused = upload(&app, "late", variant_of_digits(9)).await;
+    let refused = app.upload_model("late", variant_of_digits(9)).await;
     let body = crate::helpers::assert_problem(refused, 507, "insufficient-storage").await;
     assert!(body["detail"].as_str().unwrap().contains("nothing"));
     crate::helpers::assert_problem(
-        create_job(&app, &keep_id, "int8").await,
+        app.create_job(&keep_id, "int8", Value::Null).await,
         507,
         "insufficient-storage",
     )
@@ -381,7 +376,9 @@ async fn below_the_reserve_growth_is_refused_up_front_deletes_still_work_and_rea
     std::fs::remove_file(filler).unwrap();
     assert_eq!(app.get("/readyz").await.status(), 200);
     assert_eq!(
-        upload(&app, "late", variant_of_digits(9)).await.status(),
+        app.upload_model("late", variant_of_digits(9))
+            .await
+            .status(),
         201
     );
     let data_dir = app.stop().await;
@@ -393,7 +390,8 @@ async fn a_disk_that_fills_during_an_upload_or_a_job_output_leaves_nothing_behin
     let tmpfs = Tmpfs::mount(48);
     let app = spawn_on(tmpfs.data_dir(), 0).await;
     // 6 MiB of f32 weights: its int8 output needs about 1.5 MiB.
-    let model: Value = upload(&app, "big", model_of_floats(6 << 18, 1))
+    let model: Value = app
+        .upload_model("big", model_of_floats(6 << 18, 1))
         .await
         .json()
         .await
@@ -416,11 +414,14 @@ async fn a_disk_that_fills_during_an_upload_or_a_job_output_leaves_nothing_behin
         .unwrap();
     crate::helpers::assert_problem(response, 507, "insufficient-storage").await;
     // A declared length that cannot fit is refused before a byte is written.
-    let response = upload(&app, "declared", model_of_floats(4 << 18, 3)).await;
+    let response = app
+        .upload_model("declared", model_of_floats(4 << 18, 3))
+        .await;
     crate::helpers::assert_problem(response, 507, "insufficient-storage").await;
 
     // The job's output cannot be written: the job fails, saying why, and leaves no file.
-    let job: Value = create_job(&app, &model_id, "int8")
+    let job: Value = app
+        .create_job(&model_id, "int8", Value::Null)
         .await
         .json()
         .await
@@ -433,7 +434,8 @@ async fn a_disk_that_fills_during_an_upload_or_a_job_output_leaves_nothing_behin
     assert!(staging.is_empty(), "staging leftovers: {staging:?}");
 
     std::fs::remove_file(filler).unwrap();
-    let job: Value = create_job(&app, &model_id, "int8")
+    let job: Value = app
+        .create_job(&model_id, "int8", Value::Null)
         .await
         .json()
         .await
@@ -477,7 +479,8 @@ async fn a_database_error_at_each_write_path_is_reported_and_leaves_nothing_behi
     })
     .await;
     let dir = app.data_dir.path().to_path_buf();
-    let keep: Value = upload(&app, "keep", digits_model_bytes())
+    let keep: Value = app
+        .upload_model("keep", digits_model_bytes())
         .await
         .json()
         .await
@@ -486,7 +489,11 @@ async fn a_database_error_at_each_write_path_is_reported_and_leaves_nothing_behi
 
     // Upload: the blob was committed before the insert failed; it must not stay.
     let fault = inject_database_error(&dir, "models", "INSERT").await;
-    let (status, _) = outcome(upload(&app, "late", variant_of_digits(3)).await, "upload").await;
+    let (status, _) = outcome(
+        app.upload_model("late", variant_of_digits(3)).await,
+        "upload",
+    )
+    .await;
     assert!(status >= 500);
     clear_database_error(fault).await;
     assert_nothing_half_stored(&dir).await;
@@ -500,7 +507,7 @@ async fn a_database_error_at_each_write_path_is_reported_and_leaves_nothing_behi
 
     // Job creation.
     let fault = inject_database_error(&dir, "jobs", "INSERT").await;
-    let (status, _) = outcome(create_job(&app, &keep_id, "int8").await, "job").await;
+    let (status, _) = outcome(app.create_job(&keep_id, "int8", Value::Null).await, "job").await;
     assert!(status >= 500);
     clear_database_error(fault).await;
     let jobs = app.get_json("/api/v1/jobs").await;
@@ -519,7 +526,7 @@ async fn a_database_error_at_each_write_path_is_reported_and_leaves_nothing_behi
 
     // Cancellation of a queued job: the job is not reported cancelled.
     let fault = inject_database_error(&dir, "jobs", "UPDATE").await;
-    let response = create_job(&app, &keep_id, "int8").await;
+    let response = app.create_job(&keep_id, "int8", Value::Null).await;
     assert_eq!(response.status(), 202);
     let job: Value = response.json().await.unwrap();
     let job_id = job["id"].as_str().unwrap().to_owned();
@@ -538,7 +545,8 @@ async fn a_database_error_at_each_write_path_is_reported_and_leaves_nothing_behi
     // Job completion: recording the artifact fails, so the job cannot succeed, and the output
     // blob it committed is reaped.
     let fault = inject_database_error(&dir, "artifacts", "INSERT").await;
-    let job: Value = create_job(&app, &keep_id, "int4")
+    let job: Value = app
+        .create_job(&keep_id, "int4", Value::Null)
         .await
         .json()
         .await

@@ -13,21 +13,10 @@ async fn gguf_artifact(
     scheme: &str,
     format: &str,
 ) -> (Value, Vec<u8>) {
-    let response = app
-        .client
-        .post(app.url("/api/v1/jobs"))
-        .json(&json!({"model_id": model_id, "scheme": scheme, "format": format}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let job: Value = response.json().await.unwrap();
-    let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
-    assert_eq!(job["state"], "succeeded", "{job}");
-    let artifact_id = job["artifact_id"].as_str().unwrap();
     let artifact = app
-        .get_json(&format!("/api/v1/artifacts/{artifact_id}"))
+        .run_job(json!({"model_id": model_id, "scheme": scheme, "format": format}))
         .await;
+    let artifact_id = artifact["id"].as_str().unwrap();
     let bytes = app
         .download(&format!("/api/v1/artifacts/{artifact_id}/download"))
         .await;

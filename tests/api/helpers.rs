@@ -137,6 +137,27 @@ impl TestApp {
         }
     }
 
+    /// Queues a job with this request body (which must be accepted), waits for it to succeed
+    /// and returns its artifact.
+    pub async fn run_job(&self, body: Value) -> Value {
+        let response = self
+            .client
+            .post(self.url("/api/v1/jobs"))
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), 202, "{body}");
+        let job: Value = response.json().await.unwrap();
+        let job = self.wait_for_job(job["id"].as_str().unwrap()).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        self.get_json(&format!(
+            "/api/v1/artifacts/{}",
+            job["artifact_id"].as_str().unwrap()
+        ))
+        .await
+    }
+
     /// Waits until the job is finished (succeeded, failed or cancelled).
     pub async fn wait_for_job(&self, job_id: &str) -> Value {
         self.wait_for_job_until(job_id, Duration::from_secs(60), |job| {

@@ -100,22 +100,8 @@ async fn check_pinned(choice: KernelChoice) {
     let mut mismatches = Vec::new();
     for (scheme, options, format, expected) in PINNED {
         let options: Value = serde_json::from_str(options).unwrap();
-        let response = app
-            .client
-            .post(app.url("/api/v1/jobs"))
-            .json(&json!({"model_id": model_id, "scheme": scheme, "options": options, "format": format}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202, "{scheme} {options} {format}");
-        let job: Value = response.json().await.unwrap();
-        let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
-        assert_eq!(job["state"], "succeeded", "{job}");
         let artifact = app
-            .get_json(&format!(
-                "/api/v1/artifacts/{}",
-                job["artifact_id"].as_str().unwrap()
-            ))
+            .run_job(json!({"model_id": model_id, "scheme": scheme, "options": options, "format": format}))
             .await;
         let actual = artifact["sha256"].as_str().unwrap();
         if actual != *expected {

@@ -584,22 +584,13 @@ async fn offline_quantize_writes_the_same_bytes_as_a_job() {
         ("q8_0", "gguf", "out.gguf"),
         ("int8", "safetensors", "out.st"),
     ] {
-        let job: Value = app
-            .client
-            .post(app.url("/api/v1/jobs"))
-            .json(&json!({"model_id": model_id, "scheme": scheme, "format": format}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
-        assert_eq!(job["state"], "succeeded", "{job}");
+        let recorded = app
+            .run_job(json!({"model_id": model_id, "scheme": scheme, "format": format}))
+            .await;
         let artifact = app
             .download(&format!(
                 "/api/v1/artifacts/{}/download",
-                job["artifact_id"].as_str().unwrap()
+                recorded["id"].as_str().unwrap()
             ))
             .await;
         let output = out.path().join(file);

@@ -132,29 +132,18 @@ pub async fn artifact_files(
     options: Value,
     format: &str,
 ) -> (PathBuf, Vec<u8>, Option<PathBuf>) {
-    let response = app
-        .client
-        .post(app.url("/api/v1/jobs"))
-        .json(
-            &json!({"model_id": model_id, "scheme": scheme, "options": options, "format": format}),
+    let artifact = app
+        .run_job(
+            json!({"model_id": model_id, "scheme": scheme, "options": options, "format": format}),
         )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let job: Value = response.json().await.unwrap();
-    let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
-    assert_eq!(job["state"], "succeeded", "{job}");
-    let job_id = job["id"].as_str().unwrap();
-    let artifact_id = job["artifact_id"].as_str().unwrap();
+        .await;
+    let job_id = artifact["job_id"].as_str().unwrap();
+    let artifact_id = artifact["id"].as_str().unwrap();
     let bytes = app
         .download(&format!("/api/v1/artifacts/{artifact_id}/download"))
         .await;
     let path = app.data_dir.path().join(format!("{job_id}.safetensors"));
     std::fs::write(&path, &bytes).unwrap();
-    let artifact = app
-        .get_json(&format!("/api/v1/artifacts/{artifact_id}"))
-        .await;
     let has_config = artifact["files"]
         .as_array()
         .unwrap()
