@@ -83,12 +83,8 @@ fn validate_filename(name: &str) -> Result<String, ApiError> {
 }
 
 fn check_content_length(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(length) if length > limit => Err(ApiError::new(
+    match declared_length(headers) {
+        length if length > limit => Err(ApiError::new(
             ErrorKind::PayloadTooLarge,
             "upload-too-large",
             "Upload too large",

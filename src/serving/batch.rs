@@ -271,6 +271,22 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A runner that doubles numbers, counts its calls and records batch sizes; 13 is bad input.
+    /// A batcher over [`doubler`] with one run slot and a long delay, so that requests sent
+    /// while a batch runs queue up into the next one.
+    fn one_slot_doubler(
+        calls: &Arc<AtomicUsize>,
+        sizes: &Arc<std::sync::Mutex<Vec<usize>>>,
+    ) -> Arc<Batcher<u32, u32>> {
+        Arc::new(Batcher::start(
+            BatchConfig {
+                max_batch: 64,
+                max_delay: Duration::from_millis(200),
+                max_concurrent: 1,
+            },
+            doubler(calls.clone(), sizes.clone()),
+        ))
+    }
+
     fn doubler(
         calls: Arc<AtomicUsize>,
         sizes: Arc<std::sync::Mutex<Vec<usize>>>,
@@ -301,14 +317,7 @@ mod tests {
     async fn concurrent_requests_share_a_batch_and_get_their_own_outputs() {
         let calls = Arc::new(AtomicUsize::new(0));
         let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let batcher = Arc::new(Batcher::start(
-            BatchConfig {
-                max_batch: 64,
-                max_delay: Duration::from_millis(200),
-                max_concurrent: 1,
-            },
-            doubler(calls.clone(), sizes.clone()),
-        ));
+        let batcher = one_slot_doubler(&calls, &sizes);
         let tasks: Vec<_> = (0..8u32)
             .map(|r| {
                 let batcher = batcher.clone();
@@ -387,14 +396,7 @@ mod tests {
     async fn bad_input_fails_only_its_own_request() {
         let calls = Arc::new(AtomicUsize::new(0));
         let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let batcher = Arc::new(Batcher::start(
-            BatchConfig {
-                max_batch: 64,
-                max_delay: Duration::from_millis(200),
-                max_concurrent: 1,
-            },
-            doubler(calls.clone(), sizes.clone()),
-        ));
+        let batcher = one_slot_doubler(&calls, &sizes);
         let good = {
             let batcher = batcher.clone();
             tokio::spawn(async move { batcher.submit(vec![1, 2]).await })
@@ -411,14 +413,7 @@ mod tests {
     async fn overflow_fails_only_its_own_request_and_output_counts_are_checked() {
         let calls = Arc::new(AtomicUsize::new(0));
         let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let batcher = Arc::new(Batcher::start(
-            BatchConfig {
-                max_batch: 64,
-                max_delay: Duration::from_millis(200),
-                max_concurrent: 1,
-            },
-            doubler(calls.clone(), sizes.clone()),
-        ));
+        let batcher = one_slot_doubler(&calls, &sizes);
         // Occupy the only run slot so that the next three requests share one batch.
         let first = {
             let batcher = batcher.clone();
