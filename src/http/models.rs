@@ -171,7 +171,16 @@ where
                 return Err(ApiError::body_read_failed(&e));
             }
         };
-        if let Err(e) = feed_validator(state, &mut validator, &mut header_reservation, &chunk) {
+        let header_was_parsed = validator.header().is_some();
+        let fed =
+            feed_validator(state, &mut validator, &mut header_reservation, &chunk).and_then(|()| {
+                match validator.header() {
+                    // Checked as soon as the header is parsed, not after the rest has streamed in.
+                    Some(header) if !header_was_parsed => check_metadata(state, header),
+                    _ => Ok(()),
+                }
+            });
+        if let Err(e) = fed {
             upload.abort().await;
             return Err(e);
         }
@@ -193,6 +202,27 @@ where
     };
     let staged = upload.finish().await?;
     Ok((staged, header))
+}
+
+/// The stored `__metadata__` is bounded: it is kept and shown with the model.
+fn check_metadata(state: &AppState, header: &Header) -> Result<(), ApiError> {
+    let metadata_bytes: u64 = header
+        .metadata
+        .iter()
+        .map(|(key, value)| (key.len() + value.len()) as u64)
+        .sum();
+    if metadata_bytes > state.settings.max_metadata_bytes {
+        return Err(ApiError::new(
+            ErrorKind::Unprocessable,
+            "safetensors-metadata-too-large",
+            "Invalid safetensors upload",
+            format!(
+                "the __metadata__ map holds {metadata_bytes} bytes of keys and values; the limit is {}",
+                state.settings.max_metadata_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Feeds one chunk to the validator, reserving the header's bytes from the shared budget
@@ -230,23 +260,6 @@ async fn record_model(
     staged: StagedBlob,
     header: Header,
 ) -> Result<Response, ApiError> {
-    let metadata_bytes: u64 = header
-        .metadata
-        .iter()
-        .map(|(key, value)| (key.len() + value.len()) as u64)
-        .sum();
-    if metadata_bytes > state.settings.max_metadata_bytes {
-        staged.discard().await;
-        return Err(ApiError::new(
-            ErrorKind::Unprocessable,
-            "safetensors-metadata-too-large",
-            "Invalid safetensors upload",
-            format!(
-                "the __metadata__ map holds {metadata_bytes} bytes of keys and values; the limit is {}",
-                state.settings.max_metadata_bytes
-            ),
-        ));
-    }
     let size_bytes = staged.size_bytes;
     // From the commit until the row is written, no garbage collector may unlink these bytes
     // (another model with the same bytes may be being deleted right now).
