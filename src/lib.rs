@@ -4,7 +4,8 @@
 //! Modules in reading order, from the pure core outwards (see ARCHITECTURE.md). A layer uses only
 //! the layers before it.
 
-// Layer 0 — pure: math and bytes, no async, no I/O framework.
+// Layer 0 — pure: math and bytes, no async, no I/O framework; what a failure is.
+pub mod error;
 pub mod formats;
 pub mod infer;
 pub mod quant;

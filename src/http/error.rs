@@ -28,33 +28,9 @@ pub struct Problem {
     pub field: Option<String>,
 }
 
-/// Kinds of failure, each with its status code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// 400: the request itself is malformed (bad JSON, query, empty body).
-    BadRequest,
-    /// 404: no such resource.
-    NotFound,
-    /// 405: the path exists but not with this method.
-    MethodNotAllowed,
-    /// 408: the client stopped sending the request body (see `http::limits`).
-    RequestTimeout,
-    /// 409: the resource is in a state that forbids the request.
-    Conflict,
-    /// 413: the body exceeds a configured limit.
-    PayloadTooLarge,
-    /// 415: the body's media type is not accepted.
-    UnsupportedMediaType,
-    /// 422: well-formed but semantically invalid (bad safetensors, unknown scheme, bad option).
-    Unprocessable,
-    /// 500: our fault; the body says nothing more.
-    Internal,
-    /// 503: temporarily unable (queue full, dependency down); `Retry-After` tells when to retry.
-    Unavailable,
-    /// 507: the data dir or the database has no room left; nothing of the request was kept.
-    InsufficientStorage,
-}
+pub use crate::error::ErrorKind;
 
+/// The one table from kinds to status codes.
 impl ErrorKind {
     pub fn status(self) -> StatusCode {
         match self {
@@ -66,6 +42,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
