@@ -493,3 +493,25 @@ async fn sync_file(path: PathBuf) -> Result<(), BlobError> {
         .map_err(std::io::Error::other)??;
     Ok(())
 }
+
+impl crate::error::Failure for BlobError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        if self.is_storage_full() {
+            crate::error::ErrorKind::InsufficientStorage
+        } else {
+            crate::error::ErrorKind::Internal
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        if self.is_storage_full() {
+            "insufficient-storage"
+        } else {
+            "internal-error"
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        self.is_storage_full().then_some(60)
+    }
+}

@@ -401,3 +401,31 @@ pub fn now() -> OffsetDateTime {
     now.replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
         .unwrap_or(now)
 }
+
+impl crate::error::Failure for StoreError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        if self.is_storage_full() {
+            crate::error::ErrorKind::InsufficientStorage
+        } else if self.is_unavailable() {
+            crate::error::ErrorKind::Unavailable
+        } else {
+            crate::error::ErrorKind::Internal
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self.kind() {
+            crate::error::ErrorKind::InsufficientStorage => "insufficient-storage",
+            crate::error::ErrorKind::Unavailable => "database-unavailable",
+            _ => "internal-error",
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self.kind() {
+            crate::error::ErrorKind::InsufficientStorage => Some(60),
+            crate::error::ErrorKind::Unavailable => Some(5),
+            _ => None,
+        }
+    }
+}

@@ -49,3 +49,17 @@ impl StorageReserve {
         Ok(())
     }
 }
+
+impl crate::error::Failure for LowSpace {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::InsufficientStorage
+    }
+
+    fn slug(&self) -> &'static str {
+        "insufficient-storage"
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        Some(60)
+    }
+}
