@@ -59,7 +59,9 @@ use std::fmt;
 
 pub use crate::quant::kernels::{Isa, KernelChoice, KernelError};
 pub use blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
-pub use kquants::{dequantize_q4_k, dequantize_q6_k, BlockQ4K, BlockQ6K, QK_K};
+pub use kquants::{
+    dequantize_q4_k, dequantize_q6_k, quantize_q4_k, quantize_q6_k, BlockQ4K, BlockQ6K, QK_K,
+};
 
 /// A ggml tensor type this module can write: the float types and the legacy 32-element block
 /// types. [`GgmlType::id`] is ggml's `enum ggml_type` value, stored in GGUF tensor infos.
