@@ -590,3 +590,6 @@ fn pack_scale_min_k4(scales: &[u8; 8], mins: &[u8; 8], packed: &mut [u8]) {
         packed[sub_block] |= (min >> 4) << 6;
     }
 }
+
+#[cfg(test)]
+mod tests;
