@@ -79,8 +79,14 @@ fn q6_k_of_a_constant_block_is_exact_and_computed_by_hand() {
     // 8-bit scale nearest_int(4096 · -1/32) = -128, and 1 / (2^-12 · -128) = -32 again.
     let values = [1.0f32; QK_K];
     let block = q6_k_bytes(&values);
-    assert!(block[..Q6K_SCALES].iter().all(|&byte| byte == 0), "ql and qh");
-    assert!(block[Q6K_SCALES..Q6K_D].iter().all(|&byte| byte == 0x80), "scales");
+    assert!(
+        block[..Q6K_SCALES].iter().all(|&byte| byte == 0),
+        "ql and qh"
+    );
+    assert!(
+        block[Q6K_SCALES..Q6K_D].iter().all(|&byte| byte == 0x80),
+        "scales"
+    );
     assert_eq!(block[Q6K_D..], 0x0C00u16.to_le_bytes());
     assert_eq!(decoded(dequantize_q6_k, &block, QK_K), values);
 }
@@ -93,8 +99,12 @@ fn zero_blocks_are_zero_bytes_and_decode_to_zero() {
         let q4 = q4_k_bytes(&values);
         assert!(q6.iter().all(|&byte| byte == 0), "Q6_K of {zero:?}");
         assert!(q4.iter().all(|&byte| byte == 0), "Q4_K of {zero:?}");
-        assert!(decoded(dequantize_q6_k, &q6, values.len()).iter().all(|&v| v == 0.0));
-        assert!(decoded(dequantize_q4_k, &q4, values.len()).iter().all(|&v| v == 0.0));
+        assert!(decoded(dequantize_q6_k, &q6, values.len())
+            .iter()
+            .all(|&v| v == 0.0));
+        assert!(decoded(dequantize_q4_k, &q4, values.len())
+            .iter()
+            .all(|&v| v == 0.0));
     }
     // Below GROUP_MAX_EPS a Q6_K super-block counts as zero, too.
     let tiny = vec![1e-16f32; QK_K];
@@ -106,10 +116,18 @@ fn a_zero_sub_block_among_others_decodes_to_zero() {
     let mut values = normal_values(7, QK_K, 1.0);
     values[32..48].fill(0.0);
     let q6 = decoded(dequantize_q6_k, &q6_k_bytes(&values), QK_K);
-    assert!(q6[32..48].iter().all(|&v| v == 0.0), "Q6_K: {:?}", &q6[32..48]);
+    assert!(
+        q6[32..48].iter().all(|&v| v == 0.0),
+        "Q6_K: {:?}",
+        &q6[32..48]
+    );
     values[32..64].fill(0.0);
     let q4 = decoded(dequantize_q4_k, &q4_k_bytes(&values), QK_K);
-    assert!(q4[32..64].iter().all(|&v| v == 0.0), "Q4_K: {:?}", &q4[32..64]);
+    assert!(
+        q4[32..64].iter().all(|&v| v == 0.0),
+        "Q4_K: {:?}",
+        &q4[32..64]
+    );
 }
 
 #[test]
@@ -151,7 +169,10 @@ fn q4_k_round_trip_error_is_that_of_4_bits() {
         let shifted: Vec<f32> = values.iter().map(|v| v.abs() + sigma).collect();
         let decoded = decoded_q4(&shifted);
         let rmse = relative_rmse(&shifted, &decoded);
-        assert!(rmse < 0.06, "σ {sigma}: Q4_K relative RMSE of positive data {rmse}");
+        assert!(
+            rmse < 0.06,
+            "σ {sigma}: Q4_K relative RMSE of positive data {rmse}"
+        );
     }
 }
 
