@@ -579,10 +579,8 @@ fn q4_k_weights(sub_values: &[f32; Q4K_SUB_BLOCK]) -> [f32; Q4K_SUB_BLOCK] {
 /// sub-blocks 0..4 whole into bytes 0..8, sub-blocks 4..8 as nibbles in bytes 8..12 with their
 /// top two bits in the top bits of bytes 0..8.
 fn pack_scale_min_k4(scales: &[u8; 8], mins: &[u8; 8], packed: &mut [u8]) {
-    for sub_block in 0..4 {
-        packed[sub_block] = scales[sub_block];
-        packed[sub_block + 4] = mins[sub_block];
-    }
+    packed[..4].copy_from_slice(&scales[..4]);
+    packed[4..8].copy_from_slice(&mins[..4]);
     for sub_block in 4..8 {
         let (scale, min) = (scales[sub_block], mins[sub_block]);
         packed[sub_block + 4] = (scale & 0x0f) | (min & 0x0f) << 4;
