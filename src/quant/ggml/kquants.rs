@@ -171,6 +171,9 @@ const Q6K_SUB_BLOCK: usize = 16;
 /// Elements per Q4_K sub-block, each with a 6-bit scale and a 6-bit min.
 const Q4K_SUB_BLOCK: usize = 32;
 
+/// `1.5 · 2^23`: adding it leaves an f32 whose mantissa holds the rounded integer.
+const ROUNDING_BIAS: f32 = 12_582_912.0;
+
 /// ggml's `nearest_int`: adds `1.5 · 2^23` in f32 so that the FPU rounds `value` to an integer
 /// (to nearest, ties to even) in the low mantissa bits, then reads those bits back.
 ///
@@ -179,20 +182,46 @@ const Q4K_SUB_BLOCK: usize = 32;
 /// gives ggml's (meaningless but deterministic) integers: NaN, for one, gives 0.
 #[inline]
 fn nearest_int(value: f32) -> i32 {
-    const ROUNDING_BIAS: f32 = 12_582_912.0; // 1.5 · 2^23
     let biased = (value + ROUNDING_BIAS).to_bits();
     (biased & 0x007f_ffff) as i32 - 0x0040_0000
 }
+
+/// `clamp(nearest_int(value), -nmax, nmax - 1) as f32`, computed in f32 so that the
+/// compiler can run many at once in vector lanes (SSE2 has no 32-bit integer min/max).
+///
+/// Equal to the integer form wherever `nearest_int` is exact (`|value| <= 4194303`): there the
+/// biased sum lies in `[2^23, 2^24)`, where the spacing of f32s is 1, so it is
+/// `ROUNDING_BIAS + round_half_even(value)` exactly, and clamping it and subtracting the bias
+/// are exact too. [`make_qx_quants`] only calls it inside that range (see there).
+#[inline]
+fn clamped_nearest(value: f32, nmax: f32) -> f32 {
+    let biased = value + ROUNDING_BIAS;
+    biased
+        .max(ROUNDING_BIAS - nmax)
+        .min(ROUNDING_BIAS + nmax - 1.0)
+        - ROUNDING_BIAS
+}
+
+/// The candidate maps of [`make_qx_quants`]: the first guess, then 18 refinements.
+const QX_CANDIDATES: usize = 19;
 
 /// ggml's `make_qx_quants(n, nmax, x, L, rmse_type = 1, qw = NULL)`: the signed scale of one
 /// sub-block and its quants `L` in `0..2·nmax`, chosen to minimise the error weighted by `x²`.
 ///
 /// The first guess maps the element of largest magnitude to `-nmax`; the scale is then the
 /// weighted least-squares fit `Σ w·x·l / Σ w·l²`, and 18 more candidate maps
-/// `-(nmax + 0.1·is) / max` (`is` in ±1..±9) replace it when they fit better
-/// (`sumlx² > best · suml2`). Only `rmse_type = 1` (weights `x²`, no early return) is
+/// `-(nmax + 0.1·is) / max` (`is` in -9..=-1, 1..=9, in that order) replace it when they fit
+/// better (`sumlx² > best · suml2`). Only `rmse_type = 1` (weights `x²`, no early return) is
 /// written out: it is the one ggml's reference quantizers use; the others serve importance
-/// matrices. Every f32 operation is ggml's, in its order.
+/// matrices.
+///
+/// Every f32 operation is ggml's, in its order, for each candidate. ggml runs the candidates
+/// one after another; their sums do not depend on which one won before, so this computes all
+/// of them in one sweep over the elements (independent accumulators, which the compiler can
+/// keep in vector lanes) and then picks the winner in ggml's order with ggml's comparisons.
+/// The candidates' products `iscale · x` stay within ±33 (`|iscale| <= 32.9 / |max|`,
+/// `|x| <= |max|`, and `|max| >= GROUP_MAX_EPS` keeps `iscale` finite), well inside the range
+/// where [`clamped_nearest`] equals ggml's integer rounding and clamping.
 fn make_qx_quants<const N: usize>(x: &[f32; N], nmax: i32, quants: &mut [u8; N]) -> f32 {
     let mut max = 0.0f32;
     let mut amax = 0.0f32;
@@ -210,34 +239,46 @@ fn make_qx_quants<const N: usize>(x: &[f32; N], nmax: i32, quants: &mut [u8; N])
     let clamp = |l: i32| l.clamp(-nmax, nmax - 1);
     let nmax_f32 = nmax as f32;
 
-    let mut iscale = -nmax_f32 / max;
-    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-    for (quant, &value) in quants.iter_mut().zip(x) {
-        let l = clamp(nearest_int(iscale * value));
-        // `l + nmax` is in 0..2·nmax, which fits a byte for every nmax ggml uses (≤ 32).
-        *quant = (l + nmax) as u8;
-        let (weight, l) = (value * value, l as f32);
-        sumlx += weight * value * l;
-        suml2 += weight * l * l;
+    let mut iscales = [0.0f32; QX_CANDIDATES];
+    iscales[0] = -nmax_f32 / max;
+    for (iscale, step) in iscales[1..]
+        .iter_mut()
+        .zip((-9..=9).filter(|&step| step != 0))
+    {
+        *iscale = -(nmax_f32 + 0.1 * step as f32) / max;
     }
-    // C's `suml2 ? ... : 0`: NaN counts as true.
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
-    for step in (-9..=9).filter(|&step| step != 0) {
-        iscale = -(nmax_f32 + 0.1 * step as f32) / max;
-        (sumlx, suml2) = (0.0, 0.0);
-        for &value in x {
-            let (weight, l) = (value * value, clamp(nearest_int(iscale * value)) as f32);
-            sumlx += weight * value * l;
-            suml2 += weight * l * l;
+    let mut sumlx = [0.0f32; QX_CANDIDATES];
+    let mut suml2 = [0.0f32; QX_CANDIDATES];
+    for &value in x {
+        // C's `w*x[i]*l` and `w*l*l`: `(w·x)·l` and `(w·l)·l`.
+        let weight = value * value;
+        let weighted_value = weight * value;
+        for candidate in 0..QX_CANDIDATES {
+            let l = clamped_nearest(iscales[candidate] * value, nmax_f32);
+            sumlx[candidate] += weighted_value * l;
+            suml2[candidate] += weight * l * l;
         }
+    }
+
+    // C's `suml2 ? ... : 0`: NaN counts as true.
+    let mut scale = if suml2[0] != 0.0 {
+        sumlx[0] / suml2[0]
+    } else {
+        0.0
+    };
+    let mut best = scale * sumlx[0];
+    let mut chosen = 0;
+    for candidate in 1..QX_CANDIDATES {
+        let (sumlx, suml2) = (sumlx[candidate], suml2[candidate]);
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for (quant, &value) in quants.iter_mut().zip(x) {
-                *quant = (clamp(nearest_int(iscale * value)) + nmax) as u8;
-            }
             scale = sumlx / suml2;
             best = scale * sumlx;
+            chosen = candidate;
         }
+    }
+    for (quant, &value) in quants.iter_mut().zip(x) {
+        // `l + nmax` is in 0..2·nmax, which fits a byte for every nmax ggml uses (≤ 32).
+        *quant = (clamp(nearest_int(iscales[chosen] * value)) + nmax) as u8;
     }
     scale
 }

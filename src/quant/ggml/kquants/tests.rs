@@ -73,6 +73,22 @@ fn nearest_int_rounds_half_to_even_like_the_fpu() {
 }
 
 #[test]
+fn clamped_nearest_is_nearest_int_clamped_in_its_range() {
+    let integer_form = |value: f32| nearest_int(value).clamp(-32, 31) as f32;
+    // Steps of 1/1024 over ±64 cover every tie (k + 0.5) and many values between; the f32s
+    // next to each tie are where a rounding difference would show.
+    for step in -65_536i32..=65_536 {
+        let value = step as f32 / 1024.0;
+        for value in [value, value.next_up(), value.next_down()] {
+            assert_eq!(clamped_nearest(value, 32.0), integer_form(value), "{value}");
+        }
+    }
+    for value in [0.0, -0.0, 4_194_303.0, -4_194_303.0, 1e-30, -1e-30] {
+        assert_eq!(clamped_nearest(value, 32.0), integer_form(value), "{value}");
+    }
+}
+
+#[test]
 fn q6_k_of_a_constant_block_is_exact_and_computed_by_hand() {
     // Every sub-block: max = 1, all quants -32 against scale -1/32 (no candidate fits better);
     // max_scale = -1/32, iscale = -128 / max_scale = 4096, d = 2^-12 (f16 0x0C00), every
@@ -227,6 +243,14 @@ proptest! {
     ) {
         q6_k_bytes(&values);
         q4_k_bytes(&values);
+    }
+
+    #[test]
+    fn clamped_nearest_matches_the_integer_form(value in -4_194_303.0f32..4_194_303.0) {
+        let integer_form = nearest_int(value).clamp(-32, 31) as f32;
+        prop_assert_eq!(clamped_nearest(value, 32.0), integer_form);
+        let scaled = value / 65_536.0; // mostly within the clamp range
+        prop_assert_eq!(clamped_nearest(scaled, 32.0), nearest_int(scaled).clamp(-32, 31) as f32);
     }
 
     #[test]
