@@ -4,14 +4,18 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::AppState;
+use super::envelope::Protocol;
+use super::error::UnreadableBody;
+use super::{ApiError, AppState};
+use crate::error::Failure;
+use crate::serving::request::InvalidRequest;
 use crate::serving::{ModelKind, ServingError, MAX_INPUTS_PER_REQUEST};
 use crate::store::PageRequest;
 
@@ -21,80 +25,26 @@ pub fn router() -> Router<AppState> {
         .route("/v1/models", get(models))
 }
 
-struct OpenAiError {
-    status: StatusCode,
-    message: String,
-    kind: &'static str,
-    param: Option<&'static str>,
-}
+/// A `/v1` error: any failure, rendered as OpenAI's `{"error": {"message", "type", "param",
+/// "code"}}` with its kind's status.
+struct OpenAiError(ApiError);
 
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": null}});
-        let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        self.0.into_envelope(Protocol::OpenAi)
+    }
+}
+
+impl<F: Failure + 'static> From<F> for OpenAiError {
+    fn from(failure: F) -> Self {
+        OpenAiError(ApiError::from_failure(&failure))
     }
 }
 
 fn invalid(message: impl Into<String>, param: Option<&'static str>) -> OpenAiError {
-    OpenAiError {
-        status: StatusCode::BAD_REQUEST,
-        message: message.into(),
-        kind: "invalid_request_error",
-        param,
-    }
-}
-
-impl From<ServingError> for OpenAiError {
-    fn from(error: ServingError) -> Self {
-        let (status, kind, param) = match &error {
-            ServingError::NotFound(_) => (
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                Some("model"),
-            ),
-            ServingError::Ambiguous(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                Some("model"),
-            ),
-            ServingError::Unsupported(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request_error",
-                Some("model"),
-            ),
-            ServingError::Overflow(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request_error",
-                Some("input"),
-            ),
-            ServingError::BadInput(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                Some("input"),
-            ),
-            ServingError::Busy => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", None),
-            ServingError::Internal(cause) => {
-                tracing::error!(error = %cause, "embedding failed");
-                return OpenAiError {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    message: "internal error".into(),
-                    kind: "server_error",
-                    param: None,
-                };
-            }
-        };
-        OpenAiError {
-            status,
-            message: error.to_string(),
-            kind,
-            param,
-        }
+    match param {
+        Some(param) => InvalidRequest::at(param, message).into(),
+        None => InvalidRequest::new(message).into(),
     }
 }
 
@@ -196,23 +146,7 @@ async fn embeddings(
     let started = std::time::Instant::now();
     // Beyond axum's 2 MiB default body limit: 413, in OpenAI's envelope.
     // A body that stops arriving: 408, also in OpenAI's envelope.
-    let body = body.map_err(|rejection| {
-        let timed_out = super::limits::is_body_idle_timeout(&rejection);
-        OpenAiError {
-            status: if timed_out {
-                StatusCode::REQUEST_TIMEOUT
-            } else {
-                rejection.status()
-            },
-            message: if timed_out {
-                "the request body stopped arriving (body idle timeout)".into()
-            } else {
-                rejection.body_text()
-            },
-            kind: "invalid_request_error",
-            param: None,
-        }
-    })?;
+    let body = body.map_err(UnreadableBody::from)?;
     let request: Value = serde_json::from_slice(&body)
         .map_err(|e| invalid(format!("the body is not valid JSON: {e}"), None))?;
     let name = request
@@ -294,8 +228,7 @@ async fn models(State(state): State<AppState>) -> Result<Json<Value>, OpenAiErro
             limit: 200,
             before: None,
         })
-        .await
-        .map_err(|e| OpenAiError::from(ServingError::Internal(e.to_string())))?;
+        .await?;
     let data: Vec<Value> = page
         .items
         .iter()
@@ -307,6 +240,8 @@ async fn models(State(state): State<AppState>) -> Result<Json<Value>, OpenAiErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
+    use axum::http::StatusCode;
 
     fn refused(result: Result<impl Sized, OpenAiError>) -> OpenAiError {
         match result {
@@ -328,13 +263,14 @@ mod tests {
         let texts = json!(vec!["x"; MAX_INPUTS_PER_REQUEST]);
         assert!(parse_inputs(&texts).is_ok());
         let texts = json!(vec!["x"; MAX_INPUTS_PER_REQUEST + 1]);
-        let error = refused(parse_inputs(&texts));
-        assert_eq!(error.status, StatusCode::BAD_REQUEST);
-        assert_eq!(error.param, Some("input"));
-        assert!(error.message.contains("at most 2048"), "{}", error.message);
+        let OpenAiError(error) = refused(parse_inputs(&texts));
+        assert_eq!(error.kind, ErrorKind::BadRequest);
+        assert_eq!(error.field.as_deref(), Some("input"));
+        assert!(error.detail.contains("at most 2048"), "{}", error.detail);
         let sequences = json!(vec![vec![101]; MAX_INPUTS_PER_REQUEST + 1]);
         assert!(refused(parse_inputs(&sequences))
-            .message
+            .0
+            .detail
             .contains("at most"));
         // Token ids: integers in u32's range, named by position.
         for bad in [
@@ -344,13 +280,13 @@ mod tests {
             json!(1e300),
             json!("7"),
         ] {
-            let error = refused(parse_inputs(&json!([[101], [102, bad]])));
-            assert_eq!(error.status, StatusCode::BAD_REQUEST);
+            let OpenAiError(error) = refused(parse_inputs(&json!([[101], [102, bad]])));
+            assert_eq!(error.kind, ErrorKind::BadRequest);
             assert!(
-                error.message.contains("token id 1 of sequence 1")
-                    || error.message.contains("not a mix"),
+                error.detail.contains("token id 1 of sequence 1")
+                    || error.detail.contains("not a mix"),
                 "{}",
-                error.message
+                error.detail
             );
         }
         assert!(parse_inputs(&json!([[101], "text"])).is_err());
@@ -374,24 +310,51 @@ mod tests {
             json!(1e300),
             json!("64"),
         ] {
-            let error = refused(parse_dimensions(Some(&bad), 384));
-            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{bad}");
-            assert_eq!(error.param, Some("dimensions"));
+            let OpenAiError(error) = refused(parse_dimensions(Some(&bad), 384));
+            assert_eq!(error.kind, ErrorKind::BadRequest, "{bad}");
+            assert_eq!(error.field.as_deref(), Some("dimensions"));
         }
     }
 
-    #[test]
-    fn out_of_vocabulary_and_overflow_errors_use_openai_envelope() {
+    async fn body_json(response: Response) -> Value {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn serving_errors_use_openai_envelope() {
         // The model's vocabulary check reports BadInput: 400 with param "input".
-        let error = OpenAiError::from(ServingError::BadInput(
+        let response = OpenAiError::from(ServingError::BadInput(
             "sequence 0 has token id 99999, outside the vocabulary of 30522".into(),
-        ));
-        assert_eq!(error.status, StatusCode::BAD_REQUEST);
-        assert_eq!(error.kind, "invalid_request_error");
-        assert_eq!(error.param, Some("input"));
-        let error = OpenAiError::from(ServingError::Overflow("overflowed f32".into()));
-        assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY);
-        let response = error.into_response();
+        ))
+        .into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body = body_json(response).await;
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["param"], "input");
+        assert!(body["error"]["code"].is_null());
+        let response =
+            OpenAiError::from(ServingError::Overflow("overflowed f32".into())).into_response();
         assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        // Busy: 429 with Retry-After, OpenAI's rate-limit type.
+        let response = OpenAiError::from(ServingError::Busy).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_eq!(
+            body_json(response).await["error"]["type"],
+            "rate_limit_error"
+        );
+        // Internal: opaque, the cause only in the log.
+        let response = OpenAiError::from(ServingError::internal(
+            "reading a stored file",
+            "/data/blobs/ab/cd: permission denied",
+        ))
+        .into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = body_json(response).await;
+        assert_eq!(body["error"]["type"], "server_error");
+        assert!(!body.to_string().contains("/data"), "{body}");
     }
 }

@@ -4,13 +4,17 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use super::envelope::Protocol;
+use super::error::UnreadableBody;
 use super::{ApiError, AppState, ErrorKind};
+use crate::error::Failure;
+use crate::serving::request::InvalidRequest;
 use crate::serving::{LoadedModel, ServingError, MAX_INPUTS_PER_REQUEST};
 
 mod tensor;
@@ -29,60 +33,18 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/serving/{name}/unload", post(unload))
 }
 
-/// A `/v2` error: `{"error": "..."}` with a 4xx/5xx status.
-struct V2Error(StatusCode, String);
+/// A `/v2` error: any failure, rendered as `{"error": "..."}` with its kind's status.
+struct V2Error(ApiError);
 
 impl IntoResponse for V2Error {
     fn into_response(self) -> Response {
-        let mut response = (self.0, Json(json!({"error": self.1}))).into_response();
-        if self.0 == StatusCode::TOO_MANY_REQUESTS {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        self.0.into_envelope(Protocol::InferenceV2)
     }
 }
 
-impl From<ServingError> for V2Error {
-    fn from(error: ServingError) -> Self {
-        let status = match &error {
-            ServingError::NotFound(_) => StatusCode::NOT_FOUND,
-            ServingError::Ambiguous(_) | ServingError::BadInput(_) => StatusCode::BAD_REQUEST,
-            ServingError::Unsupported(_) | ServingError::Overflow(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            ServingError::Busy => StatusCode::TOO_MANY_REQUESTS,
-            ServingError::Internal(cause) => {
-                tracing::error!(error = %cause, "inference failed");
-                return V2Error(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
-            }
-        };
-        V2Error(status, error.to_string())
-    }
-}
-
-impl From<ServingError> for ApiError {
-    fn from(error: ServingError) -> Self {
-        let (kind, slug) = match &error {
-            ServingError::NotFound(_) => (ErrorKind::NotFound, "model-not-found"),
-            ServingError::Ambiguous(_) | ServingError::BadInput(_) => {
-                (ErrorKind::BadRequest, "bad-inference-request")
-            }
-            ServingError::Unsupported(_) => (ErrorKind::Unprocessable, "model-not-servable"),
-            ServingError::Overflow(_) => (ErrorKind::Unprocessable, "inference-overflow"),
-            ServingError::Busy => {
-                return ApiError::new(
-                    ErrorKind::Unavailable,
-                    "inference-busy",
-                    "Busy",
-                    error.to_string(),
-                )
-                .with_retry_after(1)
-            }
-            ServingError::Internal(_) => return ApiError::internal(&error),
-        };
-        ApiError::new(kind, slug, "Cannot serve model", error.to_string())
+impl<F: Failure + 'static> From<F> for V2Error {
+    fn from(failure: F) -> Self {
+        V2Error(ApiError::from_failure(&failure))
     }
 }
 
@@ -95,12 +57,15 @@ async fn live() -> Json<Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Result<Json<Value>, V2Error> {
-    state.store.ping().await.map_err(|_| {
-        V2Error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "metadata database unreachable".into(),
-        )
-    })?;
+    if let Err(error) = state.store.ping().await {
+        tracing::warn!(error = %error, "v2 readiness: database unreachable");
+        return Err(V2Error(ApiError::new(
+            ErrorKind::Unavailable,
+            "not-ready",
+            "Not ready",
+            "metadata database unreachable",
+        )));
+    }
     Ok(Json(json!({"ready": true})))
 }
 
@@ -143,22 +108,7 @@ async fn model_ready(
 }
 
 fn bad(message: impl Into<String>) -> V2Error {
-    V2Error(StatusCode::BAD_REQUEST, message.into())
-}
-
-/// The body, or the extractor's refusal (413 beyond axum's 2 MiB default body limit) in the
-/// protocol's own `{"error": ...}` envelope.
-fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, V2Error> {
-    body.map_err(|rejection| {
-        if super::limits::is_body_idle_timeout(&rejection) {
-            V2Error(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body stopped arriving (body idle timeout)".into(),
-            )
-        } else {
-            V2Error(rejection.status(), rejection.body_text())
-        }
-    })
+    InvalidRequest::new(message).into()
 }
 
 /// Splits a request body into its JSON part and the binary tensor data that follows it
@@ -229,7 +179,7 @@ async fn infer(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, V2Error> {
     let started = std::time::Instant::now();
-    let body = body_or_error(body)?;
+    let body = body.map_err(UnreadableBody::from)?;
     let (json_part, binary) = split_body(&headers, &body)?;
     let request: Value =
         serde_json::from_slice(json_part).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
@@ -269,13 +219,11 @@ async fn infer(
     let shape = shape.dims;
     let model = state.serving.get_or_load(&name).await?;
     let Some(width) = model.widths().0 else {
-        return Err(V2Error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "'{name}' is a {} text model: use POST /v1/embeddings",
-                model.architecture
-            ),
-        ));
+        return Err(ServingError::Unsupported(format!(
+            "'{name}' is a {} text model: use POST /v1/embeddings",
+            model.architecture
+        ))
+        .into());
     };
     let rows = match shape.as_slice() {
         [w] if *w == width => 1,
@@ -404,10 +352,9 @@ async fn infer_text(
     .map_err(bad)?;
     let model = state.serving.get_or_load(name).await?;
     let crate::serving::ModelKind::Bert(bert) = &*model.kind else {
-        return Err(V2Error(
-            StatusCode::BAD_REQUEST,
-            format!("'{name}' takes numeric tensors, not BYTES"),
-        ));
+        return Err(
+            ServingError::BadInput(format!("'{name}' takes numeric tensors, not BYTES")).into(),
+        );
     };
     let width = bert.hidden_size();
     let n_texts = texts.len();
@@ -445,7 +392,7 @@ async fn unload(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderMap;
+    use axum::http::{HeaderMap, StatusCode};
 
     fn header_length(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -470,10 +417,10 @@ mod tests {
             "1e3",
             "",
         ] {
-            let Err(V2Error(status, message)) = split_body(&header_length(bad), body) else {
+            let Err(V2Error(error)) = split_body(&header_length(bad), body) else {
                 panic!("{bad} accepted")
             };
-            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {message}");
+            assert_eq!(error.kind, ErrorKind::BadRequest, "{bad}: {}", error.detail);
         }
     }
 
@@ -508,10 +455,11 @@ mod tests {
 
     #[test]
     fn overflow_is_a_422_in_both_envelopes() {
-        let V2Error(status, message) =
+        let V2Error(error) =
             V2Error::from(ServingError::Overflow("layer 'fc1' overflowed f32".into()));
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(message.contains("overflowed f32"));
+        assert!(error.detail.contains("overflowed f32"));
+        let response = error.into_envelope(Protocol::InferenceV2);
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let problem = ApiError::from(ServingError::Overflow("x".into())).into_response();
         assert_eq!(problem.status(), StatusCode::UNPROCESSABLE_ENTITY);
     }

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod bert;
+pub mod request;
 pub mod weights;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+use crate::error::ErrorKind;
 use crate::formats::safetensors::{Header, Limits};
 use crate::infer::mlp::{DenseLayer, Mlp, MlpConfig, MlpError};
 use crate::pool::{PoolError, WorkerPool};
@@ -21,6 +23,10 @@ use crate::store::{BlobStore, SharedMetadataStore, StoreError, StoredFile};
 
 pub use batch::Timing;
 use batch::{BatchConfig, Batcher, RunFn};
+
+/// Why a failure of ours happened, kept for the log. Shared, because one failed batch answers
+/// every request that was merged into it.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ServingError {
@@ -39,8 +45,13 @@ pub enum ServingError {
     Overflow(String),
     #[error("too many inference requests in flight; retry shortly")]
     Busy,
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// Our fault: the client is told nothing more, the cause goes to the log.
+    #[error("internal error while {context}")]
+    Internal {
+        context: &'static str,
+        #[source]
+        source: Cause,
+    },
 }
 
 impl ServingError {
@@ -48,6 +59,63 @@ impl ServingError {
     /// is re-run request by request (see [`batch`]).
     pub fn is_input_fault(&self) -> bool {
         matches!(self, ServingError::BadInput(_) | ServingError::Overflow(_))
+    }
+
+    /// A failure of ours while doing `context` (a gerund: "reading a stored file").
+    pub fn internal(
+        context: &'static str,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        ServingError::Internal {
+            context,
+            source: Arc::from(cause.into()),
+        }
+    }
+}
+
+impl crate::error::Failure for ServingError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ServingError::NotFound(_) => ErrorKind::NotFound,
+            ServingError::Ambiguous(_) | ServingError::BadInput(_) => ErrorKind::BadRequest,
+            ServingError::Unsupported(_) | ServingError::Overflow(_) => ErrorKind::Unprocessable,
+            ServingError::Busy => ErrorKind::TooManyRequests,
+            ServingError::Internal { .. } => ErrorKind::Internal,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            ServingError::NotFound(_) => "model-not-found",
+            ServingError::Ambiguous(_) | ServingError::BadInput(_) => "bad-inference-request",
+            ServingError::Unsupported(_) => "model-not-servable",
+            ServingError::Overflow(_) => "inference-overflow",
+            ServingError::Busy => "inference-busy",
+            ServingError::Internal { .. } => "internal-error",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            ServingError::Busy => "Busy",
+            ServingError::Internal { .. } => "Internal server error",
+            _ => "Cannot serve model",
+        }
+    }
+
+    /// The request field at fault (OpenAI's `param`): the model named, or the input sent.
+    fn field(&self) -> Option<&str> {
+        match self {
+            ServingError::NotFound(_)
+            | ServingError::Ambiguous(_)
+            | ServingError::Unsupported(_) => Some("model"),
+            ServingError::BadInput(_) | ServingError::Overflow(_) => Some("input"),
+            ServingError::Busy | ServingError::Internal { .. } => None,
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        matches!(self, ServingError::Busy).then_some(1)
     }
 }
 
@@ -57,13 +125,13 @@ pub const MAX_INPUTS_PER_REQUEST: usize = 2048;
 
 impl From<StoreError> for ServingError {
     fn from(error: StoreError) -> Self {
-        ServingError::Internal(error.to_string())
+        ServingError::internal("reading the model catalogue", error)
     }
 }
 
 impl From<PoolError> for ServingError {
     fn from(error: PoolError) -> Self {
-        ServingError::Internal(error.to_string())
+        ServingError::internal("running on the worker pool", error)
     }
 }
 
@@ -282,7 +350,7 @@ impl ServingRegistry {
             self.blobs
                 .read_small(&sha)
                 .await
-                .map_err(|e| ServingError::Internal(e.to_string()))
+                .map_err(|e| ServingError::internal("reading a stored companion file", e))
         };
         let config_bytes = match source.files.iter().find(|f| f.filename == "config.json") {
             Some(file) => read(file.sha256.clone()).await?,
@@ -599,10 +667,11 @@ fn load(
             format!("model_type '{model_type}' is not served by this build (supported: mlp, bert)")
         }));
     }
-    let file = std::fs::File::open(path).map_err(|e| ServingError::Internal(e.to_string()))?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| ServingError::internal("opening the stored weights", e))?;
     // SAFETY: blobs are content-addressed and never modified in place (see jobs::pipeline).
-    let mapping =
-        unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ServingError::Internal(e.to_string()))?;
+    let mapping = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| ServingError::internal("mapping the stored weights", e))?;
     let int8 = if options.int8_activations {
         weights::Int8Mode::PerRow
     } else {
@@ -613,14 +682,14 @@ fn load(
     let weight_file = if mapping.starts_with(b"GGUF") {
         gguf =
             crate::formats::gguf::read_gguf(&mapping, &crate::formats::gguf::GgufLimits::REFERENCE)
-                .map_err(|e| ServingError::Internal(e.to_string()))?;
+                .map_err(|e| ServingError::internal("reading the stored GGUF file", e))?;
         weights::WeightFile::Gguf {
             file: &mapping,
             gguf: &gguf,
         }
     } else {
         header = Header::parse_file(&mapping, &limits)
-            .map_err(|e| ServingError::Internal(e.to_string()))?;
+            .map_err(|e| ServingError::internal("reading the stored safetensors header", e))?;
         weights::WeightFile::Safetensors {
             file: &mapping,
             header: &header,
