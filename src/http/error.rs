@@ -14,6 +14,7 @@ use super::envelope::Protocol;
 use crate::error::Failure;
 use crate::formats::safetensors::SafetensorsError;
 use crate::jobs::spec::SpecError;
+use crate::serving::request::InvalidRequest;
 use crate::store::blobs::BlobError;
 use crate::store::reserve::LowSpace;
 use crate::store::StoreError;
@@ -314,4 +315,30 @@ impl Failure for UnreadableBody {
             _ => "bad-request",
         }
     }
+}
+
+/// Reads a JSON request body into its wire type. serde's refusals become 400s naming the
+/// request member at fault (its first path segment, e.g. `dimensions` or `inputs`): a body that
+/// is not JSON at all, a missing member, a value of the wrong type.
+pub fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, InvalidRequest> {
+    let not_json = |error: &serde_json::Error| {
+        InvalidRequest::new(format!("the body is not valid JSON: {error}"))
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        if !error.inner().is_data() {
+            return not_json(error.inner());
+        }
+        let member = error.path().iter().find_map(|segment| match segment {
+            serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+            _ => None,
+        });
+        let message = error.to_string();
+        match member {
+            Some(member) => InvalidRequest::at(member, message),
+            None => InvalidRequest::new(message),
+        }
+    })?;
+    deserializer.end().map_err(|error| not_json(&error))?;
+    Ok(value)
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::error::ErrorKind;
+use crate::error::{ErrorKind, Failure};
 use crate::formats::safetensors::{Header, Limits};
 use crate::infer::mlp::{DenseLayer, Mlp, MlpConfig, MlpError};
 use crate::pool::{PoolError, WorkerPool};
@@ -43,6 +43,9 @@ pub enum ServingError {
     /// became infinite or NaN): answered 422 instead of a meaningless number.
     #[error("{0}")]
     Overflow(String),
+    /// The request itself is refused (a limit, or a value that does not fit the model).
+    #[error(transparent)]
+    Request(#[from] request::InvalidRequest),
     #[error("too many inference requests in flight; retry shortly")]
     Busy,
     /// Our fault: the client is told nothing more, the cause goes to the log.
@@ -73,11 +76,12 @@ impl ServingError {
     }
 }
 
-impl crate::error::Failure for ServingError {
+impl Failure for ServingError {
     fn kind(&self) -> ErrorKind {
         match self {
             ServingError::NotFound(_) => ErrorKind::NotFound,
             ServingError::Ambiguous(_) | ServingError::BadInput(_) => ErrorKind::BadRequest,
+            ServingError::Request(invalid) => invalid.kind(),
             ServingError::Unsupported(_) | ServingError::Overflow(_) => ErrorKind::Unprocessable,
             ServingError::Busy => ErrorKind::TooManyRequests,
             ServingError::Internal { .. } => ErrorKind::Internal,
@@ -88,6 +92,7 @@ impl crate::error::Failure for ServingError {
         match self {
             ServingError::NotFound(_) => "model-not-found",
             ServingError::Ambiguous(_) | ServingError::BadInput(_) => "bad-inference-request",
+            ServingError::Request(invalid) => invalid.slug(),
             ServingError::Unsupported(_) => "model-not-servable",
             ServingError::Overflow(_) => "inference-overflow",
             ServingError::Busy => "inference-busy",
@@ -98,6 +103,7 @@ impl crate::error::Failure for ServingError {
     fn title(&self) -> &'static str {
         match self {
             ServingError::Busy => "Busy",
+            ServingError::Request(invalid) => invalid.title(),
             ServingError::Internal { .. } => "Internal server error",
             _ => "Cannot serve model",
         }
@@ -110,6 +116,7 @@ impl crate::error::Failure for ServingError {
             | ServingError::Ambiguous(_)
             | ServingError::Unsupported(_) => Some("model"),
             ServingError::BadInput(_) | ServingError::Overflow(_) => Some("input"),
+            ServingError::Request(invalid) => invalid.field(),
             ServingError::Busy | ServingError::Internal { .. } => None,
         }
     }
