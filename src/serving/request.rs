@@ -235,6 +235,121 @@ impl ServingRegistry {
     }
 }
 
+/// A tensor of f32 values as a model takes it: at least one dimension, every dimension
+/// positive, exactly as many values as the dimensions multiply to, and every value finite.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatTensor {
+    dims: Vec<usize>,
+    values: Vec<f32>,
+}
+
+impl FloatTensor {
+    pub fn new(dims: Vec<usize>, values: Vec<f32>) -> Result<Self, InvalidRequest> {
+        let elements = dims
+            .iter()
+            .try_fold(1usize, |product, &d| product.checked_mul(d));
+        if dims.is_empty() || dims.contains(&0) || elements != Some(values.len()) {
+            return Err(InvalidRequest::at(
+                "inputs",
+                format!("{} values do not fill shape {dims:?}", values.len()),
+            ));
+        }
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(InvalidRequest::at(
+                "inputs",
+                format!("element {index} is not finite"),
+            ));
+        }
+        Ok(FloatTensor { dims, values })
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+}
+
+/// What a `/v2` inference runs on: a numeric tensor (`mlp` models) or texts (`bert` models,
+/// one embedding row per text).
+#[derive(Debug, Clone, PartialEq)]
+pub enum InferenceInput {
+    Tensor(FloatTensor),
+    Texts(TextBatch),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferenceRequest {
+    pub model: String,
+    pub input: InferenceInput,
+}
+
+/// The output rows of an inference, with what they cost.
+#[derive(Debug)]
+pub struct Inference {
+    /// `[rows, values per row]`.
+    pub shape: [usize; 2],
+    pub values: Vec<f32>,
+    /// From the request's arrival until its batch was submitted (model lookup, tokenizing).
+    pub prepared: Duration,
+    pub timing: Timing,
+}
+
+impl ServingRegistry {
+    /// Runs a tensor through an `mlp` model, or embeds texts with a `bert` model.
+    pub async fn run_inference(
+        &self,
+        request: InferenceRequest,
+        received: Instant,
+    ) -> Result<Inference, ServingError> {
+        let name = request.model;
+        let model = self.get_or_load(&name).await?;
+        match request.input {
+            InferenceInput::Tensor(tensor) => {
+                let Some(width) = model.widths().0 else {
+                    return Err(ServingError::Unsupported(format!(
+                        "'{name}' is a {} text model: use POST /v1/embeddings",
+                        model.architecture
+                    )));
+                };
+                let rows = match tensor.dims() {
+                    [w] if *w == width => 1,
+                    [rows, w] if *w == width => *rows,
+                    dims => {
+                        return Err(ServingError::BadInput(format!(
+                            "input shape {dims:?} does not fit the model's [-1, {width}]"
+                        )))
+                    }
+                };
+                let out_width = model.widths().1;
+                let prepared = received.elapsed();
+                let (values, timing) = self.infer(model, tensor.values, rows).await?;
+                Ok(Inference {
+                    shape: [rows, out_width],
+                    values,
+                    prepared,
+                    timing,
+                })
+            }
+            InferenceInput::Texts(texts) => {
+                let ModelKind::Bert(bert) = &*model.kind else {
+                    return Err(ServingError::BadInput(format!(
+                        "'{name}' takes numeric tensors, not BYTES"
+                    )));
+                };
+                let shape = [texts.len(), bert.hidden_size()];
+                let batch = self.tokenize(model.clone(), texts.into_inner()).await?;
+                let prepared = received.elapsed();
+                let (embeddings, timing) = self.embed(model, batch).await?;
+                Ok(Inference {
+                    shape,
+                    values: embeddings.into_iter().flatten().collect(),
+                    prepared,
+                    timing,
+                })
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +375,17 @@ mod tests {
         assert_eq!(error.field.as_deref(), Some("dimensions"));
         assert!(Dimensions::try_from(0).is_err());
         assert!(Dimensions::try_from(u64::MAX).map_or(true, |d| d.within(384).is_err()));
+    }
+
+    #[test]
+    fn float_tensors_fill_their_shape_with_finite_values() {
+        assert!(FloatTensor::new(vec![2, 2], vec![0.0; 4]).is_ok());
+        assert!(FloatTensor::new(vec![2, 2], vec![0.0; 3]).is_err());
+        assert!(FloatTensor::new(vec![0], Vec::new()).is_err());
+        assert!(FloatTensor::new(Vec::new(), vec![1.0]).is_err());
+        assert!(FloatTensor::new(vec![usize::MAX, 2], Vec::new()).is_err());
+        let error = FloatTensor::new(vec![3], vec![0.0, f32::NAN, 1.0]).unwrap_err();
+        assert!(error.message.contains("element 1"), "{error}");
     }
 
     #[test]
