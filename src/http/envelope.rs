@@ -413,6 +413,39 @@ mod tests {
         assert_eq!(v2.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
+    #[tokio::test]
+    async fn render_is_the_one_place_error_bodies_are_made() {
+        let problem = |status: u16| Problem {
+            type_uri: "/problems/inference-busy".into(),
+            title: "Busy".into(),
+            status,
+            detail: "retry shortly".into(),
+            field: Some("input".into()),
+        };
+        let busy = Protocol::OpenAi.render(problem(429), Some(1));
+        assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+        let body = |response: Response| async move {
+            let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        };
+        assert_eq!(
+            body(busy).await,
+            json!({"error": {"message": "retry shortly", "type": "rate_limit_error", "param": "input", "code": null}})
+        );
+        let v2 = Protocol::InferenceV2.render(problem(400), None);
+        assert!(v2.headers().get(header::RETRY_AFTER).is_none());
+        assert_eq!(body(v2).await, json!({"error": "retry shortly"}));
+        let server = Protocol::OpenAi.render(problem(500), None);
+        assert_eq!(body(server).await["error"]["type"], "server_error");
+        let problem_json = Protocol::Problem.render(problem(429), Some(1));
+        assert_eq!(
+            problem_json.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert_eq!(body(problem_json).await["type"], "/problems/inference-busy");
+    }
+
     #[test]
     fn plain_server_errors_stay_opaque() {
         let error = from_plain(StatusCode::INTERNAL_SERVER_ERROR, b"secret cause");

@@ -271,6 +271,11 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+/// Largest body `/v2/models/{name}/infer` and `/v1/embeddings` read (buffered, then parsed);
+/// larger gets 413 in the protocol's envelope. Every limit inside the body (inputs per request,
+/// shapes, values) is checked by `serving::request` and the conversions into it.
+pub const MAX_INFERENCE_BODY_BYTES: usize = 2 << 20;
+
 /// A buffered request body that could not be read: over the body limit (413), stalled past the
 /// idle timeout (408), or broken off (400). The inference endpoints answer it in their own
 /// envelope.

@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::envelope::Protocol;
-use super::error::{json_body, UnreadableBody};
+use super::error::{json_body, UnreadableBody, MAX_INFERENCE_BODY_BYTES};
 use super::{ApiError, AppState};
 use crate::error::Failure;
 use crate::serving::request::{
@@ -24,7 +24,10 @@ use crate::store::PageRequest;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/embeddings", post(embeddings))
+        .route(
+            "/v1/embeddings",
+            post(embeddings).layer(DefaultBodyLimit::max(MAX_INFERENCE_BODY_BYTES)),
+        )
         .route("/v1/models", get(models))
 }
 

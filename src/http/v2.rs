@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::envelope::Protocol;
-use super::error::{json_body, UnreadableBody};
+use super::error::{json_body, UnreadableBody, MAX_INFERENCE_BODY_BYTES};
 use super::{ApiError, AppState, ErrorKind};
 use crate::error::Failure;
 use crate::serving::request::{InferenceInput, InferenceRequest, InvalidRequest};
@@ -29,7 +29,10 @@ pub fn router() -> Router<AppState> {
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/infer", post(infer))
+        .route(
+            "/v2/models/{name}/infer",
+            post(infer).layer(DefaultBodyLimit::max(MAX_INFERENCE_BODY_BYTES)),
+        )
         .route("/api/v1/serving/{name}/load", post(load))
         .route("/api/v1/serving/{name}/unload", post(unload))
 }

@@ -769,3 +769,79 @@ fn load(
         memory_bytes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    #[test]
+    fn every_serving_error_says_its_kind_slug_and_field() {
+        let cases = [
+            (
+                ServingError::NotFound("m".into()),
+                ErrorKind::NotFound,
+                "model-not-found",
+                Some("model"),
+            ),
+            (
+                ServingError::Ambiguous("m".into()),
+                ErrorKind::BadRequest,
+                "bad-inference-request",
+                Some("model"),
+            ),
+            (
+                ServingError::Unsupported("no".into()),
+                ErrorKind::Unprocessable,
+                "model-not-servable",
+                Some("model"),
+            ),
+            (
+                ServingError::BadInput("no".into()),
+                ErrorKind::BadRequest,
+                "bad-inference-request",
+                Some("input"),
+            ),
+            (
+                ServingError::Overflow("inf".into()),
+                ErrorKind::Unprocessable,
+                "inference-overflow",
+                Some("input"),
+            ),
+            (
+                ServingError::Busy,
+                ErrorKind::TooManyRequests,
+                "inference-busy",
+                None,
+            ),
+            (
+                request::InvalidRequest::at("dimensions", "too wide").into(),
+                ErrorKind::BadRequest,
+                "bad-inference-request",
+                Some("dimensions"),
+            ),
+        ];
+        for (error, kind, slug, field) in cases {
+            assert_eq!(error.kind(), kind, "{error}");
+            assert_eq!(error.slug(), slug, "{error}");
+            assert_eq!(error.field(), field, "{error}");
+        }
+        assert_eq!(ServingError::Busy.retry_after(), Some(1));
+    }
+
+    #[test]
+    fn internal_errors_keep_their_cause_as_the_source() {
+        let cause = std::io::Error::other("disk on fire");
+        let error = ServingError::internal("reading a stored file", cause);
+        assert_eq!(error.kind(), ErrorKind::Internal);
+        assert_eq!(error.source().unwrap().to_string(), "disk on fire");
+        assert_eq!(
+            crate::error::SourceChain(&error).to_string(),
+            "internal error while reading a stored file: disk on fire"
+        );
+        // Shared by every request of a failed batch.
+        let copy = error.clone();
+        assert_eq!(copy.source().unwrap().to_string(), "disk on fire");
+        assert!(!error.public_message().contains("fire"));
+    }
+}
