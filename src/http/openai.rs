@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::envelope::Protocol;
@@ -138,6 +138,49 @@ impl TryFrom<EmbeddingsBody> for EmbeddingRequest {
     }
 }
 
+/// The answer of `POST /v1/embeddings`.
+#[derive(Debug, Serialize)]
+struct EmbeddingsResponse {
+    object: &'static str,
+    data: Vec<EmbeddingData>,
+    model: String,
+    usage: Usage,
+}
+
+#[derive(Debug, Serialize)]
+struct EmbeddingData {
+    object: &'static str,
+    index: usize,
+    embedding: EncodedEmbedding,
+}
+
+/// An embedding as `encoding_format` asks: a list of floats, or its little-endian f32 bytes in
+/// base64.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum EncodedEmbedding {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+impl EncodedEmbedding {
+    fn new(embedding: Vec<f32>, encoding: EncodingFormat) -> Self {
+        match encoding {
+            EncodingFormat::Float => EncodedEmbedding::Float(embedding),
+            EncodingFormat::Base64 => {
+                let bytes: Vec<u8> = embedding.iter().flat_map(|v| v.to_le_bytes()).collect();
+                EncodedEmbedding::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
 async fn embeddings(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -151,28 +194,26 @@ async fn embeddings(
     let request = EmbeddingRequest::try_from(body)?;
     let model = request.model.clone();
     let embeddings = state.serving.embeddings(request, received).await?;
-    let data: Vec<Value> = embeddings
+    let data = embeddings
         .vectors
         .into_iter()
         .enumerate()
-        .map(|(index, embedding)| {
-            let embedding = match encoding {
-                EncodingFormat::Base64 => {
-                    let bytes: Vec<u8> = embedding.iter().flat_map(|v| v.to_le_bytes()).collect();
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
-                }
-                EncodingFormat::Float => json!(embedding),
-            };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
+        .map(|(index, embedding)| EmbeddingData {
+            object: "embedding",
+            index,
+            embedding: EncodedEmbedding::new(embedding, encoding),
         })
         .collect();
     let tokens = embeddings.prompt_tokens;
-    let mut response = Json(json!({
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }))
+    let mut response = Json(EmbeddingsResponse {
+        object: "list",
+        data,
+        model,
+        usage: Usage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    })
     .into_response();
     if let Ok(value) = HeaderValue::from_str(&embeddings.timing.server_timing(embeddings.prepared))
     {

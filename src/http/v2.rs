@@ -8,6 +8,7 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::envelope::Protocol;
@@ -169,12 +170,16 @@ async fn infer(
     let mut response = if binary_output {
         binary_response(&name, body.id, inference.shape, &inference.values)
     } else {
-        Json(json!({
-            "model_name": name,
-            "model_version": "1",
-            "id": body.id,
-            "outputs": [{"name": "output", "datatype": "FP32", "shape": inference.shape, "data": inference.values}],
-        }))
+        Json(InferResponse::new(
+            &name,
+            body.id,
+            OutputTensor {
+                shape: inference.shape,
+                parameters: None,
+                data: Some(inference.values),
+                ..OutputTensor::FP32
+            },
+        ))
         .into_response()
     };
     if let Ok(value) = HeaderValue::from_str(&server_timing) {
@@ -183,17 +188,68 @@ async fn infer(
     Ok(response)
 }
 
+/// The answer of an inference: the one output tensor.
+#[derive(Debug, Serialize)]
+struct InferResponse<'a> {
+    model_name: &'a str,
+    model_version: &'static str,
+    /// The request's `id`, echoed (`null` when it had none).
+    id: Option<String>,
+    outputs: [OutputTensor; 1],
+}
+
+impl<'a> InferResponse<'a> {
+    fn new(model_name: &'a str, id: Option<String>, output: OutputTensor) -> Self {
+        InferResponse {
+            model_name,
+            model_version: "1",
+            id,
+            outputs: [output],
+        }
+    }
+}
+
+/// An FP32 output tensor, with its values in `data` or (binary tensor data extension) after
+/// the JSON header, `parameters.binary_data_size` bytes of them.
+#[derive(Debug, Serialize)]
+struct OutputTensor {
+    name: &'static str,
+    datatype: &'static str,
+    shape: [usize; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryDataSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Vec<f32>>,
+}
+
+impl OutputTensor {
+    const FP32: OutputTensor = OutputTensor {
+        name: "output",
+        datatype: "FP32",
+        shape: [0, 0],
+        parameters: None,
+        data: None,
+    };
+}
+
+#[derive(Debug, Serialize)]
+struct BinaryDataSize {
+    binary_data_size: usize,
+}
+
 /// The response of the binary tensor data extension: a JSON header
 /// (`Inference-Header-Content-Length` bytes) followed by the FP32 output, little-endian.
 fn binary_response(name: &str, id: Option<String>, shape: [usize; 2], data: &[f32]) -> Response {
-    let header = json!({
-        "model_name": name,
-        "model_version": "1",
-        "id": id,
-        "outputs": [{"name": "output", "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": data.len() * 4}}],
-    })
-    .to_string();
-    let mut body = Vec::with_capacity(header.len() + data.len() * 4);
+    let output = OutputTensor {
+        shape,
+        parameters: Some(BinaryDataSize {
+            binary_data_size: std::mem::size_of_val(data),
+        }),
+        ..OutputTensor::FP32
+    };
+    let header = serde_json::to_string(&InferResponse::new(name, id, output))
+        .expect("inference headers serialize");
+    let mut body = Vec::with_capacity(header.len() + std::mem::size_of_val(data));
     body.extend_from_slice(header.as_bytes());
     for value in data {
         body.extend_from_slice(&value.to_le_bytes());
