@@ -45,6 +45,38 @@ impl ErrorKind {
             ErrorKind::Internal | ErrorKind::Unavailable | ErrorKind::InsufficientStorage
         )
     }
+
+    /// A short summary of the kind (problem+json's `title`), for failures that give none.
+    pub fn title(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "Bad request",
+            ErrorKind::NotFound => "Not found",
+            ErrorKind::MethodNotAllowed => "Method not allowed",
+            ErrorKind::RequestTimeout => "Request timed out",
+            ErrorKind::Conflict => "Conflict",
+            ErrorKind::PayloadTooLarge => "Payload too large",
+            ErrorKind::UnsupportedMediaType => "Unsupported media type",
+            ErrorKind::Unprocessable => "Unprocessable request",
+            ErrorKind::TooManyRequests => "Too many requests",
+            ErrorKind::Internal => "Internal server error",
+            ErrorKind::Unavailable => "Service unavailable",
+            ErrorKind::InsufficientStorage => "Insufficient storage",
+        }
+    }
+
+    /// What a client is told of a server-side failure of this kind: a fixed sentence, since the
+    /// failure's own text may name paths, SQL or other internals (it goes to the log instead).
+    pub fn opaque_message(self) -> &'static str {
+        match self {
+            ErrorKind::InsufficientStorage => {
+                "the server has no room to store this; nothing of the request was kept"
+            }
+            ErrorKind::Unavailable => {
+                "the service is temporarily unavailable; nothing of the request was kept"
+            }
+            _ => "the server hit an internal error; it has been logged",
+        }
+    }
 }
 
 /// A failure that can be reported: its kind, a stable slug (`/problems/<slug>`, the OIP and
@@ -60,5 +92,78 @@ pub trait Failure: std::error::Error {
     /// Seconds after which a retry may succeed (503, 507, 429).
     fn retry_after(&self) -> Option<u64> {
         None
+    }
+    /// A short summary of the failure's type (problem+json's `title`).
+    fn title(&self) -> &'static str {
+        self.kind().title()
+    }
+    /// The sentence a client is shown: the `Display` text for client errors, the kind's opaque
+    /// sentence for server errors (whose text and causes go to the log, see [`log_failure`]).
+    /// A server error whose text is safe and useful to show (a full queue) overrides this.
+    fn public_message(&self) -> String {
+        if self.kind().is_client_error() {
+            self.to_string()
+        } else {
+            self.kind().opaque_message().to_owned()
+        }
+    }
+}
+
+/// An error and its `source` chain on one line: `outer: cause: root cause`.
+pub struct SourceChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for SourceChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
+    }
+}
+
+/// Logs a server-side failure once, with its slug and its whole `source` chain; the client got
+/// only [`Failure::public_message`]. Client errors are not logged here (the access log has them).
+pub fn log_failure(failure: &(dyn Failure + 'static)) {
+    if failure.kind().is_client_error() {
+        return;
+    }
+    let error: &(dyn std::error::Error + 'static) = failure;
+    tracing::error!(
+        slug = failure.slug(),
+        kind = ?failure.kind(),
+        error = %SourceChain(error),
+        "request failed on the server's side"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading the blob")]
+    struct Outer(#[source] std::io::Error);
+
+    impl Failure for Outer {
+        fn kind(&self) -> ErrorKind {
+            ErrorKind::Internal
+        }
+        fn slug(&self) -> &'static str {
+            "internal-error"
+        }
+    }
+
+    #[test]
+    fn the_source_chain_is_logged_and_server_errors_stay_opaque() {
+        let error = Outer(std::io::Error::other("disk /secret on fire"));
+        assert_eq!(
+            SourceChain(&error).to_string(),
+            "reading the blob: disk /secret on fire"
+        );
+        assert!(!error.public_message().contains("secret"));
+        assert_eq!(error.title(), "Internal server error");
     }
 }

@@ -79,37 +79,49 @@ impl HttpError {
     }
 
     fn into_response(self, protocol: Protocol) -> Response {
-        let (content_type, body) = match protocol {
-            Protocol::Problem => {
-                let problem = Problem {
-                    type_uri: self.type_uri,
-                    title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
-                    status: self.status.as_u16(),
-                    detail: self.detail,
-                    field: self.field,
-                };
-                ("application/problem+json", json!(problem))
-            }
-            Protocol::InferenceV2 => ("application/json", json!({"error": self.detail})),
+        let problem = Problem {
+            type_uri: self.type_uri,
+            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: self.status.as_u16(),
+            detail: self.detail,
+            field: self.field,
+        };
+        protocol.render(problem, None)
+    }
+}
+
+impl Protocol {
+    /// An error in this protocol's envelope: the problem itself (problem+json), its detail as
+    /// `{"error": "..."}` (OIP), or OpenAI's `{"error": {"message", "type", "param", "code"}}`
+    /// with `param` the offending field. The status is the problem's; `Retry-After` is set when
+    /// given. Every error body the service sends is made here.
+    pub fn render(self, problem: Problem, retry_after_secs: Option<u64>) -> Response {
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let (content_type, body) = match self {
+            Protocol::Problem => ("application/problem+json", json!(problem)),
+            Protocol::InferenceV2 => ("application/json", json!({"error": problem.detail})),
             Protocol::OpenAi => {
-                let kind = match self.status {
+                let kind = match status {
                     StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
                     status if status.is_server_error() => "server_error",
                     _ => "invalid_request_error",
                 };
                 let body = json!({"error": {
-                    "message": self.detail,
+                    "message": problem.detail,
                     "type": kind,
-                    "param": self.field,
+                    "param": problem.field,
                     "code": null,
                 }});
                 ("application/json", body)
             }
         };
-        let mut response = (self.status, body.to_string()).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        let mut response = (status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if let Some(seconds) = retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -399,6 +411,39 @@ mod tests {
         let v2 = error().into_response(Protocol::InferenceV2);
         assert_eq!(v2.headers()[header::CONTENT_TYPE], "application/json");
         assert_eq!(v2.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn render_is_the_one_place_error_bodies_are_made() {
+        let problem = |status: u16| Problem {
+            type_uri: "/problems/inference-busy".into(),
+            title: "Busy".into(),
+            status,
+            detail: "retry shortly".into(),
+            field: Some("input".into()),
+        };
+        let busy = Protocol::OpenAi.render(problem(429), Some(1));
+        assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+        let body = |response: Response| async move {
+            let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        };
+        assert_eq!(
+            body(busy).await,
+            json!({"error": {"message": "retry shortly", "type": "rate_limit_error", "param": "input", "code": null}})
+        );
+        let v2 = Protocol::InferenceV2.render(problem(400), None);
+        assert!(v2.headers().get(header::RETRY_AFTER).is_none());
+        assert_eq!(body(v2).await, json!({"error": "retry shortly"}));
+        let server = Protocol::OpenAi.render(problem(500), None);
+        assert_eq!(body(server).await["error"]["type"], "server_error");
+        let problem_json = Protocol::Problem.render(problem(429), Some(1));
+        assert_eq!(
+            problem_json.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert_eq!(body(problem_json).await["type"], "/problems/inference-busy");
     }
 
     #[test]

@@ -1,15 +1,20 @@
-//! The one error type of the HTTP edge: every failure becomes an RFC 9457 problem+json body with
-//! a stable `type` slug. One table ([`ErrorKind::status`]) maps kinds to status codes; 5xx bodies
-//! are opaque and the cause is logged instead.
+//! The one error type of the HTTP edge. Every failure (a domain error's [`Failure`], or a
+//! rejection of axum's) becomes an [`ApiError`]: kind, slug, title, the message a client may see,
+//! field and `Retry-After`. One table ([`ErrorKind::status`]) maps kinds to status codes; the
+//! protocol envelopes (problem+json here, OIP's and OpenAI's in `envelope`) only render an
+//! `ApiError`. 5xx bodies are opaque and the cause is logged with its `source` chain instead.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::envelope::Protocol;
+use crate::error::Failure;
 use crate::formats::safetensors::SafetensorsError;
 use crate::jobs::spec::SpecError;
+use crate::serving::request::InvalidRequest;
 use crate::store::blobs::BlobError;
 use crate::store::reserve::LowSpace;
 use crate::store::StoreError;
@@ -108,6 +113,20 @@ impl ApiError {
         )
     }
 
+    /// What `failure` tells a client, in any protocol; a server-side failure is logged here,
+    /// once, with its `source` chain (its client sees only the kind's opaque sentence).
+    pub fn from_failure(failure: &(dyn Failure + 'static)) -> Self {
+        crate::error::log_failure(failure);
+        ApiError {
+            kind: failure.kind(),
+            slug: failure.slug(),
+            title: failure.title(),
+            detail: failure.public_message(),
+            field: failure.field().map(str::to_owned),
+            retry_after_secs: failure.retry_after(),
+        }
+    }
+
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
         self
@@ -129,20 +148,17 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The response in `protocol`'s envelope (problem+json, OIP's `{"error"}`, OpenAI's error
+    /// object), with `Retry-After` when the failure gives one.
+    pub fn into_envelope(self, protocol: Protocol) -> Response {
+        protocol.render(self.problem(), self.retry_after_secs)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.kind.status();
-        let body = serde_json::to_vec(&self.problem()).expect("problems serialize");
-        let mut response = (status, body).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let Some(seconds) = self.retry_after_secs {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
+        self.into_envelope(Protocol::Problem)
     }
 }
 
@@ -202,53 +218,19 @@ impl From<BlobError> for ApiError {
 
 impl From<SafetensorsError> for ApiError {
     fn from(error: SafetensorsError) -> Self {
-        if !error.is_client_error() {
-            return ApiError::internal(&error);
-        }
-        let slug = error.slug();
-        let kind = match slug {
-            "upload-too-large" | "safetensors-header-too-large" => ErrorKind::PayloadTooLarge,
-            _ => ErrorKind::Unprocessable,
-        };
-        ApiError::new(kind, slug, "Invalid safetensors upload", error.to_string())
+        ApiError::from_failure(&error)
     }
 }
 
 impl From<SpecError> for ApiError {
     fn from(error: SpecError) -> Self {
-        match &error {
-            SpecError::UnknownScheme { .. } => ApiError::new(
-                ErrorKind::Unprocessable,
-                "unknown-scheme",
-                "Unknown scheme",
-                error.to_string(),
-            )
-            .with_field("scheme"),
-            SpecError::UnknownFormat { .. } => ApiError::new(
-                ErrorKind::Unprocessable,
-                "unknown-format",
-                "Unknown format",
-                error.to_string(),
-            )
-            .with_field("format"),
-            SpecError::Unsupported { .. } => ApiError::new(
-                ErrorKind::Unprocessable,
-                "unsupported-combination",
-                "Scheme and format do not combine",
-                error.to_string(),
-            )
-            .with_field("format"),
-            SpecError::InvalidOption { field, .. } => {
-                let field = field.clone();
-                ApiError::new(
-                    ErrorKind::Unprocessable,
-                    "invalid-option",
-                    "Invalid option",
-                    error.to_string(),
-                )
-                .with_field(field)
-            }
-        }
+        ApiError::from_failure(&error)
+    }
+}
+
+impl From<crate::serving::ServingError> for ApiError {
+    fn from(error: crate::serving::ServingError) -> Self {
+        ApiError::from_failure(&error)
     }
 }
 
@@ -287,4 +269,81 @@ impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         ApiError::bad_request("invalid-query", rejection.body_text())
     }
+}
+
+/// Largest body `/v2/models/{name}/infer` and `/v1/embeddings` read (buffered, then parsed);
+/// larger gets 413 in the protocol's envelope. Every limit inside the body (inputs per request,
+/// shapes, values) is checked by `serving::request` and the conversions into it.
+pub const MAX_INFERENCE_BODY_BYTES: usize = 2 << 20;
+
+/// A buffered request body that could not be read: over the body limit (413), stalled past the
+/// idle timeout (408), or broken off (400). The inference endpoints answer it in their own
+/// envelope.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct UnreadableBody {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl From<axum::extract::rejection::BytesRejection> for UnreadableBody {
+    fn from(rejection: axum::extract::rejection::BytesRejection) -> Self {
+        if super::limits::is_body_idle_timeout(&rejection) {
+            return UnreadableBody {
+                kind: ErrorKind::RequestTimeout,
+                message: "the request body stopped arriving (body idle timeout)".to_owned(),
+            };
+        }
+        use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+        let kind = match &rejection {
+            BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+                ErrorKind::PayloadTooLarge
+            }
+            _ => ErrorKind::BadRequest,
+        };
+        UnreadableBody {
+            kind,
+            message: rejection.body_text(),
+        }
+    }
+}
+
+impl Failure for UnreadableBody {
+    fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    fn slug(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::RequestTimeout => "body-timeout",
+            ErrorKind::PayloadTooLarge => "body-too-large",
+            _ => "bad-request",
+        }
+    }
+}
+
+/// Reads a JSON request body into its wire type. serde's refusals become 400s naming the
+/// request member at fault (its first path segment, e.g. `dimensions` or `inputs`): a body that
+/// is not JSON at all, a missing member, a value of the wrong type.
+pub fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, InvalidRequest> {
+    let not_json = |error: &serde_json::Error| {
+        InvalidRequest::new(format!("the body is not valid JSON: {error}"))
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        if !error.inner().is_data() {
+            return not_json(error.inner());
+        }
+        let member = error.path().iter().find_map(|segment| match segment {
+            serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+            _ => None,
+        });
+        let message = error.to_string();
+        match member {
+            Some(member) => InvalidRequest::at(member, message),
+            None => InvalidRequest::new(message),
+        }
+    })?;
+    deserializer.end().map_err(|error| not_json(&error))?;
+    Ok(value)
 }

@@ -3,285 +3,220 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::AppState;
-use crate::serving::{ModelKind, ServingError, MAX_INPUTS_PER_REQUEST};
+use super::envelope::Protocol;
+use super::error::{json_body, UnreadableBody, MAX_INFERENCE_BODY_BYTES};
+use super::{ApiError, AppState};
+use crate::error::Failure;
+use crate::serving::request::{
+    check_input_count, Dimensions, EmbeddingInput, EmbeddingRequest, InvalidRequest, TextBatch,
+    TokenBatch,
+};
 use crate::store::PageRequest;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/embeddings", post(embeddings))
+        .route(
+            "/v1/embeddings",
+            post(embeddings).layer(DefaultBodyLimit::max(MAX_INFERENCE_BODY_BYTES)),
+        )
         .route("/v1/models", get(models))
 }
 
-struct OpenAiError {
-    status: StatusCode,
-    message: String,
-    kind: &'static str,
-    param: Option<&'static str>,
-}
+/// A `/v1` error: any failure, rendered as OpenAI's `{"error": {"message", "type", "param",
+/// "code"}}` with its kind's status.
+struct OpenAiError(ApiError);
 
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": null}});
-        let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        self.0.into_envelope(Protocol::OpenAi)
     }
 }
 
-fn invalid(message: impl Into<String>, param: Option<&'static str>) -> OpenAiError {
-    OpenAiError {
-        status: StatusCode::BAD_REQUEST,
-        message: message.into(),
-        kind: "invalid_request_error",
-        param,
+impl<F: Failure + 'static> From<F> for OpenAiError {
+    fn from(failure: F) -> Self {
+        OpenAiError(ApiError::from_failure(&failure))
     }
 }
 
-impl From<ServingError> for OpenAiError {
-    fn from(error: ServingError) -> Self {
-        let (status, kind, param) = match &error {
-            ServingError::NotFound(_) => (
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                Some("model"),
-            ),
-            ServingError::Ambiguous(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                Some("model"),
-            ),
-            ServingError::Unsupported(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request_error",
-                Some("model"),
-            ),
-            ServingError::Overflow(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request_error",
-                Some("input"),
-            ),
-            ServingError::BadInput(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                Some("input"),
-            ),
-            ServingError::Busy => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", None),
-            ServingError::Internal(cause) => {
-                tracing::error!(error = %cause, "embedding failed");
-                return OpenAiError {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    message: "internal error".into(),
-                    kind: "server_error",
-                    param: None,
-                };
-            }
-        };
-        OpenAiError {
-            status,
-            message: error.to_string(),
-            kind,
-            param,
-        }
-    }
+/// The body of `POST /v1/embeddings`, as sent. Unknown members (`user`, ...) are ignored.
+#[derive(Debug, Deserialize)]
+struct EmbeddingsBody {
+    model: String,
+    input: InputBody,
+    #[serde(default)]
+    encoding_format: Option<EncodingFormat>,
+    #[serde(default)]
+    dimensions: Option<u64>,
 }
 
-/// The `input` field: a string, a list of strings, a list of token ids, or a list of such lists.
-enum Inputs {
+/// `input`: a string, a list of strings, a list of token ids, or a list of such lists. Token ids
+/// are read as JSON numbers so that a bad one is named by position; anything else lands in
+/// `Other` and is refused with the list of accepted forms.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum InputBody {
+    Text(String),
     Texts(Vec<String>),
-    Tokens(Vec<Vec<u32>>),
+    Tokens(Vec<serde_json::Number>),
+    Sequences(Vec<Vec<serde_json::Number>>),
+    Other(serde::de::IgnoredAny),
 }
 
-/// Parses `input`, refusing more than [`MAX_INPUTS_PER_REQUEST`] items before converting any.
-/// Token ids must be integers in `0..2^32` (the vocabulary check comes with the model).
-fn parse_inputs(input: &Value) -> Result<Inputs, OpenAiError> {
-    let ids = |sequence: usize, items: &[Value]| -> Result<Vec<u32>, OpenAiError> {
-        items
-            .iter()
-            .enumerate()
-            .map(|(index, v)| {
-                v.as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| {
-                        invalid(
-                            format!("token id {index} of sequence {sequence} is {v}; token ids must be integers in 0..4294967296"),
-                            Some("input"),
-                        )
-                    })
-            })
-            .collect()
-    };
-    let items = match input {
-        Value::String(text) => return Ok(Inputs::Texts(vec![text.clone()])),
-        Value::Array(items) => items,
-        _ => return Err(invalid("'input' must be a string, an array of strings, an array of token ids, or an array of such arrays", Some("input"))),
-    };
-    if items.is_empty() {
-        return Err(invalid("'input' must not be empty", Some("input")));
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum EncodingFormat {
+    Float,
+    Base64,
+}
+
+impl TryFrom<InputBody> for EmbeddingInput {
+    type Error = InvalidRequest;
+
+    fn try_from(input: InputBody) -> Result<Self, InvalidRequest> {
+        Ok(match input {
+            InputBody::Text(text) => EmbeddingInput::Texts(TextBatch::try_from(vec![text])?),
+            InputBody::Texts(texts) => EmbeddingInput::Texts(TextBatch::try_from(texts)?),
+            // One sequence of token ids: its length is checked against the model's positions.
+            InputBody::Tokens(ids) => {
+                EmbeddingInput::Tokens(TokenBatch::try_from(vec![token_ids(0, &ids)?])?)
+            }
+            InputBody::Sequences(sequences) => {
+                // The count is checked before any id is converted.
+                check_input_count(sequences.len())?;
+                let sequences = sequences
+                    .iter()
+                    .enumerate()
+                    .map(|(index, ids)| token_ids(index, ids))
+                    .collect::<Result<Vec<_>, _>>()?;
+                EmbeddingInput::Tokens(TokenBatch::try_from(sequences)?)
+            }
+            InputBody::Other(_) => {
+                return Err(InvalidRequest::at(
+                    "input",
+                    "'input' must be a string, an array of strings, an array of token ids, or an array of such arrays (not a mix)",
+                ))
+            }
+        })
     }
-    if items.iter().all(Value::is_number) {
-        // One sequence of token ids: its length is checked against the model's positions.
-        return Ok(Inputs::Tokens(vec![ids(0, items)?]));
-    }
-    check_input_count(items.len())?;
-    if items.iter().all(Value::is_string) {
-        return Ok(Inputs::Texts(
-            items
-                .iter()
-                .map(|v| v.as_str().unwrap_or_default().to_owned())
-                .collect(),
-        ));
-    }
-    if items.iter().all(Value::is_array) {
-        return Ok(Inputs::Tokens(
-            items
-                .iter()
-                .enumerate()
-                .map(|(sequence, v)| {
-                    ids(
-                        sequence,
-                        v.as_array().map(Vec::as_slice).unwrap_or_default(),
+}
+
+/// Token ids: integers in `0..2^32` (the vocabulary check comes with the model).
+fn token_ids(sequence: usize, ids: &[serde_json::Number]) -> Result<Vec<u32>, InvalidRequest> {
+    ids.iter()
+        .enumerate()
+        .map(|(index, id)| {
+            id.as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| {
+                    InvalidRequest::at(
+                        "input",
+                        format!("token id {index} of sequence {sequence} is {id}; token ids must be integers in 0..4294967296"),
                     )
                 })
-                .collect::<Result<_, _>>()?,
-        ));
-    }
-    Err(invalid("'input' must be a string, an array of strings, an array of token ids, or an array of such arrays (not a mix)", Some("input")))
+        })
+        .collect()
 }
 
-/// `dimensions`: absent or null means all `hidden` values, otherwise an integer in 1..=hidden.
-fn parse_dimensions(value: Option<&Value>, hidden: usize) -> Result<usize, OpenAiError> {
-    match value {
-        None | Some(Value::Null) => Ok(hidden),
-        Some(value) => value
-            .as_u64()
-            .and_then(|d| usize::try_from(d).ok())
-            .filter(|d| (1..=hidden).contains(d))
-            .ok_or_else(|| {
-                invalid(
-                    format!("dimensions must be an integer between 1 and {hidden}"),
-                    Some("dimensions"),
-                )
-            }),
+impl TryFrom<EmbeddingsBody> for EmbeddingRequest {
+    type Error = InvalidRequest;
+
+    fn try_from(body: EmbeddingsBody) -> Result<Self, InvalidRequest> {
+        Ok(EmbeddingRequest {
+            model: body.model,
+            input: EmbeddingInput::try_from(body.input)?,
+            dimensions: body.dimensions.map(Dimensions::try_from).transpose()?,
+        })
     }
 }
 
-/// Refuses more than [`MAX_INPUTS_PER_REQUEST`] inputs (texts or token-id sequences).
-fn check_input_count(count: usize) -> Result<(), OpenAiError> {
-    if count > MAX_INPUTS_PER_REQUEST {
-        return Err(invalid(
-            format!("{count} inputs; at most {MAX_INPUTS_PER_REQUEST} per request"),
-            Some("input"),
-        ));
+/// The answer of `POST /v1/embeddings`.
+#[derive(Debug, Serialize)]
+struct EmbeddingsResponse {
+    object: &'static str,
+    data: Vec<EmbeddingData>,
+    model: String,
+    usage: Usage,
+}
+
+#[derive(Debug, Serialize)]
+struct EmbeddingData {
+    object: &'static str,
+    index: usize,
+    embedding: EncodedEmbedding,
+}
+
+/// An embedding as `encoding_format` asks: a list of floats, or its little-endian f32 bytes in
+/// base64.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum EncodedEmbedding {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+impl EncodedEmbedding {
+    fn new(embedding: Vec<f32>, encoding: EncodingFormat) -> Self {
+        match encoding {
+            EncodingFormat::Float => EncodedEmbedding::Float(embedding),
+            EncodingFormat::Base64 => {
+                let bytes: Vec<u8> = embedding.iter().flat_map(|v| v.to_le_bytes()).collect();
+                EncodedEmbedding::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+        }
     }
-    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
 }
 
 async fn embeddings(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
-    let started = std::time::Instant::now();
-    // Beyond axum's 2 MiB default body limit: 413, in OpenAI's envelope.
-    // A body that stops arriving: 408, also in OpenAI's envelope.
-    let body = body.map_err(|rejection| {
-        let timed_out = super::limits::is_body_idle_timeout(&rejection);
-        OpenAiError {
-            status: if timed_out {
-                StatusCode::REQUEST_TIMEOUT
-            } else {
-                rejection.status()
-            },
-            message: if timed_out {
-                "the request body stopped arriving (body idle timeout)".into()
-            } else {
-                rejection.body_text()
-            },
-            kind: "invalid_request_error",
-            param: None,
-        }
-    })?;
-    let request: Value = serde_json::from_slice(&body)
-        .map_err(|e| invalid(format!("the body is not valid JSON: {e}"), None))?;
-    let name = request
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid("'model' is required", Some("model")))?;
-    let inputs = parse_inputs(
-        request
-            .get("input")
-            .ok_or_else(|| invalid("'input' is required", Some("input")))?,
-    )?;
-    let base64_output = match request.get("encoding_format").and_then(Value::as_str) {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(invalid(
-                format!("encoding_format '{other}' is not one of: float, base64"),
-                Some("encoding_format"),
-            ))
-        }
-    };
-    let model = state.serving.get_or_load(name).await?;
-    let ModelKind::Bert(bert) = &*model.kind else {
-        return Err(OpenAiError::from(ServingError::Unsupported(format!(
-            "'{name}' is a {} model; embeddings need a bert model",
-            model.architecture
-        ))));
-    };
-    let dimensions = parse_dimensions(request.get("dimensions"), bert.hidden_size())?;
-    let batch: Vec<Vec<u32>> = match inputs {
-        Inputs::Tokens(batch) => batch,
-        Inputs::Texts(texts) => state.serving.tokenize(model.clone(), texts).await?,
-    };
-    let prompt_tokens: usize = batch.iter().map(Vec::len).sum();
-    let parsed = started.elapsed();
-    let (embeddings, timing) = state.serving.embed(model.clone(), batch).await?;
-    let data: Vec<Value> = embeddings
+    let received = std::time::Instant::now();
+    // Beyond the 2 MiB body limit: 413; a body that stops arriving: 408; both in OpenAI's
+    // envelope.
+    let body = body.map_err(UnreadableBody::from)?;
+    let body: EmbeddingsBody = json_body(&body)?;
+    let encoding = body.encoding_format.unwrap_or(EncodingFormat::Float);
+    let request = EmbeddingRequest::try_from(body)?;
+    let model = request.model.clone();
+    let embeddings = state.serving.embeddings(request, received).await?;
+    let data = embeddings
+        .vectors
         .into_iter()
         .enumerate()
-        .map(|(index, mut embedding)| {
-            if dimensions < embedding.len() {
-                // Shortened embeddings are renormalised, as OpenAI's `dimensions` does.
-                embedding.truncate(dimensions);
-                let norm = embedding
-                    .iter()
-                    .map(|v| f64::from(*v).powi(2))
-                    .sum::<f64>()
-                    .sqrt() as f32;
-                if norm > 0.0 {
-                    embedding.iter_mut().for_each(|v| *v /= norm);
-                }
-            }
-            let embedding = if base64_output {
-                let bytes: Vec<u8> = embedding.iter().flat_map(|v| v.to_le_bytes()).collect();
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                json!(embedding)
-            };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
+        .map(|(index, embedding)| EmbeddingData {
+            object: "embedding",
+            index,
+            embedding: EncodedEmbedding::new(embedding, encoding),
         })
         .collect();
-    let mut response = Json(json!({
-        "object": "list",
-        "data": data,
-        "model": name,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    }))
+    let tokens = embeddings.prompt_tokens;
+    let mut response = Json(EmbeddingsResponse {
+        object: "list",
+        data,
+        model,
+        usage: Usage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    })
     .into_response();
-    if let Ok(value) = HeaderValue::from_str(&timing.server_timing(parsed)) {
+    if let Ok(value) = HeaderValue::from_str(&embeddings.timing.server_timing(embeddings.prepared))
+    {
         response.headers_mut().insert("server-timing", value);
     }
     Ok(response)
@@ -294,8 +229,7 @@ async fn models(State(state): State<AppState>) -> Result<Json<Value>, OpenAiErro
             limit: 200,
             before: None,
         })
-        .await
-        .map_err(|e| OpenAiError::from(ServingError::Internal(e.to_string())))?;
+        .await?;
     let data: Vec<Value> = page
         .items
         .iter()
@@ -307,35 +241,45 @@ async fn models(State(state): State<AppState>) -> Result<Json<Value>, OpenAiErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serving::{ServingError, MAX_INPUTS_PER_REQUEST};
+    use axum::http::StatusCode;
 
-    fn refused(result: Result<impl Sized, OpenAiError>) -> OpenAiError {
-        match result {
-            Ok(_) => panic!("accepted"),
-            Err(error) => error,
-        }
+    fn parse(body: Value) -> Result<EmbeddingRequest, InvalidRequest> {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        EmbeddingRequest::try_from(json_body::<EmbeddingsBody>(&bytes)?)
+    }
+
+    fn input(input: Value) -> Result<EmbeddingInput, InvalidRequest> {
+        parse(json!({"model": "m", "input": input})).map(|request| request.input)
     }
 
     #[test]
     fn inputs_are_capped_and_token_ids_checked() {
-        assert!(matches!(parse_inputs(&json!("hi")), Ok(Inputs::Texts(t)) if t == ["hi"]));
-        assert!(
-            matches!(parse_inputs(&json!([101, 7592, 102])), Ok(Inputs::Tokens(t)) if t == [vec![101, 7592, 102]])
+        let texts = |texts: &[&str]| {
+            EmbeddingInput::Texts(
+                TextBatch::try_from(texts.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+                    .unwrap(),
+            )
+        };
+        let tokens =
+            |ids: Vec<Vec<u32>>| EmbeddingInput::Tokens(TokenBatch::try_from(ids).unwrap());
+        assert_eq!(input(json!("hi")), Ok(texts(&["hi"])));
+        assert_eq!(input(json!(["a", "b"])), Ok(texts(&["a", "b"])));
+        assert_eq!(
+            input(json!([101, 7592, 102])),
+            Ok(tokens(vec![vec![101, 7592, 102]]))
         );
-        assert!(
-            matches!(parse_inputs(&json!([[101], [102, 103]])), Ok(Inputs::Tokens(t)) if t.len() == 2)
+        assert_eq!(
+            input(json!([[101], [102, 103]])),
+            Ok(tokens(vec![vec![101], vec![102, 103]]))
         );
         // The shared cap, for texts and for token-id sequences.
-        let texts = json!(vec!["x"; MAX_INPUTS_PER_REQUEST]);
-        assert!(parse_inputs(&texts).is_ok());
-        let texts = json!(vec!["x"; MAX_INPUTS_PER_REQUEST + 1]);
-        let error = refused(parse_inputs(&texts));
-        assert_eq!(error.status, StatusCode::BAD_REQUEST);
-        assert_eq!(error.param, Some("input"));
-        assert!(error.message.contains("at most 2048"), "{}", error.message);
+        assert!(input(json!(vec!["x"; MAX_INPUTS_PER_REQUEST])).is_ok());
+        let error = input(json!(vec!["x"; MAX_INPUTS_PER_REQUEST + 1])).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("input"));
+        assert!(error.message.contains("at most 2048"), "{error}");
         let sequences = json!(vec![vec![101]; MAX_INPUTS_PER_REQUEST + 1]);
-        assert!(refused(parse_inputs(&sequences))
-            .message
-            .contains("at most"));
+        assert!(input(sequences).unwrap_err().message.contains("at most"));
         // Token ids: integers in u32's range, named by position.
         for bad in [
             json!(-1),
@@ -344,54 +288,107 @@ mod tests {
             json!(1e300),
             json!("7"),
         ] {
-            let error = refused(parse_inputs(&json!([[101], [102, bad]])));
-            assert_eq!(error.status, StatusCode::BAD_REQUEST);
+            let error = input(json!([[101], [102, bad]])).unwrap_err();
+            assert_eq!(error.field.as_deref(), Some("input"));
             assert!(
                 error.message.contains("token id 1 of sequence 1")
                     || error.message.contains("not a mix"),
-                "{}",
-                error.message
+                "{error}"
             );
         }
-        assert!(parse_inputs(&json!([[101], "text"])).is_err());
-        assert!(parse_inputs(&json!([])).is_err());
-        assert!(parse_inputs(&json!({"text": "x"})).is_err());
-        assert!(parse_inputs(&json!(null)).is_err());
-    }
-
-    #[test]
-    fn dimensions_are_checked_without_casts() {
-        assert_eq!(parse_dimensions(None, 384).ok(), Some(384));
-        assert_eq!(parse_dimensions(Some(&json!(null)), 384).ok(), Some(384));
-        assert_eq!(parse_dimensions(Some(&json!(64)), 384).ok(), Some(64));
-        assert_eq!(parse_dimensions(Some(&json!(384)), 384).ok(), Some(384));
-        for bad in [
-            json!(0),
-            json!(385),
-            json!(-1),
-            json!(64.5),
-            json!(u64::MAX),
-            json!(1e300),
-            json!("64"),
-        ] {
-            let error = refused(parse_dimensions(Some(&bad), 384));
-            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{bad}");
-            assert_eq!(error.param, Some("dimensions"));
+        assert!(input(json!([101, -1]))
+            .unwrap_err()
+            .message
+            .contains("token id 1 of sequence 0"));
+        assert!(input(json!([[101], "text"]))
+            .unwrap_err()
+            .message
+            .contains("not a mix"));
+        for bad in [json!([]), json!({"text": "x"}), json!(null), json!(7)] {
+            let error = input(bad.clone()).unwrap_err();
+            assert_eq!(error.field.as_deref(), Some("input"), "{bad}");
         }
     }
 
     #[test]
-    fn out_of_vocabulary_and_overflow_errors_use_openai_envelope() {
+    fn wrong_types_are_400s_naming_the_member() {
+        for (body, field) in [
+            (
+                json!({"model": "m", "input": "x", "dimensions": 0}),
+                "dimensions",
+            ),
+            (
+                json!({"model": "m", "input": "x", "dimensions": -1}),
+                "dimensions",
+            ),
+            (
+                json!({"model": "m", "input": "x", "dimensions": 64.5}),
+                "dimensions",
+            ),
+            (
+                json!({"model": "m", "input": "x", "dimensions": 1e300}),
+                "dimensions",
+            ),
+            (
+                json!({"model": "m", "input": "x", "dimensions": "64"}),
+                "dimensions",
+            ),
+            (
+                json!({"model": "m", "input": "x", "encoding_format": "hex"}),
+                "encoding_format",
+            ),
+            (json!({"model": 5, "input": "x"}), "model"),
+        ] {
+            let error = parse(body.clone()).unwrap_err();
+            assert_eq!(error.field.as_deref(), Some(field), "{body}: {error}");
+            let response = OpenAiError::from(error).into_response();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        }
+        let request = parse(json!({"model": "m", "input": "x", "dimensions": null, "encoding_format": null, "user": "u"})).unwrap();
+        assert_eq!(request.dimensions, None);
+        assert!(parse(json!({"input": "x"})).is_err());
+        assert!(json_body::<EmbeddingsBody>(b"{not json").is_err());
+    }
+
+    async fn body_json(response: Response) -> Value {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn serving_errors_use_openai_envelope() {
         // The model's vocabulary check reports BadInput: 400 with param "input".
-        let error = OpenAiError::from(ServingError::BadInput(
+        let response = OpenAiError::from(ServingError::BadInput(
             "sequence 0 has token id 99999, outside the vocabulary of 30522".into(),
-        ));
-        assert_eq!(error.status, StatusCode::BAD_REQUEST);
-        assert_eq!(error.kind, "invalid_request_error");
-        assert_eq!(error.param, Some("input"));
-        let error = OpenAiError::from(ServingError::Overflow("overflowed f32".into()));
-        assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY);
-        let response = error.into_response();
+        ))
+        .into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body = body_json(response).await;
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["param"], "input");
+        assert!(body["error"]["code"].is_null());
+        let response =
+            OpenAiError::from(ServingError::Overflow("overflowed f32".into())).into_response();
         assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        // Busy: 429 with Retry-After, OpenAI's rate-limit type.
+        let response = OpenAiError::from(ServingError::Busy).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_eq!(
+            body_json(response).await["error"]["type"],
+            "rate_limit_error"
+        );
+        // Internal: opaque, the cause only in the log.
+        let response = OpenAiError::from(ServingError::internal(
+            "reading a stored file",
+            "/data/blobs/ab/cd: permission denied",
+        ))
+        .into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = body_json(response).await;
+        assert_eq!(body["error"]["type"], "server_error");
+        assert!(!body.to_string().contains("/data"), "{body}");
     }
 }

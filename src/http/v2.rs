@@ -3,19 +3,25 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::envelope::Protocol;
+use super::error::{json_body, UnreadableBody, MAX_INFERENCE_BODY_BYTES};
 use super::{ApiError, AppState, ErrorKind};
-use crate::serving::{LoadedModel, ServingError, MAX_INPUTS_PER_REQUEST};
+use crate::error::Failure;
+use crate::serving::request::{InferenceInput, InferenceRequest, InvalidRequest};
+use crate::serving::LoadedModel;
 
+mod body;
 mod tensor;
 
-use tensor::{Datatype, Shape};
+use body::{InferBody, SentInputs};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -24,65 +30,26 @@ pub fn router() -> Router<AppState> {
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/infer", post(infer))
+        .route(
+            "/v2/models/{name}/infer",
+            post(infer).layer(DefaultBodyLimit::max(MAX_INFERENCE_BODY_BYTES)),
+        )
         .route("/api/v1/serving/{name}/load", post(load))
         .route("/api/v1/serving/{name}/unload", post(unload))
 }
 
-/// A `/v2` error: `{"error": "..."}` with a 4xx/5xx status.
-struct V2Error(StatusCode, String);
+/// A `/v2` error: any failure, rendered as `{"error": "..."}` with its kind's status.
+struct V2Error(ApiError);
 
 impl IntoResponse for V2Error {
     fn into_response(self) -> Response {
-        let mut response = (self.0, Json(json!({"error": self.1}))).into_response();
-        if self.0 == StatusCode::TOO_MANY_REQUESTS {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        self.0.into_envelope(Protocol::InferenceV2)
     }
 }
 
-impl From<ServingError> for V2Error {
-    fn from(error: ServingError) -> Self {
-        let status = match &error {
-            ServingError::NotFound(_) => StatusCode::NOT_FOUND,
-            ServingError::Ambiguous(_) | ServingError::BadInput(_) => StatusCode::BAD_REQUEST,
-            ServingError::Unsupported(_) | ServingError::Overflow(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            ServingError::Busy => StatusCode::TOO_MANY_REQUESTS,
-            ServingError::Internal(cause) => {
-                tracing::error!(error = %cause, "inference failed");
-                return V2Error(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
-            }
-        };
-        V2Error(status, error.to_string())
-    }
-}
-
-impl From<ServingError> for ApiError {
-    fn from(error: ServingError) -> Self {
-        let (kind, slug) = match &error {
-            ServingError::NotFound(_) => (ErrorKind::NotFound, "model-not-found"),
-            ServingError::Ambiguous(_) | ServingError::BadInput(_) => {
-                (ErrorKind::BadRequest, "bad-inference-request")
-            }
-            ServingError::Unsupported(_) => (ErrorKind::Unprocessable, "model-not-servable"),
-            ServingError::Overflow(_) => (ErrorKind::Unprocessable, "inference-overflow"),
-            ServingError::Busy => {
-                return ApiError::new(
-                    ErrorKind::Unavailable,
-                    "inference-busy",
-                    "Busy",
-                    error.to_string(),
-                )
-                .with_retry_after(1)
-            }
-            ServingError::Internal(_) => return ApiError::internal(&error),
-        };
-        ApiError::new(kind, slug, "Cannot serve model", error.to_string())
+impl<F: Failure + 'static> From<F> for V2Error {
+    fn from(failure: F) -> Self {
+        V2Error(ApiError::from_failure(&failure))
     }
 }
 
@@ -95,12 +62,15 @@ async fn live() -> Json<Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Result<Json<Value>, V2Error> {
-    state.store.ping().await.map_err(|_| {
-        V2Error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "metadata database unreachable".into(),
-        )
-    })?;
+    if let Err(error) = state.store.ping().await {
+        tracing::warn!(error = %error, "v2 readiness: database unreachable");
+        return Err(V2Error(ApiError::new(
+            ErrorKind::Unavailable,
+            "not-ready",
+            "Not ready",
+            "metadata database unreachable",
+        )));
+    }
     Ok(Json(json!({"ready": true})))
 }
 
@@ -142,23 +112,8 @@ async fn model_ready(
     ))
 }
 
-fn bad(message: impl Into<String>) -> V2Error {
-    V2Error(StatusCode::BAD_REQUEST, message.into())
-}
-
-/// The body, or the extractor's refusal (413 beyond axum's 2 MiB default body limit) in the
-/// protocol's own `{"error": ...}` envelope.
-fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, V2Error> {
-    body.map_err(|rejection| {
-        if super::limits::is_body_idle_timeout(&rejection) {
-            V2Error(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body stopped arriving (body idle timeout)".into(),
-            )
-        } else {
-            V2Error(rejection.status(), rejection.body_text())
-        }
-    })
+fn bad(message: impl Into<String>) -> InvalidRequest {
+    InvalidRequest::new(message)
 }
 
 /// Splits a request body into its JSON part and the binary tensor data that follows it
@@ -166,7 +121,7 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, V2Error> 
 fn split_body<'a>(
     headers: &axum::http::HeaderMap,
     body: &'a [u8],
-) -> Result<(&'a [u8], &'a [u8]), V2Error> {
+) -> Result<(&'a [u8], &'a [u8]), InvalidRequest> {
     match headers.get("inference-header-content-length") {
         None => Ok((body, &[])),
         Some(value) => {
@@ -189,239 +144,127 @@ fn split_body<'a>(
     }
 }
 
-/// The raw bytes of an input sent with `parameters.binary_data_size`, if it was; binary bytes
-/// that no input claims are refused rather than ignored.
-fn binary_part<'a>(input: &Value, binary: &'a [u8]) -> Result<Option<&'a [u8]>, V2Error> {
-    let Some(size) = input
-        .get("parameters")
-        .and_then(|p| p.get("binary_data_size"))
-    else {
-        if !binary.is_empty() {
-            return Err(bad(format!(
-                "{} bytes follow the JSON header but no input has parameters.binary_data_size",
-                binary.len()
-            )));
-        }
-        return Ok(None);
-    };
-    let size = size
-        .as_u64()
-        .and_then(|size| usize::try_from(size).ok())
-        .ok_or_else(|| bad("binary_data_size must be a non-negative integer"))?;
-    if size != binary.len() {
-        return Err(bad(format!(
-            "binary_data_size {size} does not match the {} bytes after the JSON header",
-            binary.len()
-        )));
-    }
-    Ok(Some(binary))
-}
-
-/// The name of an input, for error messages.
-fn input_name(input: &Value) -> &str {
-    input.get("name").and_then(Value::as_str).unwrap_or("input")
-}
-
 async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, V2Error> {
-    let started = std::time::Instant::now();
-    let body = body_or_error(body)?;
+    let received = std::time::Instant::now();
+    // Beyond the 2 MiB body limit: 413; a body that stops arriving: 408; both in the
+    // protocol's envelope.
+    let body = body.map_err(UnreadableBody::from)?;
     let (json_part, binary) = split_body(&headers, &body)?;
-    let request: Value =
-        serde_json::from_slice(json_part).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
-    let inputs = request
-        .get("inputs")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("the request needs an 'inputs' array"))?;
-    let [input] = inputs.as_slice() else {
-        return Err(bad(format!(
-            "this model takes one input tensor, got {}",
-            inputs.len()
-        )));
+    let body: InferBody = json_body(json_part)?;
+    let binary_output = body.wants_binary_output();
+    let input = InferenceInput::try_from(SentInputs {
+        inputs: body.inputs,
+        binary,
+    })?;
+    let request = InferenceRequest {
+        model: name.clone(),
+        input,
     };
-    let input_name = input_name(input);
-    let datatype = input.get("datatype").and_then(Value::as_str).unwrap_or("");
-    if datatype == "BYTES" {
-        return infer_text(&state, &name, &request, input, binary, started).await;
-    }
-    let Some(datatype) = Datatype::parse(datatype) else {
-        return Err(bad(format!(
-            "input datatype '{datatype}' is not supported here (FP32, FP64, FP16, INT32, INT64)"
-        )));
-    };
-    let shape = Shape::parse(input_name, input.get("shape")).map_err(bad)?;
-    // Values are checked while they are converted (an O(n) scan over at most the 2 MiB body):
-    // each must fit its datatype and be finite in f32, so no NaN reaches a model.
-    let data = match binary_part(input, binary)? {
-        Some(bytes) => tensor::numbers_from_binary(input_name, datatype, bytes, &shape),
-        None => {
-            let data = input
-                .get("data")
-                .ok_or_else(|| bad(format!("input '{input_name}' needs 'data'")))?;
-            tensor::numbers_from_json(input_name, datatype, data, &shape)
-        }
-    }
-    .map_err(bad)?;
-    let shape = shape.dims;
-    let model = state.serving.get_or_load(&name).await?;
-    let Some(width) = model.widths().0 else {
-        return Err(V2Error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "'{name}' is a {} text model: use POST /v1/embeddings",
-                model.architecture
-            ),
-        ));
-    };
-    let rows = match shape.as_slice() {
-        [w] if *w == width => 1,
-        [rows, w] if *w == width => *rows,
-        _ => {
-            return Err(bad(format!(
-                "input shape {shape:?} does not fit the model's [-1, {width}]"
-            )))
-        }
-    };
-    let parsed = started.elapsed();
-    let (output, timing) = state.serving.infer(model.clone(), data, rows).await?;
-    Ok(respond(
-        &name,
-        &request,
-        [rows, model.widths().1],
-        output,
-        &timing.server_timing(parsed),
-    ))
-}
-
-/// Whether the client asked for the output as raw bytes (binary tensor data extension):
-/// `parameters.binary_data_output: true` on the request, or `parameters.binary_data: true` on
-/// the requested output.
-fn wants_binary_output(request: &Value) -> bool {
-    let flag = |v: Option<&Value>| v.and_then(Value::as_bool).unwrap_or(false);
-    flag(request.pointer("/parameters/binary_data_output"))
-        || request
-            .get("outputs")
-            .and_then(Value::as_array)
-            .is_some_and(|outputs| {
-                outputs
-                    .iter()
-                    .any(|o| flag(o.pointer("/parameters/binary_data")))
-            })
-}
-
-/// The inference response: JSON, or with the binary tensor data extension a JSON header
-/// (`Inference-Header-Content-Length` bytes) followed by the FP32 output, little-endian.
-fn respond(
-    name: &str,
-    request: &Value,
-    shape: [usize; 2],
-    data: Vec<f32>,
-    server_timing: &str,
-) -> Response {
-    let id = request.get("id").cloned().unwrap_or(Value::Null);
-    let mut response = if wants_binary_output(request) {
-        let header = json!({
-            "model_name": name,
-            "model_version": "1",
-            "id": id,
-            "outputs": [{"name": "output", "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": data.len() * 4}}],
-        })
-        .to_string();
-        let mut body = Vec::with_capacity(header.len() + data.len() * 4);
-        body.extend_from_slice(header.as_bytes());
-        for value in &data {
-            body.extend_from_slice(&value.to_le_bytes());
-        }
-        let mut response = body.into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        headers.insert(
-            "inference-header-content-length",
-            HeaderValue::from(header.len()),
-        );
-        response
+    let inference = state.serving.run_inference(request, received).await?;
+    let server_timing = inference.timing.server_timing(inference.prepared);
+    let mut response = if binary_output {
+        binary_response(&name, body.id, inference.shape, &inference.values)
     } else {
-        Json(json!({
-            "model_name": name,
-            "model_version": "1",
-            "id": id,
-            "outputs": [{"name": "output", "datatype": "FP32", "shape": shape, "data": data}],
-        }))
+        Json(InferResponse::new(
+            &name,
+            body.id,
+            OutputTensor {
+                shape: inference.shape,
+                parameters: None,
+                data: Some(inference.values),
+                ..OutputTensor::FP32
+            },
+        ))
         .into_response()
     };
-    if let Ok(value) = HeaderValue::from_str(server_timing) {
+    if let Ok(value) = HeaderValue::from_str(&server_timing) {
         response.headers_mut().insert("server-timing", value);
     }
-    response
+    Ok(response)
 }
 
-/// BYTES (text) input for `bert` models: one embedding row per string.
-async fn infer_text(
-    state: &AppState,
-    name: &str,
-    request: &Value,
-    input: &Value,
-    binary: &[u8],
-    started: std::time::Instant,
-) -> Result<Response, V2Error> {
-    let input_name = input_name(input);
-    let shape = Shape::parse(input_name, input.get("shape")).map_err(bad)?;
-    // The same cap as /v1/embeddings' inputs: each string is a sequence for the encoder, so
-    // the count bounds the request's compute.
-    let texts = match binary_part(input, binary)? {
-        Some(bytes) => {
-            tensor::check_string_count(input_name, shape.elements, MAX_INPUTS_PER_REQUEST)
-                .and_then(|()| {
-                    tensor::strings_from_binary(input_name, bytes, MAX_INPUTS_PER_REQUEST)
-                })
-                .and_then(|texts| {
-                    if texts.len() == shape.elements {
-                        Ok(texts)
-                    } else {
-                        Err(format!(
-                    "input '{input_name}' has shape {:?} ({} strings) but its binary data holds {}",
-                    shape.dims,
-                    shape.elements,
-                    texts.len()
-                ))
-                    }
-                })
-        }
-        None => {
-            let data = input
-                .get("data")
-                .ok_or_else(|| bad(format!("input '{input_name}' needs 'data'")))?;
-            tensor::strings_from_json(input_name, data, &shape, MAX_INPUTS_PER_REQUEST)
+/// The answer of an inference: the one output tensor.
+#[derive(Debug, Serialize)]
+struct InferResponse<'a> {
+    model_name: &'a str,
+    model_version: &'static str,
+    /// The request's `id`, echoed (`null` when it had none).
+    id: Option<String>,
+    outputs: [OutputTensor; 1],
+}
+
+impl<'a> InferResponse<'a> {
+    fn new(model_name: &'a str, id: Option<String>, output: OutputTensor) -> Self {
+        InferResponse {
+            model_name,
+            model_version: "1",
+            id,
+            outputs: [output],
         }
     }
-    .map_err(bad)?;
-    let model = state.serving.get_or_load(name).await?;
-    let crate::serving::ModelKind::Bert(bert) = &*model.kind else {
-        return Err(V2Error(
-            StatusCode::BAD_REQUEST,
-            format!("'{name}' takes numeric tensors, not BYTES"),
-        ));
+}
+
+/// An FP32 output tensor, with its values in `data` or (binary tensor data extension) after
+/// the JSON header, `parameters.binary_data_size` bytes of them.
+#[derive(Debug, Serialize)]
+struct OutputTensor {
+    name: &'static str,
+    datatype: &'static str,
+    shape: [usize; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryDataSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Vec<f32>>,
+}
+
+impl OutputTensor {
+    const FP32: OutputTensor = OutputTensor {
+        name: "output",
+        datatype: "FP32",
+        shape: [0, 0],
+        parameters: None,
+        data: None,
     };
-    let width = bert.hidden_size();
-    let n_texts = texts.len();
-    let batch = state.serving.tokenize(model.clone(), texts).await?;
-    let parsed = started.elapsed();
-    let (embeddings, timing) = state.serving.embed(model.clone(), batch).await?;
-    let data: Vec<f32> = embeddings.into_iter().flatten().collect();
-    Ok(respond(
-        name,
-        request,
-        [n_texts, width],
-        data,
-        &timing.server_timing(parsed),
-    ))
+}
+
+#[derive(Debug, Serialize)]
+struct BinaryDataSize {
+    binary_data_size: usize,
+}
+
+/// The response of the binary tensor data extension: a JSON header
+/// (`Inference-Header-Content-Length` bytes) followed by the FP32 output, little-endian.
+fn binary_response(name: &str, id: Option<String>, shape: [usize; 2], data: &[f32]) -> Response {
+    let output = OutputTensor {
+        shape,
+        parameters: Some(BinaryDataSize {
+            binary_data_size: std::mem::size_of_val(data),
+        }),
+        ..OutputTensor::FP32
+    };
+    let header = serde_json::to_string(&InferResponse::new(name, id, output))
+        .expect("inference headers serialize");
+    let mut body = Vec::with_capacity(header.len() + std::mem::size_of_val(data));
+    body.extend_from_slice(header.as_bytes());
+    for value in data {
+        body.extend_from_slice(&value.to_le_bytes());
+    }
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(
+        "inference-header-content-length",
+        HeaderValue::from(header.len()),
+    );
+    response
 }
 
 async fn load(
@@ -445,7 +288,8 @@ async fn unload(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderMap;
+    use crate::serving::ServingError;
+    use axum::http::{HeaderMap, StatusCode};
 
     fn header_length(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -470,48 +314,20 @@ mod tests {
             "1e3",
             "",
         ] {
-            let Err(V2Error(status, message)) = split_body(&header_length(bad), body) else {
+            let Err(error) = split_body(&header_length(bad), body) else {
                 panic!("{bad} accepted")
             };
-            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {message}");
+            assert_eq!(error.kind(), ErrorKind::BadRequest, "{bad}: {error}");
         }
-    }
-
-    #[test]
-    fn binary_data_size_must_match_the_bytes_after_the_header() {
-        let with_size =
-            |size: Value| json!({"name": "input", "parameters": {"binary_data_size": size}});
-        assert_eq!(
-            binary_part(&with_size(json!(3)), &[1, 2, 3]).ok().unwrap(),
-            Some(&[1u8, 2, 3][..])
-        );
-        for size in [
-            json!(4),
-            json!(2),
-            json!(u64::MAX),
-            json!(-3),
-            json!(3.5),
-            json!("3"),
-        ] {
-            assert!(
-                binary_part(&with_size(size.clone()), &[1, 2, 3]).is_err(),
-                "{size}"
-            );
-        }
-        // No binary_data_size: JSON data, and bytes that no input claims are refused.
-        assert_eq!(
-            binary_part(&json!({"name": "input"}), &[]).ok().unwrap(),
-            None
-        );
-        assert!(binary_part(&json!({"name": "input"}), &[1]).is_err());
     }
 
     #[test]
     fn overflow_is_a_422_in_both_envelopes() {
-        let V2Error(status, message) =
+        let V2Error(error) =
             V2Error::from(ServingError::Overflow("layer 'fc1' overflowed f32".into()));
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(message.contains("overflowed f32"));
+        assert!(error.detail.contains("overflowed f32"));
+        let response = error.into_envelope(Protocol::InferenceV2);
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let problem = ApiError::from(ServingError::Overflow("x".into())).into_response();
         assert_eq!(problem.status(), StatusCode::UNPROCESSABLE_ENTITY);
     }

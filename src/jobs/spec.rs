@@ -602,6 +602,39 @@ fn parse_override(pattern: &str, entry: &Value) -> Result<(NamePattern, Scheme),
     Ok((pattern_parsed, scheme))
 }
 
+/// Every spec error is the request's: 422, with the option or field it names.
+impl crate::error::Failure for SpecError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Unprocessable
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            SpecError::UnknownScheme { .. } => "unknown-scheme",
+            SpecError::UnknownFormat { .. } => "unknown-format",
+            SpecError::Unsupported { .. } => "unsupported-combination",
+            SpecError::InvalidOption { .. } => "invalid-option",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            SpecError::UnknownScheme { .. } => "Unknown scheme",
+            SpecError::UnknownFormat { .. } => "Unknown format",
+            SpecError::Unsupported { .. } => "Scheme and format do not combine",
+            SpecError::InvalidOption { .. } => "Invalid option",
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        Some(match self {
+            SpecError::UnknownScheme { .. } => "scheme",
+            SpecError::UnknownFormat { .. } | SpecError::Unsupported { .. } => "format",
+            SpecError::InvalidOption { field, .. } => field,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,10 +131,12 @@ where
                 submitted: Instant::now(),
                 reply,
             })
-            .map_err(|_| ServingError::Internal("the model's batcher has stopped".into()))?;
+            .map_err(|_| {
+                ServingError::internal("submitting a request", "the model's batcher has stopped")
+            })?;
         answer
             .await
-            .map_err(|_| ServingError::Internal("the batch was dropped".into()))?
+            .map_err(|dropped| ServingError::internal("waiting for a batch", dropped))?
     }
 }
 
@@ -224,10 +226,13 @@ where
             }
         }
         Ok(outputs) => {
-            let error = ServingError::Internal(format!(
-                "a batch of {total} items returned {} outputs",
-                outputs.len()
-            ));
+            let error = ServingError::internal(
+                "running a batch",
+                format!(
+                    "a batch of {total} items returned {} outputs",
+                    outputs.len()
+                ),
+            );
             for pending in batch {
                 let _ = pending.reply.send(Err(error.clone()));
             }
@@ -248,10 +253,13 @@ where
                             batch_items: count,
                         },
                     }),
-                    Ok(outputs) => Err(ServingError::Internal(format!(
-                        "a batch of {count} items returned {} outputs",
-                        outputs.len()
-                    ))),
+                    Ok(outputs) => Err(ServingError::internal(
+                        "running a batch",
+                        format!(
+                            "a batch of {count} items returned {} outputs",
+                            outputs.len()
+                        ),
+                    )),
                     Err(error) => Err(error),
                 };
                 let _ = pending.reply.send(result);
@@ -439,7 +447,7 @@ mod tests {
         // internal error, not a short answer.
         assert!(matches!(
             short.await.unwrap(),
-            Err(ServingError::Internal(_))
+            Err(ServingError::Internal { .. })
         ));
     }
 

@@ -212,11 +212,11 @@ impl BertServing {
         normalize: bool,
     ) -> Result<Vec<Vec<f32>>, ServingError> {
         let model = BertModel::new(self.config.clone(), &self.linear, &self.tensors)
-            .map_err(|e| ServingError::Internal(e.to_string()))?
+            .map_err(|e| ServingError::internal("assembling the loaded bert model", e))?
             .with_kernels(self.linear.kernels, self.math);
         model.embed(batch, normalize).map_err(|e| match e {
             BertError::Input(message) => ServingError::BadInput(message),
-            other => ServingError::Internal(other.to_string()),
+            other => ServingError::internal("embedding a batch", other),
         })
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod bert;
+pub mod request;
 pub mod weights;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+use crate::error::{ErrorKind, Failure};
 use crate::formats::safetensors::{Header, Limits};
 use crate::infer::mlp::{DenseLayer, Mlp, MlpConfig, MlpError};
 use crate::pool::{PoolError, WorkerPool};
@@ -21,6 +23,10 @@ use crate::store::{BlobStore, SharedMetadataStore, StoreError, StoredFile};
 
 pub use batch::Timing;
 use batch::{BatchConfig, Batcher, RunFn};
+
+/// Why a failure of ours happened, kept for the log. Shared, because one failed batch answers
+/// every request that was merged into it.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ServingError {
@@ -37,10 +43,18 @@ pub enum ServingError {
     /// became infinite or NaN): answered 422 instead of a meaningless number.
     #[error("{0}")]
     Overflow(String),
+    /// The request itself is refused (a limit, or a value that does not fit the model).
+    #[error(transparent)]
+    Request(#[from] request::InvalidRequest),
     #[error("too many inference requests in flight; retry shortly")]
     Busy,
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// Our fault: the client is told nothing more, the cause goes to the log.
+    #[error("internal error while {context}")]
+    Internal {
+        context: &'static str,
+        #[source]
+        source: Cause,
+    },
 }
 
 impl ServingError {
@@ -48,6 +62,67 @@ impl ServingError {
     /// is re-run request by request (see [`batch`]).
     pub fn is_input_fault(&self) -> bool {
         matches!(self, ServingError::BadInput(_) | ServingError::Overflow(_))
+    }
+
+    /// A failure of ours while doing `context` (a gerund: "reading a stored file").
+    pub fn internal(
+        context: &'static str,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        ServingError::Internal {
+            context,
+            source: Arc::from(cause.into()),
+        }
+    }
+}
+
+impl Failure for ServingError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ServingError::NotFound(_) => ErrorKind::NotFound,
+            ServingError::Ambiguous(_) | ServingError::BadInput(_) => ErrorKind::BadRequest,
+            ServingError::Request(invalid) => invalid.kind(),
+            ServingError::Unsupported(_) | ServingError::Overflow(_) => ErrorKind::Unprocessable,
+            ServingError::Busy => ErrorKind::TooManyRequests,
+            ServingError::Internal { .. } => ErrorKind::Internal,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            ServingError::NotFound(_) => "model-not-found",
+            ServingError::Ambiguous(_) | ServingError::BadInput(_) => "bad-inference-request",
+            ServingError::Request(invalid) => invalid.slug(),
+            ServingError::Unsupported(_) => "model-not-servable",
+            ServingError::Overflow(_) => "inference-overflow",
+            ServingError::Busy => "inference-busy",
+            ServingError::Internal { .. } => "internal-error",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            ServingError::Busy => "Busy",
+            ServingError::Request(invalid) => invalid.title(),
+            ServingError::Internal { .. } => "Internal server error",
+            _ => "Cannot serve model",
+        }
+    }
+
+    /// The request field at fault (OpenAI's `param`): the model named, or the input sent.
+    fn field(&self) -> Option<&str> {
+        match self {
+            ServingError::NotFound(_)
+            | ServingError::Ambiguous(_)
+            | ServingError::Unsupported(_) => Some("model"),
+            ServingError::BadInput(_) | ServingError::Overflow(_) => Some("input"),
+            ServingError::Request(invalid) => invalid.field(),
+            ServingError::Busy | ServingError::Internal { .. } => None,
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        matches!(self, ServingError::Busy).then_some(1)
     }
 }
 
@@ -57,13 +132,13 @@ pub const MAX_INPUTS_PER_REQUEST: usize = 2048;
 
 impl From<StoreError> for ServingError {
     fn from(error: StoreError) -> Self {
-        ServingError::Internal(error.to_string())
+        ServingError::internal("reading the model catalogue", error)
     }
 }
 
 impl From<PoolError> for ServingError {
     fn from(error: PoolError) -> Self {
-        ServingError::Internal(error.to_string())
+        ServingError::internal("running on the worker pool", error)
     }
 }
 
@@ -282,7 +357,7 @@ impl ServingRegistry {
             self.blobs
                 .read_small(&sha)
                 .await
-                .map_err(|e| ServingError::Internal(e.to_string()))
+                .map_err(|e| ServingError::internal("reading a stored companion file", e))
         };
         let config_bytes = match source.files.iter().find(|f| f.filename == "config.json") {
             Some(file) => read(file.sha256.clone()).await?,
@@ -599,10 +674,11 @@ fn load(
             format!("model_type '{model_type}' is not served by this build (supported: mlp, bert)")
         }));
     }
-    let file = std::fs::File::open(path).map_err(|e| ServingError::Internal(e.to_string()))?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| ServingError::internal("opening the stored weights", e))?;
     // SAFETY: blobs are content-addressed and never modified in place (see jobs::pipeline).
-    let mapping =
-        unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ServingError::Internal(e.to_string()))?;
+    let mapping = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| ServingError::internal("mapping the stored weights", e))?;
     let int8 = if options.int8_activations {
         weights::Int8Mode::PerRow
     } else {
@@ -613,14 +689,14 @@ fn load(
     let weight_file = if mapping.starts_with(b"GGUF") {
         gguf =
             crate::formats::gguf::read_gguf(&mapping, &crate::formats::gguf::GgufLimits::REFERENCE)
-                .map_err(|e| ServingError::Internal(e.to_string()))?;
+                .map_err(|e| ServingError::internal("reading the stored GGUF file", e))?;
         weights::WeightFile::Gguf {
             file: &mapping,
             gguf: &gguf,
         }
     } else {
         header = Header::parse_file(&mapping, &limits)
-            .map_err(|e| ServingError::Internal(e.to_string()))?;
+            .map_err(|e| ServingError::internal("reading the stored safetensors header", e))?;
         weights::WeightFile::Safetensors {
             file: &mapping,
             header: &header,
@@ -692,4 +768,80 @@ fn load(
         kind: ModelKind::Mlp(mlp),
         memory_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    #[test]
+    fn every_serving_error_says_its_kind_slug_and_field() {
+        let cases = [
+            (
+                ServingError::NotFound("m".into()),
+                ErrorKind::NotFound,
+                "model-not-found",
+                Some("model"),
+            ),
+            (
+                ServingError::Ambiguous("m".into()),
+                ErrorKind::BadRequest,
+                "bad-inference-request",
+                Some("model"),
+            ),
+            (
+                ServingError::Unsupported("no".into()),
+                ErrorKind::Unprocessable,
+                "model-not-servable",
+                Some("model"),
+            ),
+            (
+                ServingError::BadInput("no".into()),
+                ErrorKind::BadRequest,
+                "bad-inference-request",
+                Some("input"),
+            ),
+            (
+                ServingError::Overflow("inf".into()),
+                ErrorKind::Unprocessable,
+                "inference-overflow",
+                Some("input"),
+            ),
+            (
+                ServingError::Busy,
+                ErrorKind::TooManyRequests,
+                "inference-busy",
+                None,
+            ),
+            (
+                request::InvalidRequest::at("dimensions", "too wide").into(),
+                ErrorKind::BadRequest,
+                "bad-inference-request",
+                Some("dimensions"),
+            ),
+        ];
+        for (error, kind, slug, field) in cases {
+            assert_eq!(error.kind(), kind, "{error}");
+            assert_eq!(error.slug(), slug, "{error}");
+            assert_eq!(error.field(), field, "{error}");
+        }
+        assert_eq!(ServingError::Busy.retry_after(), Some(1));
+    }
+
+    #[test]
+    fn internal_errors_keep_their_cause_as_the_source() {
+        let cause = std::io::Error::other("disk on fire");
+        let error = ServingError::internal("reading a stored file", cause);
+        assert_eq!(error.kind(), ErrorKind::Internal);
+        assert_eq!(error.source().unwrap().to_string(), "disk on fire");
+        assert_eq!(
+            crate::error::SourceChain(&error).to_string(),
+            "internal error while reading a stored file: disk on fire"
+        );
+        // Shared by every request of a failed batch.
+        let copy = error.clone();
+        assert_eq!(copy.source().unwrap().to_string(), "disk on fire");
+        assert!(!error.public_message().contains("fire"));
+    }
 }

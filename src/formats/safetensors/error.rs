@@ -175,3 +175,32 @@ fn describe_gap_start(after: Option<&str>) -> String {
         None => "at the start of the data section, before".to_owned(),
     }
 }
+
+/// What an HTTP client is told: 413 for what is over a limit, 422 for a malformed file, and a
+/// logged 500 for an I/O failure on our side.
+impl crate::error::Failure for SafetensorsError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            SafetensorsError::Io { .. } => ErrorKind::Internal,
+            SafetensorsError::FileTooLarge { .. } | SafetensorsError::HeaderTooLarge { .. } => {
+                ErrorKind::PayloadTooLarge
+            }
+            _ => ErrorKind::Unprocessable,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            SafetensorsError::Io { .. } => "internal-error",
+            other => SafetensorsError::slug(other),
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            SafetensorsError::Io { .. } => "Internal server error",
+            _ => "Invalid safetensors upload",
+        }
+    }
+}

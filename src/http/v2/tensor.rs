@@ -23,17 +23,6 @@ pub enum Datatype {
 }
 
 impl Datatype {
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "FP32" => Datatype::Fp32,
-            "FP64" => Datatype::Fp64,
-            "FP16" => Datatype::Fp16,
-            "INT32" => Datatype::Int32,
-            "INT64" => Datatype::Int64,
-            _ => return None,
-        })
-    }
-
     fn name(self) -> &'static str {
         match self {
             Datatype::Fp32 => "FP32",
@@ -104,23 +93,20 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// Parses the `shape` member of input `name`.
-    pub fn parse(name: &str, shape: Option<&Value>) -> Result<Shape, String> {
-        let items = shape
-            .and_then(Value::as_array)
-            .ok_or_else(|| format!("input '{name}' needs a 'shape' array"))?;
-        if items.is_empty() || items.len() > MAX_DIMS {
+    /// Checks the `shape` member of input `name`.
+    pub fn new(name: &str, dims: &[u64]) -> Result<Shape, String> {
+        if dims.is_empty() || dims.len() > MAX_DIMS {
             return Err(format!(
                 "input '{name}' has {} dimensions; a shape has 1 to {MAX_DIMS}",
-                items.len()
+                dims.len()
             ));
         }
-        let dims = items
+        let dims = dims
             .iter()
-            .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+            .map(|&d| usize::try_from(d).ok())
             .collect::<Option<Vec<usize>>>()
             .ok_or_else(|| {
-                format!("input '{name}': shape dimensions must be non-negative integers")
+                format!("input '{name}' has shape {dims:?}, more elements than can be addressed")
             })?;
         if dims.contains(&0) {
             return Err(format!(
@@ -253,31 +239,15 @@ pub fn numbers_from_json(
     })
 }
 
-/// BYTES JSON data of input `name`: strings, at most `max_strings` of them (checked on the shape
-/// before the data is walked).
-pub fn strings_from_json(
-    name: &str,
-    data: &Value,
-    shape: &Shape,
-    max_strings: usize,
-) -> Result<Vec<String>, String> {
-    check_string_count(name, shape.elements, max_strings)?;
+/// BYTES JSON data of input `name`: strings, exactly as many as the shape holds (the caller
+/// checks that count against the request limit before the data is walked).
+pub fn strings_from_json(name: &str, data: &Value, shape: &Shape) -> Result<Vec<String>, String> {
     collect_json(name, data, shape, &mut |index, value| match value {
         Value::String(text) => Ok(text.clone()),
         other => Err(format!(
             "input '{name}': element {index} is {other}; BYTES data must be strings"
         )),
     })
-}
-
-/// Refuses more than `max_strings` strings in one input.
-pub fn check_string_count(name: &str, count: usize, max_strings: usize) -> Result<(), String> {
-    if count > max_strings {
-        return Err(format!(
-            "input '{name}' holds {count} strings; at most {max_strings} per request"
-        ));
-    }
-    Ok(())
 }
 
 /// Little-endian binary data (the binary tensor data extension) of input `name` as f32: a whole
@@ -318,15 +288,20 @@ pub fn numbers_from_binary(
 }
 
 /// BYTES elements in the binary format (each a 4-byte little-endian length, then its bytes):
-/// UTF-8 strings, at most `max_strings` (decoding stops at the first one beyond).
+/// UTF-8 strings, exactly as many as the shape holds (decoding stops at the first one beyond).
 pub fn strings_from_binary(
     name: &str,
     mut bytes: &[u8],
-    max_strings: usize,
+    shape: &Shape,
 ) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
-        check_string_count(name, out.len() + 1, max_strings)?;
+        if out.len() == shape.elements {
+            return Err(format!(
+                "input '{name}' has shape {:?} ({} strings) but its binary data holds more",
+                shape.dims, shape.elements
+            ));
+        }
         let Some((length, rest)) = bytes.split_first_chunk::<4>() else {
             return Err(format!(
                 "input '{name}': truncated BYTES element length (element {})",
@@ -350,6 +325,14 @@ pub fn strings_from_binary(
         })?);
         bytes = rest;
     }
+    if out.len() != shape.elements {
+        return Err(format!(
+            "input '{name}' has shape {:?} ({} strings) but its binary data holds {}",
+            shape.dims,
+            shape.elements,
+            out.len()
+        ));
+    }
     Ok(out)
 }
 
@@ -358,8 +341,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A shape as the wire sends it: serde refuses what is not a list of u64.
     fn shape(value: Value) -> Result<Shape, String> {
-        Shape::parse("input", Some(&value))
+        let dims: Vec<u64> = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        Shape::new("input", &dims)
     }
 
     #[test]
@@ -390,7 +375,6 @@ mod tests {
         assert!(shape(json!([-1, 64])).is_err());
         assert!(shape(json!([1.5, 64])).is_err());
         assert!(shape(json!("64")).is_err());
-        assert!(Shape::parse("input", None).is_err());
     }
 
     #[test]
@@ -516,21 +500,17 @@ mod tests {
     }
 
     #[test]
-    fn bytes_inputs_are_capped_and_shaped() {
+    fn bytes_inputs_are_shaped() {
         let two = shape(json!([2])).unwrap();
         assert_eq!(
-            strings_from_json("text", &json!(["a", "b"]), &two, 10).unwrap(),
+            strings_from_json("text", &json!(["a", "b"]), &two).unwrap(),
             ["a", "b"]
         );
-        assert!(strings_from_json("text", &json!(["a"]), &two, 10).is_err());
-        assert!(strings_from_json("text", &json!(["a", 1]), &two, 10).is_err());
-        assert!(strings_from_json("text", &json!([["a"], ["b"]]), &two, 10).is_err());
+        assert!(strings_from_json("text", &json!(["a"]), &two).is_err());
+        assert!(strings_from_json("text", &json!(["a", 1]), &two).is_err());
+        assert!(strings_from_json("text", &json!([["a"], ["b"]]), &two).is_err());
         let nested = shape(json!([2, 1])).unwrap();
-        assert!(strings_from_json("text", &json!([["a"], ["b"]]), &nested, 10).is_ok());
-        // The cap is checked on the shape, before the data is walked.
-        let many = shape(json!([5000])).unwrap();
-        let error = strings_from_json("text", &json!(["x"]), &many, 2048).unwrap_err();
-        assert!(error.contains("at most 2048"), "{error}");
+        assert!(strings_from_json("text", &json!([["a"], ["b"]]), &nested).is_ok());
         let huge = shape(json!([4294967296u64, 4294967296u64])).unwrap_err();
         assert!(huge.contains("more elements"), "{huge}");
 
@@ -544,17 +524,22 @@ mod tests {
                 })
                 .collect()
         };
+        let three = shape(json!([3])).unwrap();
         assert_eq!(
-            strings_from_binary("text", &encode(&["ab", "", "c"]), 3).unwrap(),
+            strings_from_binary("text", &encode(&["ab", "", "c"]), &three).unwrap(),
             ["ab", "", "c"]
         );
-        let error = strings_from_binary("text", &encode(&["a", "b", "c", "d"]), 3).unwrap_err();
-        assert!(error.contains("at most 3"), "{error}");
+        // More or fewer strings than the shape holds; decoding stops at the first one beyond.
+        let error =
+            strings_from_binary("text", &encode(&["a", "b", "c", "d"]), &three).unwrap_err();
+        assert!(error.contains("holds more"), "{error}");
+        let error = strings_from_binary("text", &encode(&["a", "b"]), &three).unwrap_err();
+        assert!(error.contains("holds 2"), "{error}");
         // A length beyond the remaining bytes (u32::MAX, no overflow) and a truncated length.
         let mut lying = u32::MAX.to_le_bytes().to_vec();
         lying.push(b'a');
-        assert!(strings_from_binary("text", &lying, 3).is_err());
-        assert!(strings_from_binary("text", &[1, 0], 3).is_err());
-        assert!(strings_from_binary("text", &[1, 0, 0, 0, 0xff], 3).is_err());
+        assert!(strings_from_binary("text", &lying, &three).is_err());
+        assert!(strings_from_binary("text", &[1, 0], &three).is_err());
+        assert!(strings_from_binary("text", &[1, 0, 0, 0, 0xff], &three).is_err());
     }
 }
