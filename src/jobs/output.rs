@@ -14,7 +14,8 @@ use crate::formats::gguf::{
 use crate::formats::safetensors::{SafetensorsWriteError, SafetensorsWriter};
 use crate::quant::ggml::GgmlType;
 
-use super::encode::{OutputTensor, StoredAs};
+use crate::quant::layout::{OutputTensor, StoredAs, TensorSink};
+
 use super::error::PipelineError;
 use super::spec::{JobSpec, OutputFormat, Scheme};
 
@@ -169,12 +170,23 @@ impl<W: Write> OutputWriter<W> {
         }
     }
 
-    pub fn write_tensor_data(&mut self, name: &str, bytes: &[u8]) -> Result<(), PipelineError> {
+    /// Writes what the emitter checked; failures are I/O (or a writer's own layout check, which
+    /// the emitter makes unreachable).
+    fn write_checked(&mut self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
         match self {
-            OutputWriter::Safetensors(writer) => writer.write_tensor_data(name, bytes)?,
-            OutputWriter::Gguf(writer) => writer.write_tensor_data(name, bytes)?,
+            OutputWriter::Safetensors(writer) => {
+                writer.write_tensor_data(name, bytes).map_err(|e| match e {
+                    SafetensorsWriteError::Io(io) => io,
+                    other => std::io::Error::other(other),
+                })
+            }
+            OutputWriter::Gguf(writer) => {
+                writer.write_tensor_data(name, bytes).map_err(|e| match e {
+                    GgufWriteError::Io(io) => io,
+                    other => std::io::Error::other(other),
+                })
+            }
         }
-        Ok(())
     }
 
     pub fn finish(self) -> Result<W, PipelineError> {
@@ -182,5 +194,11 @@ impl<W: Write> OutputWriter<W> {
             OutputWriter::Safetensors(writer) => writer.finish()?,
             OutputWriter::Gguf(writer) => writer.finish()?,
         })
+    }
+}
+
+impl<W: Write> TensorSink for OutputWriter<W> {
+    fn write_tensor_data(&mut self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_checked(name, bytes)
     }
 }
