@@ -272,3 +272,6 @@ mod tests {
         assert!(weights.float("missing").unwrap().is_none());
     }
 }
+
+#[cfg(test)]
+mod layout_tests;

@@ -31,8 +31,6 @@ mod kmeans;
 mod nf4;
 mod source;
 mod ternary;
-#[cfg(test)]
-mod tests;
 
 use serde_json::Value;
 
