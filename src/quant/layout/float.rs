@@ -1,7 +1,7 @@
 //! Plain floats: the `f16` scheme (a conversion; also the GGUF fallback for rows that do not
 //! fit a block type) and, on the read side, every float tensor a file holds as is.
 
-use crate::formats::gguf::GGML_TYPE_F16;
+use crate::formats::gguf::{GGML_TYPE_F16, LLAMA_FTYPE_MOSTLY_F16};
 use crate::formats::safetensors::{Dtype, TensorInfo};
 use crate::quant::convert::float_values;
 use crate::quant::kernels::ErrorStats;
@@ -32,6 +32,10 @@ impl SchemeLayout for FloatLayout {
             }
         };
         vec![OutputTensor::same(tensor, stored_as, 2)]
+    }
+
+    fn gguf_file_type(&self) -> Option<u32> {
+        Some(LLAMA_FTYPE_MOSTLY_F16)
     }
 
     /// Rounds to f16 a piece at a time; the dequantized f32 format stores the rounded values.

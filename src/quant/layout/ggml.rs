@@ -3,6 +3,10 @@
 //! writes them. Everything type-specific (block size, bytes per block, codecs) comes from
 //! [`GgmlType`], so a new block type needs no code here.
 
+use crate::formats::gguf::{
+    LLAMA_FTYPE_ALL_F32, LLAMA_FTYPE_MOSTLY_F16, LLAMA_FTYPE_MOSTLY_Q4_0, LLAMA_FTYPE_MOSTLY_Q4_1,
+    LLAMA_FTYPE_MOSTLY_Q5_0, LLAMA_FTYPE_MOSTLY_Q5_1, LLAMA_FTYPE_MOSTLY_Q8_0,
+};
 use crate::formats::safetensors::TensorInfo;
 use crate::quant::ggml::{self, GgmlType};
 use crate::quant::kernels::ErrorStats;
@@ -76,6 +80,18 @@ impl SchemeLayout for GgmlLayout {
             }
         }
         Ok(stats)
+    }
+
+    fn gguf_file_type(&self) -> Option<u32> {
+        Some(match self.0 {
+            GgmlType::F32 => LLAMA_FTYPE_ALL_F32,
+            GgmlType::F16 => LLAMA_FTYPE_MOSTLY_F16,
+            GgmlType::Q4_0 => LLAMA_FTYPE_MOSTLY_Q4_0,
+            GgmlType::Q4_1 => LLAMA_FTYPE_MOSTLY_Q4_1,
+            GgmlType::Q5_0 => LLAMA_FTYPE_MOSTLY_Q5_0,
+            GgmlType::Q5_1 => LLAMA_FTYPE_MOSTLY_Q5_1,
+            GgmlType::Q8_0 => LLAMA_FTYPE_MOSTLY_Q8_0,
+        })
     }
 
     fn decode<'a>(

@@ -379,6 +379,12 @@ pub trait SchemeLayout {
         Description::None
     }
 
+    /// GGUF `general.file_type` (llama.cpp's `llama_ftype`) of a file whose main scheme this
+    /// is; `None` for schemes GGUF cannot hold.
+    fn gguf_file_type(&self) -> Option<u32> {
+        None
+    }
+
     /// The layout's name when serving does not run it (it belongs to another runtime).
     fn not_served(&self) -> Option<&'static str> {
         None
