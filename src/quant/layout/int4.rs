@@ -118,7 +118,13 @@ impl SchemeLayout for Int4Layout {
             return Err(invalid(format!("'{name}_scale' does not fit {out}x{inp}")));
         }
         let group = out * inp / scales.len();
-        let groups = inp / group.max(1);
+        if group == 0 || !inp.is_multiple_of(group) {
+            return Err(invalid(format!(
+                "'{name}_scale' has {} values, not a whole number of groups per row of {inp}",
+                scales.len()
+            )));
+        }
+        let groups = inp / group;
         let zero_points = match source.tensor(&format!("{name}_zero_point")) {
             Some(stored) => {
                 if stored.stored_as != StoredAs::Safetensors(Dtype::I32)
