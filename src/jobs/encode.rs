@@ -233,3 +233,102 @@ impl<'a> Encoder<'a> {
             .map_err(|error| pipeline_error(tensor, error))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::int8::Int8Options;
+    use crate::quant::layout::TensorSink;
+
+    #[derive(Default)]
+    struct Recorder(Vec<(String, usize)>);
+
+    impl TensorSink for Recorder {
+        fn write_tensor_data(&mut self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+            self.0.push((name.to_owned(), bytes.len()));
+            Ok(())
+        }
+    }
+
+    fn weight() -> TensorInfo {
+        TensorInfo {
+            name: "w".into(),
+            dtype: Dtype::F32,
+            shape: vec![2, 32],
+            data_offsets: (0, 256),
+        }
+    }
+
+    fn int8(symmetric: bool) -> Scheme {
+        Scheme::Int8(Int8Options {
+            granularity: Granularity::Channel,
+            symmetric,
+        })
+    }
+
+    #[test]
+    fn an_encoding_that_disagrees_with_its_declaration_fails_as_internal() {
+        let tensor = weight();
+        let values: Vec<f32> = (0..64).map(|i| i as f32 / 7.0 - 4.0).collect();
+        // Declared symmetric (no zero point), encoded asymmetric: one tensor too many.
+        let plan = TensorPlan::Quantize {
+            scheme: int8(true),
+            note: None,
+        };
+        let declared = output_tensors(&tensor, &plan, OutputFormat::Safetensors).unwrap();
+        let mut sink = Recorder::default();
+        let mut emitter = Emitter::new(&declared, &mut sink);
+        let should_continue = || true;
+        let mut encoder = Encoder::new(
+            crate::quant::kernels::scalar(),
+            crate::quant::ggml::scalar(),
+            &should_continue,
+        );
+        let error = encoder
+            .encode(
+                &tensor,
+                &values,
+                &int8(false),
+                OutputFormat::Safetensors,
+                &mut emitter,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&error, PipelineError::Io(io) if io.to_string().contains("layout mismatch")),
+            "{error:?}"
+        );
+        // The declared tensors went through; the undeclared zero point never reached the file.
+        let names: Vec<&str> = sink.0.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["w", "w_scale"]);
+    }
+
+    #[test]
+    fn an_encoding_that_stops_short_of_its_declaration_fails() {
+        let tensor = weight();
+        let values = vec![0.5f32; 64];
+        let plan = TensorPlan::Quantize {
+            scheme: int8(false),
+            note: None,
+        };
+        let declared = output_tensors(&tensor, &plan, OutputFormat::Safetensors).unwrap();
+        let mut sink = Recorder::default();
+        let mut emitter = Emitter::new(&declared, &mut sink);
+        let should_continue = || true;
+        let mut encoder = Encoder::new(
+            crate::quant::kernels::scalar(),
+            crate::quant::ggml::scalar(),
+            &should_continue,
+        );
+        // Declared asymmetric (with a zero point), encoded symmetric: the zero point is missing.
+        let error = encoder
+            .encode(
+                &tensor,
+                &values,
+                &int8(true),
+                OutputFormat::Safetensors,
+                &mut emitter,
+            )
+            .unwrap_err();
+        assert!(matches!(error, PipelineError::Io(_)), "{error:?}");
+    }
+}

@@ -271,6 +271,31 @@ mod tests {
         );
         assert!(weights.float("missing").unwrap().is_none());
     }
+
+    #[test]
+    fn malformed_side_tensors_are_errors_never_panics() {
+        // int4 `w` [2, 8]: packed [2, 1] I32, but one scale for 16 values (a "group" longer
+        // than a row); int8 `v.weight` [2, 2] with 3 scales for 2 rows.
+        let header = r#"{"w_packed":{"dtype":"I32","shape":[2,1],"data_offsets":[0,8]},"w_scale":{"dtype":"F32","shape":[1],"data_offsets":[8,12]},"v.weight":{"dtype":"I8","shape":[2,2],"data_offsets":[12,16]},"v.weight_scale":{"dtype":"F32","shape":[3],"data_offsets":[16,28]}}"#;
+        let bytes = file(header, &[0u8; 28]);
+        let limits = Limits {
+            max_header_bytes: 1 << 20,
+            max_file_bytes: 1 << 20,
+        };
+        let header = Header::parse_file(&bytes, &limits).unwrap();
+        let weights = WeightFile::Safetensors {
+            file: &bytes,
+            header: &header,
+        };
+        let error = weights.float("w").unwrap_err().to_string();
+        assert!(error.contains("whole number of groups"), "{error}");
+        let mut report = LoadReport::default();
+        let error = weights
+            .linear("v", 2, 2, Int8Mode::PerRow, &mut report)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("3 values for 2 rows"), "{error}");
+    }
 }
 
 #[cfg(test)]
