@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::formats::gguf::{GgufFile, GgufValue};
+use crate::formats::gguf::GgufFile;
 use crate::formats::safetensors::Header;
 use crate::infer::matrix::{BlockMatrix, MatrixError};
 use crate::infer::mlp::DenseWeights;
@@ -61,6 +61,8 @@ fn unsupported(message: String) -> ServingError {
     ServingError::Unsupported(message)
 }
 
+/// The file's tensors as the layouts read them (a view over the mapped bytes and the parsed
+/// header).
 impl<'a> TensorSource<'a> for WeightFile<'a> {
     fn tensor(&self, name: &str) -> Option<StoredTensor<'a>> {
         match *self {
@@ -72,21 +74,20 @@ impl<'a> TensorSource<'a> for WeightFile<'a> {
     }
 
     fn metadata(&self, key: &str) -> Option<&str> {
-        match self {
-            WeightFile::Safetensors { header, .. } => header.metadata.get(key).map(String::as_str),
-            WeightFile::Gguf { gguf, .. } => match gguf.get(key)? {
-                GgufValue::String(value) => Some(value),
-                _ => None,
-            },
+        match *self {
+            WeightFile::Safetensors { file, header } => {
+                SafetensorsSource { file, header }.metadata_value(key)
+            }
+            WeightFile::Gguf { file, gguf } => GgufSource { file, gguf }.metadata_value(key),
         }
     }
 
     fn names(&self) -> Vec<&str> {
-        match self {
-            WeightFile::Safetensors { header, .. } => {
-                header.tensors.iter().map(|t| t.name.as_str()).collect()
+        match *self {
+            WeightFile::Safetensors { file, header } => {
+                SafetensorsSource { file, header }.tensor_names()
             }
-            WeightFile::Gguf { gguf, .. } => gguf.tensors.iter().map(|t| t.name.as_str()).collect(),
+            WeightFile::Gguf { file, gguf } => GgufSource { file, gguf }.tensor_names(),
         }
     }
 }

@@ -15,10 +15,12 @@
 //!   `__metadata__`, `config.json` and GGUF header say about it.
 //!
 //! Which layout stored a tensor is recognised from the file alone ([`recognize`]): each module
-//! contributes a recogniser to [`source::RECOGNIZERS`].
+//! contributes a recogniser to `RECOGNIZERS`, listed next to [`Scheme::layout`].
 //!
 //! Adding a scheme: a variant of [`Scheme`], one module here (declare, encode, decode,
-//! recognise), its arm in [`Scheme::layout`], and its spec parsing in `jobs/spec.rs`.
+//! recognise), its arm in [`Scheme::layout`] and its line in `RECOGNIZERS`, and its spec parsing
+//! in `jobs/spec.rs`. A new ggml block type needs only its [`GgmlType`] variant: the `ggml`
+//! layout takes block size, bytes and codecs from the type.
 
 mod binary;
 mod emit;
@@ -45,6 +47,7 @@ use crate::quant::metrics::compare;
 use crate::quant::nf4::Nf4Options;
 
 pub use emit::{Emitter, LayoutMismatch, TensorSink};
+use source::Recognizer;
 pub use source::{
     recognize, GgufSource, Held, Recognized, SafetensorsSource, StoredTensor, TensorSource,
 };
@@ -111,6 +114,20 @@ impl Scheme {
         }
     }
 }
+
+/// Every layout's recogniser, most specific first: the quantd layouts named by `__metadata__`,
+/// then side-tensor layouts, then plain floats.
+const RECOGNIZERS: &[Recognizer] = &[
+    binary::recognize,
+    ternary::recognize,
+    kmeans::recognize,
+    int8::recognize,
+    fp8::recognize,
+    nf4::recognize,
+    int4::recognize,
+    ggml::recognize,
+    float::recognize,
+];
 
 /// The file an artifact is written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,10 +8,7 @@ use crate::quant::ggml::{self, GgmlType};
 use crate::quant::int4::{dequantize_int4, pack_zero_points, Int4Options, Int4Output};
 use crate::quant::int8::{dequantize_int8, Granularity, Int8Options, Int8Tensor};
 
-use super::{
-    binary, float, fp8, ggml as ggml_layout, int4, int8, kmeans, nf4, ternary, DecodeError,
-    SchemeLayout, StoredAs,
-};
+use super::{DecodeError, SchemeLayout, StoredAs};
 
 /// One stored tensor: its type, its logical shape (torch order, also for GGUF) and its bytes.
 #[derive(Debug, Clone)]
@@ -37,6 +34,22 @@ pub struct SafetensorsSource<'a> {
     pub header: &'a Header,
 }
 
+impl<'a> SafetensorsSource<'a> {
+    /// `__metadata__[key]`, borrowed from the header (not from this view).
+    pub fn metadata_value(self, key: &str) -> Option<&'a str> {
+        self.header.metadata.get(key).map(String::as_str)
+    }
+
+    /// Tensor names in header order, borrowed from the header.
+    pub fn tensor_names(self) -> Vec<&'a str> {
+        self.header
+            .tensors
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect()
+    }
+}
+
 impl<'a> TensorSource<'a> for SafetensorsSource<'a> {
     fn tensor(&self, name: &str) -> Option<StoredTensor<'a>> {
         let info = self.header.get(name)?;
@@ -50,15 +63,11 @@ impl<'a> TensorSource<'a> for SafetensorsSource<'a> {
     }
 
     fn metadata(&self, key: &str) -> Option<&str> {
-        self.header.metadata.get(key).map(String::as_str)
+        self.metadata_value(key)
     }
 
     fn names(&self) -> Vec<&str> {
-        self.header
-            .tensors
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect()
+        self.tensor_names()
     }
 }
 
@@ -86,13 +95,25 @@ impl<'a> TensorSource<'a> for GgufSource<'a> {
     }
 
     fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata_value(key)
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.tensor_names()
+    }
+}
+
+impl<'a> GgufSource<'a> {
+    /// A string metadata value, borrowed from the parsed file (not from this view).
+    pub fn metadata_value(self, key: &str) -> Option<&'a str> {
         match self.gguf.get(key)? {
             GgufValue::String(value) => Some(value),
             _ => None,
         }
     }
 
-    fn names(&self) -> Vec<&str> {
+    /// Tensor names in file order, borrowed from the parsed file.
+    pub fn tensor_names(self) -> Vec<&'a str> {
         self.gguf.tensors.iter().map(|t| t.name.as_str()).collect()
     }
 }
@@ -108,27 +129,13 @@ pub struct Recognized {
 pub(super) type Recognizer =
     fn(&dyn TensorSource<'_>, &str) -> Option<Result<Recognized, DecodeError>>;
 
-/// Every layout's recogniser, most specific first: the quantd layouts named by `__metadata__`,
-/// then side-tensor layouts, then plain floats.
-pub(super) const RECOGNIZERS: &[Recognizer] = &[
-    binary::recognize,
-    ternary::recognize,
-    kmeans::recognize,
-    int8::recognize,
-    fp8::recognize,
-    nf4::recognize,
-    int4::recognize,
-    ggml_layout::recognize,
-    float::recognize,
-];
-
 /// Which layout stored `name`, from the file alone; `Ok(None)` if there is no such tensor (in
 /// any layout), an error if it is stored in a way nothing here reads.
 pub fn recognize(
     source: &dyn TensorSource<'_>,
     name: &str,
 ) -> Result<Option<Recognized>, DecodeError> {
-    for recognizer in RECOGNIZERS {
+    for recognizer in super::RECOGNIZERS {
         if let Some(recognized) = recognizer(source, name) {
             return recognized.map(Some);
         }
