@@ -17,7 +17,11 @@
 //! which the 4-bit kernels read. The codes are kept exactly; `d · q + mn` equals the format's own
 //! dequantization (`(q - z) · s`, `(q - 8) · d`) up to one f32 rounding (tested below).
 
+use std::mem::{offset_of, size_of};
+
 use half::f16;
+
+use crate::quant::ggml::{BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
 
 use super::kernels::blocks::{gemm_blocks, BlockActs, BlockWeightsRef, QK};
 use super::kernels::GemmKernels;
@@ -73,6 +77,11 @@ fn expect_len(what: &'static str, got: usize, expected: usize) -> Result<(), Mat
             got,
         })
     }
+}
+
+/// The little-endian f16 at `offset` of a block, as f32.
+fn f16_at(block: &[u8], offset: usize) -> f32 {
+    f16::from_le_bytes([block[offset], block[offset + 1]]).to_f32()
 }
 
 fn blocks_of(n: usize, k: usize) -> Result<usize, MatrixError> {
@@ -182,15 +191,34 @@ impl BlockMatrix {
         })
     }
 
-    /// GGUF Q8_0 rows: 34-byte blocks (f16 `d`, 32 i8).
-    pub fn from_q8_0(bytes: &[u8], n: usize, k: usize) -> Result<Self, MatrixError> {
+    /// GGUF blocks of `ty` in block form, or `None` for a type no block kernel runs (serving
+    /// dequantizes those at load). Block sizes and field offsets come from the `#[repr(C)]`
+    /// block structs of [`crate::quant::ggml`].
+    pub fn from_ggml(
+        ty: GgmlType,
+        bytes: &[u8],
+        n: usize,
+        k: usize,
+    ) -> Option<Result<Self, MatrixError>> {
+        Some(match ty {
+            GgmlType::Q8_0 => Self::from_q8_0(bytes, n, k),
+            GgmlType::Q4_0 => Self::from_q4(bytes, n, k, false),
+            GgmlType::Q4_1 => Self::from_q4(bytes, n, k, true),
+            _ => return None,
+        })
+    }
+
+    /// GGUF Q8_0 rows: `block_q8_0` (f16 `d`, 32 i8 `qs`).
+    fn from_q8_0(bytes: &[u8], n: usize, k: usize) -> Result<Self, MatrixError> {
+        const SIZE: usize = size_of::<BlockQ8_0>();
+        const QS: usize = offset_of!(BlockQ8_0, qs);
         let blocks = blocks_of(n, k)?;
-        expect_len("the Q8_0 tensor (bytes)", bytes.len(), blocks * 34)?;
+        expect_len("the Q8_0 tensor (bytes)", bytes.len(), blocks * SIZE)?;
         let mut codes = Vec::with_capacity(n * k);
         let mut d = Vec::with_capacity(blocks);
-        for block in bytes.chunks_exact(34) {
-            d.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
-            codes.extend(block[2..].iter().map(|&v| v as i8));
+        for block in bytes.chunks_exact(SIZE) {
+            d.push(f16_at(block, offset_of!(BlockQ8_0, d)));
+            codes.extend(block[QS..].iter().map(|&v| v as i8));
         }
         Ok(BlockMatrix {
             n,
@@ -202,24 +230,29 @@ impl BlockMatrix {
         })
     }
 
-    /// GGUF Q4_0 (18-byte blocks: f16 `d`, 16 nibble bytes; `value = (q - 8) · d`) or Q4_1
-    /// (20-byte blocks: f16 `d`, f16 `m`, 16 nibble bytes; `value = q · d + m`).
-    pub fn from_q4(bytes: &[u8], n: usize, k: usize, with_min: bool) -> Result<Self, MatrixError> {
+    /// GGUF Q4_0 (`block_q4_0`: f16 `d`, 16 nibble bytes; `value = (q - 8) · d`) or Q4_1
+    /// (`block_q4_1`: f16 `d`, f16 `m`, 16 nibble bytes; `value = q · d + m`).
+    fn from_q4(bytes: &[u8], n: usize, k: usize, with_min: bool) -> Result<Self, MatrixError> {
         let blocks = blocks_of(n, k)?;
-        let size = if with_min { 20 } else { 18 };
+        let (size, qs) = if with_min {
+            (size_of::<BlockQ4_1>(), offset_of!(BlockQ4_1, qs))
+        } else {
+            (size_of::<BlockQ4_0>(), offset_of!(BlockQ4_0, qs))
+        };
         expect_len("the Q4 tensor (bytes)", bytes.len(), blocks * size)?;
         let mut codes = Vec::with_capacity(n * k / 2);
         let mut d = Vec::with_capacity(blocks);
         let mut mn = Vec::with_capacity(blocks);
         for block in bytes.chunks_exact(size) {
-            let scale = f16::from_le_bytes([block[0], block[1]]).to_f32();
+            // `d` leads both block types.
+            let scale = f16_at(block, offset_of!(BlockQ4_0, d));
             d.push(scale);
             if with_min {
-                mn.push(f16::from_le_bytes([block[2], block[3]]).to_f32());
+                mn.push(f16_at(block, offset_of!(BlockQ4_1, m)));
             } else {
                 mn.push(-8.0 * scale);
             }
-            codes.extend_from_slice(&block[size - 16..]);
+            codes.extend_from_slice(&block[qs..]);
         }
         Ok(BlockMatrix {
             n,
@@ -501,24 +534,16 @@ mod tests {
 
     #[test]
     fn ggml_blocks_decode_like_ggml() {
-        use crate::quant::ggml::{self, GgmlType};
+        use crate::quant::ggml;
         let (n, k) = (3, 96);
         let w = values(n * k, 4);
-        for (ty, with_min) in [
-            (GgmlType::Q8_0, false),
-            (GgmlType::Q4_0, false),
-            (GgmlType::Q4_1, true),
-        ] {
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
             let quantizer = ggml::scalar().quantizer(ty).unwrap();
             let mut bytes = vec![0u8; ty.row_bytes(n * k).unwrap()];
             quantizer(&w, &mut bytes);
             let mut want = vec![0f32; n * k];
             ggml::dequantize(ty, &bytes, &mut want);
-            let matrix = if ty == GgmlType::Q8_0 {
-                BlockMatrix::from_q8_0(&bytes, n, k).unwrap()
-            } else {
-                BlockMatrix::from_q4(&bytes, n, k, with_min).unwrap()
-            };
+            let matrix = BlockMatrix::from_ggml(ty, &bytes, n, k).unwrap().unwrap();
             // ggml computes (q - 8) · d for Q4_0; the block form d · q + (-8 · d) can differ by
             // one rounding, so compare with a tolerance there and exactly elsewhere.
             let got = matrix.dequantize();

@@ -7,16 +7,14 @@ use std::io::Write;
 use crate::formats::gguf::{
     GgufTensorSpec, GgufValue, GgufWriteError, GgufWriter, DEFAULT_ALIGNMENT,
     GGML_QUANTIZATION_VERSION, KEY_GENERAL_ARCHITECTURE, KEY_GENERAL_FILE_TYPE, KEY_GENERAL_NAME,
-    KEY_GENERAL_QUANTIZATION_VERSION, LLAMA_FTYPE_ALL_F32, LLAMA_FTYPE_MOSTLY_F16,
-    LLAMA_FTYPE_MOSTLY_Q4_0, LLAMA_FTYPE_MOSTLY_Q4_1, LLAMA_FTYPE_MOSTLY_Q5_0,
-    LLAMA_FTYPE_MOSTLY_Q5_1, LLAMA_FTYPE_MOSTLY_Q8_0,
+    KEY_GENERAL_QUANTIZATION_VERSION, LLAMA_FTYPE_ALL_F32,
 };
 use crate::formats::safetensors::{SafetensorsWriteError, SafetensorsWriter};
-use crate::quant::ggml::GgmlType;
 
-use super::encode::{OutputTensor, StoredAs};
+use crate::quant::layout::{OutputTensor, StoredAs, TensorSink};
+
 use super::error::PipelineError;
-use super::spec::{JobSpec, OutputFormat, Scheme};
+use super::spec::{JobSpec, OutputFormat};
 
 /// What the pipeline knows about the model besides its weights.
 #[derive(Debug, Clone, Default)]
@@ -60,27 +58,6 @@ impl From<GgufWriteError> for PipelineError {
     }
 }
 
-/// `general.file_type` of a job: the ggml file type of its default scheme.
-fn gguf_file_type(scheme: &Scheme) -> u32 {
-    match scheme {
-        Scheme::Ggml(GgmlType::Q8_0) => LLAMA_FTYPE_MOSTLY_Q8_0,
-        Scheme::Ggml(GgmlType::Q4_0) => LLAMA_FTYPE_MOSTLY_Q4_0,
-        Scheme::Ggml(GgmlType::Q4_1) => LLAMA_FTYPE_MOSTLY_Q4_1,
-        Scheme::Ggml(GgmlType::Q5_0) => LLAMA_FTYPE_MOSTLY_Q5_0,
-        Scheme::Ggml(GgmlType::Q5_1) => LLAMA_FTYPE_MOSTLY_Q5_1,
-        Scheme::Ggml(GgmlType::F16) | Scheme::F16 => LLAMA_FTYPE_MOSTLY_F16,
-        // The others cannot be written as GGUF (refused at job creation).
-        Scheme::Ggml(GgmlType::F32)
-        | Scheme::Int8(_)
-        | Scheme::Int4(_)
-        | Scheme::Nf4(_)
-        | Scheme::Fp8 { .. }
-        | Scheme::Binary
-        | Scheme::Ternary
-        | Scheme::Kmeans(_) => LLAMA_FTYPE_ALL_F32,
-    }
-}
-
 impl<W: Write> OutputWriter<W> {
     /// Writes the file header (all tensor declarations and metadata) to `sink`.
     pub fn new(
@@ -112,7 +89,12 @@ impl<W: Write> OutputWriter<W> {
                     ),
                     (
                         KEY_GENERAL_FILE_TYPE.to_owned(),
-                        GgufValue::U32(gguf_file_type(&spec.scheme)),
+                        GgufValue::U32(
+                            spec.scheme
+                                .layout()
+                                .gguf_file_type()
+                                .unwrap_or(LLAMA_FTYPE_ALL_F32),
+                        ),
                     ),
                 ];
                 if let Some(name) = &model.name {
@@ -169,12 +151,23 @@ impl<W: Write> OutputWriter<W> {
         }
     }
 
-    pub fn write_tensor_data(&mut self, name: &str, bytes: &[u8]) -> Result<(), PipelineError> {
+    /// Writes what the emitter checked; failures are I/O (or a writer's own layout check, which
+    /// the emitter makes unreachable).
+    fn write_checked(&mut self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
         match self {
-            OutputWriter::Safetensors(writer) => writer.write_tensor_data(name, bytes)?,
-            OutputWriter::Gguf(writer) => writer.write_tensor_data(name, bytes)?,
+            OutputWriter::Safetensors(writer) => {
+                writer.write_tensor_data(name, bytes).map_err(|e| match e {
+                    SafetensorsWriteError::Io(io) => io,
+                    other => std::io::Error::other(other),
+                })
+            }
+            OutputWriter::Gguf(writer) => {
+                writer.write_tensor_data(name, bytes).map_err(|e| match e {
+                    GgufWriteError::Io(io) => io,
+                    other => std::io::Error::other(other),
+                })
+            }
         }
-        Ok(())
     }
 
     pub fn finish(self) -> Result<W, PipelineError> {
@@ -182,5 +175,11 @@ impl<W: Write> OutputWriter<W> {
             OutputWriter::Safetensors(writer) => writer.finish()?,
             OutputWriter::Gguf(writer) => writer.finish()?,
         })
+    }
+}
+
+impl<W: Write> TensorSink for OutputWriter<W> {
+    fn write_tensor_data(&mut self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_checked(name, bytes)
     }
 }

@@ -17,19 +17,17 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::encode::{
-    layout_metadata, output_tensors, plan_tensor, Encoder, OutputTensor, TensorPlan,
-};
+use super::encode::{layout_metadata, output_tensors, plan_tensor, Encoder, TensorPlan};
 use super::output::{ModelInfo, OutputWriter};
 use super::spec::{JobSpec, OutputFormat, Scheme};
 use crate::formats::compressed_tensors::{
-    bitsandbytes_nf4_config, float_weight_args, int_weight_args, quantization_config, ConfigGroup,
+    bitsandbytes_nf4_config, quantization_config, ConfigGroup,
 };
 use crate::formats::safetensors::{Dtype, Header, Limits, TensorInfo};
 use crate::quant::convert::float_values;
 use crate::quant::ggml::GgmlKernels;
-use crate::quant::int8::Granularity;
 use crate::quant::kernels::Kernels;
+use crate::quant::layout::{Description, Emitter, OutputTensor};
 use crate::quant::metrics::TensorMetrics;
 use crate::store::Progress;
 
@@ -206,16 +204,7 @@ pub fn quantize_file(
             format!("stored model does not parse: {e}"),
         )
     })?;
-    ctx.progress
-        .tensors_total
-        .store(header.tensors.len() as u64, Ordering::Relaxed);
-    // Bytes count the whole input file, as the job's totals did from its creation (they come
-    // from the model's size); the header is done once parsed.
-    let file_len = mapping.len() as u64;
-    ctx.progress.bytes_total.store(file_len, Ordering::Relaxed);
-    ctx.progress
-        .bytes_done
-        .store(file_len.saturating_sub(header.data_len), Ordering::Relaxed);
+    start_progress(ctx.progress, &header, mapping.len() as u64);
 
     // Every output tensor is declared up front so the header can be written first and the data
     // streamed after it.
@@ -224,19 +213,7 @@ pub fn quantize_file(
         .iter()
         .map(|t| plan_tensor(t, spec))
         .collect();
-    let mut declared: Vec<OutputTensor> = Vec::new();
-    for (tensor, plan) in header.tensors.iter().zip(&plans) {
-        declared.extend(output_tensors(tensor, plan, spec.format)?);
-    }
-    let mut seen = std::collections::HashSet::new();
-    for out in &declared {
-        if !seen.insert(out.name.as_str()) {
-            return Err(invalid(
-                "tensor-name-collision",
-                format!("the output would contain '{}' twice: the model already has a tensor with a name quantd adds", out.name),
-            ));
-        }
-    }
+    let declared = declare_outputs(&header.tensors, &plans, spec.format)?;
 
     let out_file = File::create(output)?;
     let sink = HashingWriter {
@@ -253,7 +230,7 @@ pub fn quantize_file(
     let mut writer = OutputWriter::new(
         sink,
         spec,
-        declared,
+        declared.iter().flatten().cloned().collect(),
         &header.metadata,
         layout_metadata,
         model,
@@ -262,7 +239,7 @@ pub fn quantize_file(
     let mut encoder = Encoder::new(ctx.kernels, ctx.ggml_kernels, &should_continue);
 
     let mut reports = Vec::with_capacity(header.tensors.len());
-    for (tensor, plan) in header.tensors.iter().zip(&plans) {
+    for ((tensor, plan), outputs) in header.tensors.iter().zip(&plans).zip(&declared) {
         if ctx.cancel.load(Ordering::Relaxed) {
             return Err(PipelineError::Cancelled);
         }
@@ -272,63 +249,14 @@ pub fn quantize_file(
         let start = (header.data_start + tensor.data_offsets.0) as usize;
         let end = (header.data_start + tensor.data_offsets.1) as usize;
         let bytes = &mapping[start..end];
-        let bytes_before = bytes.len() as u64;
-        let mut bytes_after = 0u64;
-        let mut emit = |name: &str, data: &[u8]| -> Result<(), PipelineError> {
-            bytes_after += data.len() as u64;
-            writer.write_tensor_data(name, data)
-        };
-
-        let report = match plan {
-            TensorPlan::Keep { reason } => {
-                emit(&tensor.name, bytes)?;
-                TensorReport {
-                    name: tensor.name.clone(),
-                    dtype: tensor.dtype.as_str().to_owned(),
-                    shape: tensor.shape.clone(),
-                    action: TensorAction::Kept,
-                    scheme: None,
-                    reason: Some(reason.clone()),
-                    mse: Some(0.0),
-                    sqnr_db: None,
-                    max_abs_error: Some(0.0),
-                    cosine: Some(1.0),
-                    rel_rmse: Some(0.0),
-                    bits_per_weight: Some(tensor.dtype.size_bytes() as f64 * 8.0),
-                    bytes_before,
-                    bytes_after: bytes_before,
-                }
-            }
-            TensorPlan::Quantize { scheme, note } => {
-                let values = tensor_as_f32(bytes, tensor.dtype);
-                let stats = encoder.encode(tensor, &values, scheme, spec.format, &mut emit)?;
-                let n_values = values.len();
-                drop(values);
-                let metrics = TensorMetrics::from(&stats);
-                TensorReport {
-                    name: tensor.name.clone(),
-                    dtype: tensor.dtype.as_str().to_owned(),
-                    shape: tensor.shape.clone(),
-                    action: TensorAction::Quantized,
-                    scheme: Some(scheme.name().to_owned()),
-                    reason: note.clone(),
-                    mse: finite(metrics.mse),
-                    sqnr_db: finite(metrics.sqnr_db),
-                    max_abs_error: Some(metrics.max_abs_err),
-                    cosine: finite(metrics.cosine),
-                    rel_rmse: finite(metrics.rel_rmse),
-                    bits_per_weight: Some(bytes_after as f64 * 8.0 / n_values.max(1) as f64),
-                    bytes_before,
-                    bytes_after,
-                }
-            }
-        };
+        let mut emitter = Emitter::new(outputs, &mut writer);
+        let report = encode_tensor(&mut encoder, tensor, plan, bytes, spec.format, &mut emitter)?;
         reports.push(report);
         release_mapped_range(&mapping, start, end);
         ctx.progress.tensors_done.fetch_add(1, Ordering::Relaxed);
         ctx.progress
             .bytes_done
-            .fetch_add(bytes_before, Ordering::Relaxed);
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     }
 
     let sink = writer.finish()?;
@@ -341,32 +269,7 @@ pub fn quantize_file(
     // Durable before the blob is committed and the job marked succeeded.
     out_file.sync_all()?;
 
-    let quantized: Vec<&TensorReport> = reports
-        .iter()
-        .filter(|r| r.action == TensorAction::Quantized)
-        .collect();
-    let sqnrs: Vec<f64> = quantized.iter().filter_map(|r| r.sqnr_db).collect();
-    let quantized_elements: u64 = quantized
-        .iter()
-        .map(|r| r.shape.iter().product::<usize>() as u64)
-        .sum();
-    let quantized_bytes: u64 = quantized.iter().map(|r| r.bytes_after).sum();
-    let report = QuantReport {
-        scheme: spec.scheme.name().into(),
-        options: spec.canonical_options(),
-        format: spec.format.name().into(),
-        kernel_isa: ctx.kernels.isa.to_string(),
-        n_tensors: reports.len(),
-        n_quantized: quantized.len(),
-        bytes_before: reports.iter().map(|r| r.bytes_before).sum(),
-        bytes_after: reports.iter().map(|r| r.bytes_after).sum(),
-        bits_per_weight: (quantized_elements > 0)
-            .then(|| quantized_bytes as f64 * 8.0 / quantized_elements as f64),
-        min_sqnr_db: sqnrs.iter().copied().reduce(f64::min),
-        mean_sqnr_db: (!sqnrs.is_empty()).then(|| sqnrs.iter().sum::<f64>() / sqnrs.len() as f64),
-        duration_ms: started.elapsed().as_millis() as u64,
-        tensors: reports,
-    };
+    let report = summarize(reports, spec, ctx.kernels, started);
     let quantization_config = match spec.format {
         OutputFormat::Safetensors => safetensors_quantization_config(&header.tensors, &plans),
         OutputFormat::Gguf | OutputFormat::Dequantized { .. } => None,
@@ -379,9 +282,139 @@ pub fn quantize_file(
     })
 }
 
+/// Totals known once the header is parsed: tensors, and bytes counting the whole input file (as
+/// the job's totals did from its creation: they come from the model's size), the header done.
+fn start_progress(progress: &ProgressCounters, header: &Header, file_len: u64) {
+    progress
+        .tensors_total
+        .store(header.tensors.len() as u64, Ordering::Relaxed);
+    progress.bytes_total.store(file_len, Ordering::Relaxed);
+    progress
+        .bytes_done
+        .store(file_len.saturating_sub(header.data_len), Ordering::Relaxed);
+}
+
+/// The output tensors of every input tensor, in file order; refuses an output that would hold a
+/// name twice.
+fn declare_outputs(
+    tensors: &[TensorInfo],
+    plans: &[TensorPlan],
+    format: OutputFormat,
+) -> Result<Vec<Vec<OutputTensor>>, PipelineError> {
+    let declared = tensors
+        .iter()
+        .zip(plans)
+        .map(|(tensor, plan)| output_tensors(tensor, plan, format))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut seen = std::collections::HashSet::new();
+    for out in declared.iter().flatten() {
+        if !seen.insert(out.name.as_str()) {
+            return Err(invalid(
+                "tensor-name-collision",
+                format!("the output would contain '{}' twice: the model already has a tensor with a name quantd adds", out.name),
+            ));
+        }
+    }
+    Ok(declared)
+}
+
+/// Keeps or quantizes one tensor through `emitter` (over its declared outputs) and reports it.
+fn encode_tensor(
+    encoder: &mut Encoder<'_>,
+    tensor: &TensorInfo,
+    plan: &TensorPlan,
+    bytes: &[u8],
+    format: OutputFormat,
+    emitter: &mut Emitter<'_>,
+) -> Result<TensorReport, PipelineError> {
+    let bytes_before = bytes.len() as u64;
+    let report = match plan {
+        TensorPlan::Keep { reason } => {
+            encoder.keep(tensor, bytes, emitter)?;
+            TensorReport {
+                name: tensor.name.clone(),
+                dtype: tensor.dtype.as_str().to_owned(),
+                shape: tensor.shape.clone(),
+                action: TensorAction::Kept,
+                scheme: None,
+                reason: Some(reason.clone()),
+                mse: Some(0.0),
+                sqnr_db: None,
+                max_abs_error: Some(0.0),
+                cosine: Some(1.0),
+                rel_rmse: Some(0.0),
+                bits_per_weight: Some(tensor.dtype.size_bytes() as f64 * 8.0),
+                bytes_before,
+                bytes_after: bytes_before,
+            }
+        }
+        TensorPlan::Quantize { scheme, note } => {
+            let values = tensor_as_f32(bytes, tensor.dtype);
+            let stats = encoder.encode(tensor, &values, scheme, format, emitter)?;
+            let n_values = values.len();
+            drop(values);
+            let metrics = TensorMetrics::from(&stats);
+            let bytes_after = emitter.bytes_written();
+            TensorReport {
+                name: tensor.name.clone(),
+                dtype: tensor.dtype.as_str().to_owned(),
+                shape: tensor.shape.clone(),
+                action: TensorAction::Quantized,
+                scheme: Some(scheme.name().to_owned()),
+                reason: note.clone(),
+                mse: finite(metrics.mse),
+                sqnr_db: finite(metrics.sqnr_db),
+                max_abs_error: Some(metrics.max_abs_err),
+                cosine: finite(metrics.cosine),
+                rel_rmse: finite(metrics.rel_rmse),
+                bits_per_weight: Some(bytes_after as f64 * 8.0 / n_values.max(1) as f64),
+                bytes_before,
+                bytes_after,
+            }
+        }
+    };
+    Ok(report)
+}
+
+/// The whole artifact's report from its tensors'.
+fn summarize(
+    reports: Vec<TensorReport>,
+    spec: &JobSpec,
+    kernels: &Kernels,
+    started: Instant,
+) -> QuantReport {
+    let quantized: Vec<&TensorReport> = reports
+        .iter()
+        .filter(|r| r.action == TensorAction::Quantized)
+        .collect();
+    let sqnrs: Vec<f64> = quantized.iter().filter_map(|r| r.sqnr_db).collect();
+    let quantized_elements: u64 = quantized
+        .iter()
+        .map(|r| r.shape.iter().product::<usize>() as u64)
+        .sum();
+    let quantized_bytes: u64 = quantized.iter().map(|r| r.bytes_after).sum();
+    QuantReport {
+        scheme: spec.scheme.name().into(),
+        options: spec.canonical_options(),
+        format: spec.format.name().into(),
+        kernel_isa: kernels.isa.to_string(),
+        n_tensors: reports.len(),
+        n_quantized: quantized.len(),
+        bytes_before: reports.iter().map(|r| r.bytes_before).sum(),
+        bytes_after: reports.iter().map(|r| r.bytes_after).sum(),
+        bits_per_weight: (quantized_elements > 0)
+            .then(|| quantized_bytes as f64 * 8.0 / quantized_elements as f64),
+        min_sqnr_db: sqnrs.iter().copied().reduce(f64::min),
+        mean_sqnr_db: (!sqnrs.is_empty()).then(|| sqnrs.iter().sum::<f64>() / sqnrs.len() as f64),
+        duration_ms: started.elapsed().as_millis() as u64,
+        tensors: reports,
+    }
+}
+
 /// The `quantization_config` for config.json: bitsandbytes' for NF4 checkpoints, else
 /// compressed-tensors' with one config group per distinct scheme, targeting the quantized modules
-/// by name (tensor name without `.weight`). `None` when nothing needs describing.
+/// by name (tensor name without `.weight`). `None` when nothing needs describing (plain floats,
+/// GGUF types, and the quantd layouts, which the file's `__metadata__` describes).
 fn safetensors_quantization_config(
     tensors: &[TensorInfo],
     plans: &[TensorPlan],
@@ -393,28 +426,21 @@ fn safetensors_quantization_config(
             .unwrap_or(&tensor.name)
             .to_owned()
     };
-    let mut groups: Vec<(Scheme, Vec<String>)> = Vec::new();
+    let mut groups: Vec<(Scheme, Description, Vec<String>)> = Vec::new();
     for (tensor, plan) in tensors.iter().zip(plans) {
-        if let TensorPlan::Quantize { scheme, .. } = plan {
-            if matches!(
-                scheme,
-                Scheme::F16
-                    | Scheme::Ggml(_)
-                    | Scheme::Binary
-                    | Scheme::Ternary
-                    | Scheme::Kmeans(_)
-            ) {
-                // Half precision is plain to every loader; the quantd layouts are described by
-                // the file's __metadata__ (docs/quantd-layouts.md), not by config.json.
-                continue;
-            }
-            match groups.iter_mut().find(|(s, _)| s == scheme) {
-                Some((_, modules)) => modules.push(module_of(tensor)),
-                None => groups.push((*scheme, vec![module_of(tensor)])),
-            }
+        let TensorPlan::Quantize { scheme, .. } = plan else {
+            continue;
+        };
+        let description = scheme.layout().description();
+        if description == Description::None {
+            continue;
+        }
+        match groups.iter_mut().find(|(s, _, _)| s == scheme) {
+            Some((_, _, modules)) => modules.push(module_of(tensor)),
+            None => groups.push((*scheme, description, vec![module_of(tensor)])),
         }
     }
-    if let Some((Scheme::Nf4(options), _)) = groups.first() {
+    if let Some((_, Description::Bitsandbytes { double_quant }, _)) = groups.first() {
         // JobSpec::parse keeps NF4 from sharing a checkpoint with compressed-tensors schemes.
         let skipped: Vec<String> = tensors
             .iter()
@@ -424,46 +450,21 @@ fn safetensors_quantization_config(
             })
             .map(|(t, _)| module_of(t))
             .collect();
-        return Some(bitsandbytes_nf4_config(options.double_quant, &skipped));
+        return Some(bitsandbytes_nf4_config(*double_quant, &skipped));
     }
     if groups.is_empty() {
         return None;
     }
     let groups: Vec<ConfigGroup> = groups
         .into_iter()
-        .map(|(scheme, targets)| {
-            let (format, weights) = match scheme {
-                Scheme::Int8(options) => (
-                    "int-quantized",
-                    int_weight_args(
-                        8,
-                        options.symmetric,
-                        match options.granularity {
-                            Granularity::Channel => "channel",
-                            Granularity::Tensor => "tensor",
-                        },
-                        None,
-                    ),
-                ),
-                Scheme::Int4(options) => (
-                    "pack-quantized",
-                    int_weight_args(4, options.symmetric, "group", Some(options.group_size)),
-                ),
-                Scheme::Fp8 { per_channel, .. } => (
-                    "float-quantized",
-                    float_weight_args(if per_channel { "channel" } else { "tensor" }),
-                ),
-                Scheme::Nf4(_)
-                | Scheme::Ggml(_)
-                | Scheme::F16
-                | Scheme::Binary
-                | Scheme::Ternary
-                | Scheme::Kmeans(_) => unreachable!("filtered above"),
-            };
-            ConfigGroup {
+        .map(|(_, description, targets)| match description {
+            Description::CompressedTensors { format, weights } => ConfigGroup {
                 format,
                 weights,
                 targets,
+            },
+            Description::None | Description::Bitsandbytes { .. } => {
+                unreachable!("JobSpec::parse keeps NF4 alone; plain schemes are filtered above")
             }
         })
         .collect();

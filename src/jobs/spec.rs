@@ -11,6 +11,7 @@ use crate::quant::ggml::GgmlType;
 use crate::quant::int4::Int4Options;
 use crate::quant::int8::{Granularity, Int8Options};
 use crate::quant::kmeans::KmeansOptions;
+pub use crate::quant::layout::{OutputFormat, Scheme};
 use crate::quant::nf4::Nf4Options;
 
 /// Schemes this build can run.
@@ -49,18 +50,6 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
     }
 }
 
-/// The file an artifact is written as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputFormat {
-    /// safetensors in the compressed-tensors layout plus `config.json` `quantization_config`.
-    Safetensors,
-    /// GGUF v3 for llama.cpp and gguf-py.
-    Gguf,
-    /// safetensors with every quantized tensor dequantized back to f32 (or f16): the error is
-    /// baked in and any framework loads it, for evaluation.
-    Dequantized { f16: bool },
-}
-
 impl OutputFormat {
     pub fn parse(format: Option<&str>) -> Result<Self, SpecError> {
         match format.unwrap_or("safetensors") {
@@ -73,41 +62,6 @@ impl OutputFormat {
             }),
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            OutputFormat::Safetensors => "safetensors",
-            OutputFormat::Gguf => "gguf",
-            OutputFormat::Dequantized { f16: false } => "dequantized",
-            OutputFormat::Dequantized { f16: true } => "dequantized-f16",
-        }
-    }
-}
-
-/// One scheme with its validated options.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Scheme {
-    /// sign × per-row mean |w| (XNOR-Net), 8 signs per byte (quantd layout).
-    Binary,
-    /// {-1, 0, +1} × per-row scale with threshold 0.7·mean|w| (TWN), 4 codes per byte.
-    Ternary,
-    /// 2–8-bit indices into a per-tensor k-means codebook (Deep Compression).
-    Kmeans(KmeansOptions),
-    Int8(Int8Options),
-    /// Group-wise int4 (compressed-tensors `pack-quantized`).
-    Int4(Int4Options),
-    /// bitsandbytes NormalFloat-4, absmax blocks of 64.
-    Nf4(Nf4Options),
-    /// FP8 with a per-channel or per-tensor scale (compressed-tensors `float-quantized`).
-    Fp8 {
-        format: Fp8Format,
-        per_channel: bool,
-    },
-    /// One of ggml's legacy 32-element block types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1).
-    Ggml(GgmlType),
-    /// Half precision: a plain conversion (also the documented fallback for tensors whose rows
-    /// do not fit a block type in GGUF output).
-    F16,
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,20 +253,6 @@ impl Scheme {
             other => Err(SpecError::UnknownScheme {
                 scheme: other.to_owned(),
             }),
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Scheme::Binary => "binary",
-            Scheme::Ternary => "ternary",
-            Scheme::Kmeans(_) => "kmeans",
-            Scheme::Int8(_) => "int8",
-            Scheme::Int4(_) => "int4",
-            Scheme::Nf4(_) => "nf4",
-            Scheme::Fp8 { .. } => "fp8",
-            Scheme::Ggml(ty) => ty.name(),
-            Scheme::F16 => "f16",
         }
     }
 

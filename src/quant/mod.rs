@@ -21,6 +21,7 @@ pub mod int4;
 pub mod int8;
 pub mod kernels;
 pub mod kmeans;
+pub mod layout;
 pub mod metrics;
 pub mod nf4;
 mod rows;

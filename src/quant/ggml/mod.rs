@@ -110,7 +110,9 @@ impl GgmlType {
     pub fn block_size(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 => 1,
-            _ => QK,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
+                QK
+            }
         }
     }
 
@@ -349,7 +351,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
                 *value = scalar::f16_value(u16::from_le_bytes([bytes[0], bytes[1]]));
             }
         }
-        _ => {
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
             for (block, out) in src
                 .chunks_exact(ty.type_size())
                 .zip(dst.chunks_exact_mut(QK))
