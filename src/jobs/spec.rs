@@ -16,8 +16,8 @@ use crate::quant::nf4::Nf4Options;
 
 /// Schemes this build can run.
 pub const KNOWN_SCHEMES: &[&str] = &[
-    "int8", "int4", "nf4", "fp8", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "binary", "ternary",
-    "kmeans", "f16",
+    "int8", "int4", "nf4", "fp8", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k", "binary",
+    "ternary", "kmeans", "f16",
 ];
 /// Output formats this build can write.
 pub const KNOWN_FORMATS: &[&str] = &["safetensors", "gguf", "dequantized", "dequantized-f16"];
@@ -237,7 +237,8 @@ impl Scheme {
                     tolerance,
                 }))
             }
-            "binary" | "ternary" | "q8_0" | "q4_0" | "q4_1" | "q5_0" | "q5_1" | "f16" => {
+            "binary" | "ternary" | "q8_0" | "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q4_k" | "q6_k"
+            | "f16" => {
                 let _: NoOptions = from_options(options, prefix)?;
                 Ok(match name {
                     "q8_0" => Scheme::Ggml(GgmlType::Q8_0),
@@ -245,6 +246,8 @@ impl Scheme {
                     "q4_1" => Scheme::Ggml(GgmlType::Q4_1),
                     "q5_0" => Scheme::Ggml(GgmlType::Q5_0),
                     "q5_1" => Scheme::Ggml(GgmlType::Q5_1),
+                    "q4_k" => Scheme::Ggml(GgmlType::Q4K),
+                    "q6_k" => Scheme::Ggml(GgmlType::Q6K),
                     "binary" => Scheme::Binary,
                     "ternary" => Scheme::Ternary,
                     _ => Scheme::F16,

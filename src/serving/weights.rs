@@ -3,7 +3,7 @@
 //! business ([`crate::quant::layout`]: `recognize`, then `decode` into a [`Held`] form); this
 //! module only decides how serving holds that form: Linear weights stay quantized where a kernel
 //! runs them (int8, int4, q8_0, q4_0, q4_1 as blocks; see `infer::matrix`), other schemes are
-//! dequantized to f32 at load (fp8, binary, ternary, kmeans, q5_0, q5_1) and the model metadata
+//! dequantized to f32 at load (fp8, binary, ternary, kmeans, q5_0, q5_1, q4_k, q6_k) and the model metadata
 //! says so; layouts that belong to another runtime (NF4) are refused with a reason.
 
 use std::collections::BTreeSet;
@@ -55,7 +55,7 @@ impl LoadReport {
 }
 
 /// What serving reads, for error messages.
-const SERVED: &str = "served: f32/f16/bf16, int8, int4, fp8, binary, ternary, kmeans; GGUF f32/f16/q8_0/q4_0/q4_1/q5_0/q5_1";
+const SERVED: &str = "served: f32/f16/bf16, int8, int4, fp8, binary, ternary, kmeans; GGUF f32/f16/q8_0/q4_0/q4_1/q5_0/q5_1/q4_k/q6_k";
 
 fn unsupported(message: String) -> ServingError {
     ServingError::Unsupported(message)

@@ -38,4 +38,7 @@ pub const LLAMA_FTYPE_MOSTLY_Q4_1: u32 = 3;
 pub const LLAMA_FTYPE_MOSTLY_Q8_0: u32 = 7;
 pub const LLAMA_FTYPE_MOSTLY_Q5_0: u32 = 8;
 pub const LLAMA_FTYPE_MOSTLY_Q5_1: u32 = 9;
+/// Mostly Q4_K (llama.cpp's `Q4_K_S`, the closest label for a file quantized uniformly to Q4_K).
+pub const LLAMA_FTYPE_MOSTLY_Q4_K_S: u32 = 14;
+pub const LLAMA_FTYPE_MOSTLY_Q6_K: u32 = 18;
 pub const LLAMA_FTYPE_MOSTLY_BF16: u32 = 32;

@@ -63,8 +63,9 @@ pub use kquants::{
     dequantize_q4_k, dequantize_q6_k, quantize_q4_k, quantize_q6_k, BlockQ4K, BlockQ6K, QK_K,
 };
 
-/// A ggml tensor type this module can write: the float types and the legacy 32-element block
-/// types. [`GgmlType::id`] is ggml's `enum ggml_type` value, stored in GGUF tensor infos.
+/// A ggml tensor type this module can write: the float types, the legacy 32-element block
+/// types and the 256-element K-quant super-blocks Q4_K and Q6_K ([`kquants`]).
+/// [`GgmlType::id`] is ggml's `enum ggml_type` value, stored in GGUF tensor infos.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GgmlType {
     F32,
@@ -74,11 +75,15 @@ pub enum GgmlType {
     Q5_0,
     Q5_1,
     Q8_0,
+    /// ggml's `Q4_K` (`block_q4_K`, 144 bytes per 256 elements).
+    Q4K,
+    /// ggml's `Q6_K` (`block_q6_K`, 210 bytes per 256 elements).
+    Q6K,
 }
 
 impl GgmlType {
     /// Every type, in `ggml_type` order.
-    pub const ALL: [GgmlType; 7] = [
+    pub const ALL: [GgmlType; 9] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -86,6 +91,8 @@ impl GgmlType {
         GgmlType::Q5_0,
         GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
     ];
 
     /// ggml's `enum ggml_type` value (`GGML_TYPE_Q4_0 = 2`, ...), as written in GGUF files.
@@ -98,6 +105,8 @@ impl GgmlType {
             GgmlType::Q5_0 => 6,
             GgmlType::Q5_1 => 7,
             GgmlType::Q8_0 => 8,
+            GgmlType::Q4K => 12,
+            GgmlType::Q6K => 14,
         }
     }
 
@@ -106,13 +115,15 @@ impl GgmlType {
         GgmlType::ALL.into_iter().find(|ty| ty.id() == id)
     }
 
-    /// Elements per block: 1 for the float types, [`QK`] = 32 for the block types.
+    /// Elements per block: 1 for the float types, [`QK`] = 32 for the legacy block types,
+    /// [`QK_K`] = 256 for the K-quants.
     pub fn block_size(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 => 1,
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
                 QK
             }
+            GgmlType::Q4K | GgmlType::Q6K => QK_K,
         }
     }
 
@@ -126,6 +137,8 @@ impl GgmlType {
             GgmlType::Q5_0 => size_of::<BlockQ5_0>(),
             GgmlType::Q5_1 => size_of::<BlockQ5_1>(),
             GgmlType::Q8_0 => size_of::<BlockQ8_0>(),
+            GgmlType::Q4K => size_of::<BlockQ4K>(),
+            GgmlType::Q6K => size_of::<BlockQ6K>(),
         }
     }
 
@@ -139,6 +152,8 @@ impl GgmlType {
             GgmlType::Q5_0 => "q5_0",
             GgmlType::Q5_1 => "q5_1",
             GgmlType::Q8_0 => "q8_0",
+            GgmlType::Q4K => "q4_k",
+            GgmlType::Q6K => "q6_k",
         }
     }
 
@@ -192,6 +207,9 @@ impl GgmlKernels {
             GgmlType::Q4_1 => Some(self.quantize_q4_1),
             GgmlType::Q5_0 => Some(self.quantize_q5_0),
             GgmlType::Q5_1 => Some(self.quantize_q5_1),
+            // The K-quants have only their scalar reference, on every ISA.
+            GgmlType::Q4K => Some(kquants::quantize_q4_k),
+            GgmlType::Q6K => Some(kquants::quantize_q6_k),
             GgmlType::F32 | GgmlType::F16 => None,
         }
     }
@@ -359,5 +377,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
                 scalar::dequantize_block(ty, block, out);
             }
         }
+        GgmlType::Q4K => kquants::dequantize_q4_k(src, dst),
+        GgmlType::Q6K => kquants::dequantize_q6_k(src, dst),
     }
 }

@@ -326,6 +326,8 @@ pub(crate) fn dequantize_block(ty: GgmlType, block: &[u8], out: &mut [f32]) {
                 *value = d * f32::from(quant) + m;
             }
         }
-        GgmlType::F32 | GgmlType::F16 => unreachable!("{ty} has no 32-element blocks"),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Q4K | GgmlType::Q6K => {
+            unreachable!("{ty} has no 32-element blocks")
+        }
     }
 }

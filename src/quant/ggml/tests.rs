@@ -11,7 +11,8 @@ mod fixtures;
 mod gguf_py;
 mod reference;
 
-/// The five block types with quantizers.
+/// The five legacy block types, with a quantizer per ISA (the K-quants have only their scalar
+/// reference, checked against llama.cpp itself by `tests/api/ggml_oracle.rs`).
 const BLOCK_TYPES: [GgmlType; 5] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,

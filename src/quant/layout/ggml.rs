@@ -5,7 +5,8 @@
 
 use crate::formats::gguf::{
     LLAMA_FTYPE_ALL_F32, LLAMA_FTYPE_MOSTLY_F16, LLAMA_FTYPE_MOSTLY_Q4_0, LLAMA_FTYPE_MOSTLY_Q4_1,
-    LLAMA_FTYPE_MOSTLY_Q5_0, LLAMA_FTYPE_MOSTLY_Q5_1, LLAMA_FTYPE_MOSTLY_Q8_0,
+    LLAMA_FTYPE_MOSTLY_Q4_K_S, LLAMA_FTYPE_MOSTLY_Q5_0, LLAMA_FTYPE_MOSTLY_Q5_1, LLAMA_FTYPE_MOSTLY_Q6_K,
+    LLAMA_FTYPE_MOSTLY_Q8_0,
 };
 use crate::formats::safetensors::TensorInfo;
 use crate::quant::ggml::{self, GgmlType};
@@ -91,6 +92,8 @@ impl SchemeLayout for GgmlLayout {
             GgmlType::Q5_0 => LLAMA_FTYPE_MOSTLY_Q5_0,
             GgmlType::Q5_1 => LLAMA_FTYPE_MOSTLY_Q5_1,
             GgmlType::Q8_0 => LLAMA_FTYPE_MOSTLY_Q8_0,
+            GgmlType::Q4K => LLAMA_FTYPE_MOSTLY_Q4_K_S,
+            GgmlType::Q6K => LLAMA_FTYPE_MOSTLY_Q6_K,
         })
     }
 

@@ -262,6 +262,8 @@ pub(super) unsafe fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
         GgmlType::Q4_1 => for_each_block!(src, dst, 20, q4_1_block),
         GgmlType::Q5_0 => for_each_block!(src, dst, 22, q5_0_block),
         GgmlType::Q5_1 => for_each_block!(src, dst, 24, q5_1_block),
-        GgmlType::F32 | GgmlType::F16 => unreachable!("{ty} has no SIMD quantizer"),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Q4K | GgmlType::Q6K => {
+            unreachable!("{ty} has no SIMD quantizer")
+        }
     }
 }

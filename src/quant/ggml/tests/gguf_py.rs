@@ -139,7 +139,9 @@ fn expected(ty: GgmlType) -> Vec<u8> {
         GgmlType::Q4_1 => EXPECTED_Q4_1,
         GgmlType::Q5_0 => EXPECTED_Q5_0,
         GgmlType::Q5_1 => EXPECTED_Q5_1,
-        GgmlType::F32 | GgmlType::F16 => unreachable!("no vectors for {ty}"),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Q4K | GgmlType::Q6K => {
+            unreachable!("no vectors for {ty}")
+        }
     })
 }
 

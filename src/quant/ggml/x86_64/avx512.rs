@@ -591,7 +591,9 @@ pub(super) unsafe fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
         GgmlType::Q4_1 => (q4_1_scales, q4_1_quants),
         GgmlType::Q5_0 => (q5_0_scales, q5_0_quants),
         GgmlType::Q5_1 => (q5_1_scales, q5_1_quants),
-        GgmlType::F32 | GgmlType::F16 => unreachable!("{ty} has no SIMD quantizer"),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Q4K | GgmlType::Q6K => {
+            unreachable!("{ty} has no SIMD quantizer")
+        }
     };
     // SAFETY: the CPU features and lengths are this function's own preconditions.
     unsafe { quantize_groups(ty, src, dst, scales_fn, quants_fn) }
