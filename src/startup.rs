@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::catalog::{Catalog, CatalogSettings};
 use crate::config::Settings;
 use crate::formats::safetensors::Limits;
 use crate::http::limits::{body_idle_timeout_layer, HeaderBudget};
@@ -124,6 +125,17 @@ impl Application {
             },
         ));
         let header_budget = HeaderBudget::new(settings.header_buffer_budget_bytes);
+        let catalog = Arc::new(
+            Catalog::new(
+                store.clone(),
+                blobs.clone(),
+                reserve.clone(),
+                header_budget.clone(),
+                CatalogSettings::from_settings(&settings),
+                job_wake.clone(),
+            )
+            .with_serving(serving.clone()),
+        );
         let state = AppState {
             inner: Arc::new(AppInner {
                 serving,
@@ -135,6 +147,7 @@ impl Application {
                 pool,
                 job_wake,
                 header_budget,
+                catalog,
                 started_at: Instant::now(),
             }),
         };

@@ -5,8 +5,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -153,78 +151,8 @@ impl ApiError {
     }
 }
 
-/// Bytes of safetensors headers that concurrent uploads may buffer together. The validator
-/// bounds one header (`max_header_bytes`); this bounds their sum, so that many concurrent
-/// uploads with large headers cannot take the process's memory.
-///
-/// A counter rather than a `tokio::sync::Semaphore`: nobody waits for room (an upload that
-/// does not fit is answered 503 at once, so the client, not the server, holds the queue), and
-/// a semaphore counts permits in `u32` while a header limit may exceed 4 GiB.
-#[derive(Debug, Clone)]
-pub struct HeaderBudget {
-    /// Bytes currently reserved, shared with every outstanding [`HeaderReservation`].
-    reserved: Arc<AtomicU64>,
-    capacity: u64,
-}
-
-/// Bytes reserved from a [`HeaderBudget`]; given back when dropped (header parsed, upload
-/// failed, or the handler cancelled because the client went away).
-#[derive(Debug)]
-pub struct HeaderReservation {
-    reserved: Arc<AtomicU64>,
-    n_bytes: u64,
-}
-
-/// The budget had no room for a header; answered 503 with Retry-After.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("{requested} header bytes requested, {available} of {capacity} available")]
-pub struct BudgetExhausted {
-    pub requested: u64,
-    pub available: u64,
-    pub capacity: u64,
-}
-
-impl HeaderBudget {
-    pub fn new(capacity: u64) -> Self {
-        HeaderBudget {
-            reserved: Arc::new(AtomicU64::new(0)),
-            capacity,
-        }
-    }
-
-    /// Reserves `n_bytes` if they fit beside the current reservations.
-    pub fn try_reserve(&self, n_bytes: u64) -> Result<HeaderReservation, BudgetExhausted> {
-        let update = self
-            .reserved
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |reserved| {
-                reserved
-                    .checked_add(n_bytes)
-                    .filter(|&total| total <= self.capacity)
-            });
-        match update {
-            Ok(_) => Ok(HeaderReservation {
-                reserved: self.reserved.clone(),
-                n_bytes,
-            }),
-            Err(reserved) => Err(BudgetExhausted {
-                requested: n_bytes,
-                available: self.capacity.saturating_sub(reserved),
-                capacity: self.capacity,
-            }),
-        }
-    }
-
-    /// Bytes currently reserved.
-    pub fn reserved(&self) -> u64 {
-        self.reserved.load(Ordering::Acquire)
-    }
-}
-
-impl Drop for HeaderReservation {
-    fn drop(&mut self) {
-        self.reserved.fetch_sub(self.n_bytes, Ordering::AcqRel);
-    }
-}
+// The header budget is part of ingesting an upload; it lives in the catalog.
+pub use crate::catalog::header_budget::{BudgetExhausted, HeaderBudget, HeaderReservation};
 
 impl From<BudgetExhausted> for ApiError {
     fn from(error: BudgetExhausted) -> Self {
