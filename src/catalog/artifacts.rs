@@ -92,15 +92,15 @@ impl Catalog {
         };
         let completed = self.store.complete_job(lease, progress, &artifact).await;
         drop(window);
-        let unrecorded = || artifact.files.iter().map(|f| f.sha256.clone());
+        let unrecorded: Vec<String> = artifact.files.iter().map(|f| f.sha256.clone()).collect();
         match completed {
             Ok(true) => Ok(ArtifactOutcome::Recorded(Box::new(artifact))),
             Ok(false) => {
-                self.forget_blobs(unrecorded()).await;
+                self.forget_blobs(unrecorded).await;
                 Ok(ArtifactOutcome::LeaseLost)
             }
             Err(e) => {
-                self.forget_blobs(unrecorded()).await;
+                self.forget_blobs(unrecorded).await;
                 Err(ArtifactError::Record(e))
             }
         }
