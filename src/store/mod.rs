@@ -8,6 +8,8 @@ pub mod blobs;
 pub mod reaper;
 pub mod reserve;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
