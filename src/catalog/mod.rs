@@ -20,7 +20,7 @@ mod ingest;
 mod jobs;
 mod models;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 
