@@ -58,7 +58,7 @@ async fn an_ingested_model_is_committed_then_recorded() {
         std::fs::read(fixture.blobs.local_path(&model.sha256)).unwrap(),
         bytes
     );
-    assert_eq!(fixture.committed_blobs(), [model.sha256.clone()]);
+    assert_eq!(fixture.committed_blobs(), vec![model.sha256.clone()]);
     assert!(fixture.staging_files().is_empty());
     let stored = fixture.catalog.model(model.id).await.unwrap().unwrap();
     assert_eq!(stored.sha256, model.sha256);
@@ -239,7 +239,7 @@ async fn deleting_a_model_removes_only_blobs_nothing_else_refers_to() {
     assert!(fixture.catalog.model(first.id).await.unwrap().is_none());
     assert_eq!(
         fixture.committed_blobs(),
-        [second.sha256.clone()],
+        vec![second.sha256.clone()],
         "still used"
     );
     fixture.catalog.delete_model(second.id).await.unwrap();
@@ -294,7 +294,7 @@ async fn companion_files_are_validated_replaced_and_collected() {
             .await
             .unwrap_err();
         assert_eq!(refused.slug(), slug);
-        assert_eq!(fixture.committed_blobs(), [model.sha256.clone()]);
+        assert_eq!(fixture.committed_blobs(), vec![model.sha256.clone()]);
         assert!(fixture.staging_files().is_empty());
     }
 
@@ -321,7 +321,7 @@ async fn companion_files_are_validated_replaced_and_collected() {
         .unwrap()
         .unwrap()
         .files;
-    assert_eq!(files, [second.clone()]);
+    assert_eq!(files, vec![second.clone()]);
     let mut expected = vec![model.sha256.clone(), second.sha256.clone()];
     expected.sort();
     assert_eq!(

@@ -161,7 +161,7 @@ pub(crate) fn safetensors(
         offset += n_bytes;
     }
     let mut header_bytes = serde_json::to_vec(&header).unwrap();
-    while header_bytes.len() % 8 != 0 {
+    while !header_bytes.len().is_multiple_of(8) {
         header_bytes.push(b' ');
     }
     let mut file = (header_bytes.len() as u64).to_le_bytes().to_vec();
