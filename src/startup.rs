@@ -11,10 +11,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::catalog::{Catalog, CatalogSettings};
+use crate::catalog::{Catalog, CatalogSettings, HeaderBudget};
 use crate::config::Settings;
 use crate::formats::safetensors::Limits;
-use crate::http::limits::{body_idle_timeout_layer, HeaderBudget};
+use crate::http::limits::body_idle_timeout_layer;
 use crate::http::{self, AppInner, AppState};
 use crate::jobs::runner::{JobRunner, RunnerParts, RunnerSettings};
 use crate::pool::WorkerPool;
@@ -106,13 +106,12 @@ impl Application {
                 math: inference.1,
             },
         ));
-        let header_budget = HeaderBudget::new(settings.header_buffer_budget_bytes);
         let catalog = Arc::new(
             Catalog::new(
                 store.clone(),
                 blobs.clone(),
                 reserve.clone(),
-                header_budget.clone(),
+                HeaderBudget::new(settings.header_buffer_budget_bytes),
                 CatalogSettings::from_settings(&settings),
                 job_wake.clone(),
             )
@@ -149,7 +148,6 @@ impl Application {
                 kernels,
                 pool,
                 job_wake,
-                header_budget,
                 catalog,
                 started_at: Instant::now(),
             }),

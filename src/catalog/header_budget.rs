@@ -76,3 +76,23 @@ impl Drop for HeaderReservation {
         self.reserved.fetch_sub(self.n_bytes, Ordering::AcqRel);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_fit_the_budget_and_are_given_back_on_drop() {
+        let budget = HeaderBudget::new(100);
+        let first = budget.try_reserve(60).expect("fits");
+        let refused = budget.try_reserve(41).unwrap_err();
+        assert_eq!((refused.requested, refused.available), (41, 40));
+        let second = budget.try_reserve(40).expect("fits exactly");
+        assert_eq!(budget.reserved(), 100);
+        drop(first);
+        assert_eq!(budget.reserved(), 40);
+        drop(second);
+        assert_eq!(budget.reserved(), 0);
+        assert!(budget.try_reserve(u64::MAX).is_err(), "no overflow");
+    }
+}

@@ -1,7 +1,8 @@
-//! Bounds on what one client can hold of the server: time (a request body that stops arriving
-//! fails after the idle timeout) and memory (safetensors headers buffered by concurrent uploads
-//! share one byte budget). The header-read timeout lives in the serve loop (`startup`), since
-//! only hyper sees a request before its head is complete.
+//! Bounds on what one client can hold of the server in time: a request body that stops arriving
+//! fails after the idle timeout. The header-read timeout lives in the serve loop (`startup`),
+//! since only hyper sees a request before its head is complete. Memory (safetensors headers
+//! buffered by concurrent uploads share one byte budget) is bounded by ingest itself
+//! (`catalog::header_budget`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -151,44 +152,10 @@ impl ApiError {
     }
 }
 
-// The header budget is part of ingesting an upload; it lives in the catalog.
-pub use crate::catalog::header_budget::{BudgetExhausted, HeaderBudget, HeaderReservation};
-
-impl From<BudgetExhausted> for ApiError {
-    fn from(error: BudgetExhausted) -> Self {
-        tracing::warn!(%error, "header buffer budget exhausted: upload refused");
-        ApiError::new(
-            ErrorKind::Unavailable,
-            "header-budget-exhausted",
-            "Too many uploads in progress",
-            format!(
-                "the headers of the uploads in progress fill the server's header buffer \
-                 ({error}); nothing of this upload was kept, retry later"
-            ),
-        )
-        .with_retry_after(2)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures::StreamExt;
-
-    #[test]
-    fn reservations_fit_the_budget_and_are_given_back_on_drop() {
-        let budget = HeaderBudget::new(100);
-        let first = budget.try_reserve(60).expect("fits");
-        let refused = budget.try_reserve(41).unwrap_err();
-        assert_eq!((refused.requested, refused.available), (41, 40));
-        let second = budget.try_reserve(40).expect("fits exactly");
-        assert_eq!(budget.reserved(), 100);
-        drop(first);
-        assert_eq!(budget.reserved(), 40);
-        drop(second);
-        assert_eq!(budget.reserved(), 0);
-        assert!(budget.try_reserve(u64::MAX).is_err(), "no overflow");
-    }
 
     #[tokio::test]
     async fn a_stalled_body_fails_after_the_idle_timeout() {
