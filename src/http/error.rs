@@ -288,38 +288,3 @@ impl From<QueryRejection> for ApiError {
         ApiError::bad_request("invalid-query", rejection.body_text())
     }
 }
-
-impl ApiError {
-    /// Any domain failure whose `Display` is the detail a client may read: its kind, slug,
-    /// field and Retry-After with `title`. A 5xx (`ErrorKind::Internal`) stays opaque and its
-    /// `source` chain is logged.
-    pub fn from_failure(failure: &dyn crate::error::Failure, title: &'static str) -> Self {
-        if failure.kind() == ErrorKind::Internal {
-            let mut chain = failure.to_string();
-            let mut source = failure.source();
-            while let Some(cause) = source {
-                chain = format!("{chain}: {cause}");
-                source = cause.source();
-            }
-            return ApiError::internal(&chain);
-        }
-        let mut error = ApiError::new(failure.kind(), failure.slug(), title, failure.to_string());
-        error.field = failure.field().map(str::to_owned);
-        error.retry_after_secs = failure.retry_after();
-        error
-    }
-}
-
-impl From<crate::catalog::CatalogError> for ApiError {
-    fn from(error: crate::catalog::CatalogError) -> Self {
-        use crate::catalog::CatalogError;
-        match error {
-            // Storage and database failures answer as they always do (opaque 5xx bodies).
-            CatalogError::Store(e) => e.into(),
-            CatalogError::Blob(e) => e.into(),
-            CatalogError::LowSpace(e) => e.into(),
-            CatalogError::Safetensors(e) => e.into(),
-            other => ApiError::from_failure(&other, other.title()),
-        }
-    }
-}

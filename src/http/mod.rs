@@ -2,6 +2,7 @@
 //! document generated from the route registrations (so routes and spec cannot disagree).
 
 pub mod artifacts;
+mod catalog_error;
 pub mod download;
 pub mod envelope;
 pub mod error;
