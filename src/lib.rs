@@ -17,6 +17,7 @@ pub mod store;
 pub mod telemetry;
 
 // Layer 2 — use cases.
+pub mod catalog;
 pub mod jobs;
 pub mod serving;
 

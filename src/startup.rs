@@ -11,11 +11,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::catalog::{Catalog, CatalogSettings, HeaderBudget};
 use crate::config::Settings;
 use crate::formats::safetensors::Limits;
-use crate::http::limits::{body_idle_timeout_layer, HeaderBudget};
+use crate::http::limits::body_idle_timeout_layer;
 use crate::http::{self, AppInner, AppState};
-use crate::jobs::runner::{JobRunner, RunnerSettings};
+use crate::jobs::runner::{JobRunner, RunnerParts, RunnerSettings};
 use crate::pool::WorkerPool;
 use crate::quant::kernels;
 use crate::store::reaper;
@@ -83,24 +84,6 @@ impl Application {
         );
         let pool = WorkerPool::new(settings.worker_count());
         let job_wake = Arc::new(Notify::new());
-        let runner = JobRunner::new(
-            store.clone(),
-            blobs.clone(),
-            pool.clone(),
-            kernels,
-            ggml_kernels,
-            RunnerSettings {
-                lease: settings.lease(),
-                limits: Limits {
-                    max_header_bytes: settings.max_header_bytes,
-                    max_file_bytes: settings.max_upload_bytes,
-                },
-                shutdown_grace: Duration::from_secs(settings.shutdown_grace_seconds),
-                tensor_delay: Duration::from_millis(settings.debug_tensor_delay_ms),
-                poll_interval: Duration::from_millis(500),
-            },
-            job_wake.clone(),
-        );
         let listener = TcpListener::bind(settings.bind)
             .await
             .with_context(|| format!("binding {}", settings.bind))?;
@@ -123,7 +106,38 @@ impl Application {
                 math: inference.1,
             },
         ));
-        let header_budget = HeaderBudget::new(settings.header_buffer_budget_bytes);
+        let catalog = Arc::new(
+            Catalog::new(
+                store.clone(),
+                blobs.clone(),
+                reserve.clone(),
+                HeaderBudget::new(settings.header_buffer_budget_bytes),
+                CatalogSettings::from_settings(&settings),
+                job_wake.clone(),
+            )
+            .with_serving(serving.clone()),
+        );
+        let runner = JobRunner::new(
+            RunnerParts {
+                store: store.clone(),
+                blobs: blobs.clone(),
+                catalog: catalog.clone(),
+                pool: pool.clone(),
+                kernels,
+                ggml_kernels,
+                wake: job_wake.clone(),
+            },
+            RunnerSettings {
+                lease: settings.lease(),
+                limits: Limits {
+                    max_header_bytes: settings.max_header_bytes,
+                    max_file_bytes: settings.max_upload_bytes,
+                },
+                shutdown_grace: Duration::from_secs(settings.shutdown_grace_seconds),
+                tensor_delay: Duration::from_millis(settings.debug_tensor_delay_ms),
+                poll_interval: Duration::from_millis(500),
+            },
+        );
         let state = AppState {
             inner: Arc::new(AppInner {
                 serving,
@@ -134,7 +148,7 @@ impl Application {
                 kernels,
                 pool,
                 job_wake,
-                header_budget,
+                catalog,
                 started_at: Instant::now(),
             }),
         };

@@ -12,8 +12,8 @@ use crate::store::ArtifactRecord;
 async fn load(state: &AppState, id: &str) -> Result<ArtifactRecord, ApiError> {
     let artifact_id = parse_id("artifact", id)?;
     state
-        .store
-        .get_artifact(artifact_id)
+        .catalog
+        .artifact(artifact_id)
         .await?
         .ok_or_else(|| ApiError::not_found("artifact", id))
 }

@@ -69,6 +69,20 @@ fn etag_matches(header_value: &str, etag: &str) -> bool {
             .any(|t| t == etag)
 }
 
+/// The range a request asks for: its `Range` header, honoured only when `If-Range` (if any)
+/// names this exact representation.
+fn requested_range(request_headers: &HeaderMap, etag: &str, size: u64) -> RangeRequest {
+    let header_text = |name| request_headers.get(name).and_then(|v| v.to_str().ok());
+    let range = match header_text(header::RANGE) {
+        Some(value) => parse_range(value, size),
+        None => RangeRequest::Full,
+    };
+    match header_text(header::IF_RANGE) {
+        Some(value) if value.trim() != etag => RangeRequest::Full,
+        _ => range,
+    }
+}
+
 /// Streams blob `sha256` of `size` bytes as an attachment named `filename`.
 pub async fn serve_blob(
     state: &AppState,
@@ -115,24 +129,7 @@ pub async fn serve_blob(
         }
     }
 
-    let mut range = match request_headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(value) => parse_range(value, size),
-        None => RangeRequest::Full,
-    };
-    // If-Range: only honour the range when the client's copy is this exact representation.
-    if let Some(value) = request_headers
-        .get(header::IF_RANGE)
-        .and_then(|v| v.to_str().ok())
-    {
-        if value.trim() != etag {
-            range = RangeRequest::Full;
-        }
-    }
-
-    match range {
+    match requested_range(request_headers, &etag, size) {
         RangeRequest::Unsatisfiable => {
             let mut response = ApiError::new(
                 ErrorKind::BadRequest,

@@ -8,11 +8,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{
-    page_request, parse_id, ApiError, ApiJson, ApiQuery, AppState, ErrorKind, PageResponse, Problem,
-};
+use super::{page_request, parse_id, ApiError, ApiJson, ApiQuery, AppState, PageResponse, Problem};
+use crate::catalog::{Cancellation, CatalogError, JobRequest};
 use crate::jobs::spec::JobSpec;
-use crate::store::{CancelOutcome, EnqueueOutcome, JobFilter, JobRecord, JobState, NewJob};
+use crate::store::{JobFilter, JobRecord, JobState};
 
 /// Body of `POST /api/v1/jobs`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -42,7 +41,7 @@ pub struct JobView {
 
 async fn view(state: &AppState, job: JobRecord) -> Result<JobView, ApiError> {
     let queue_position = if job.state == JobState::Queued {
-        state.store.queue_position(job.id).await?
+        state.catalog.queue_position(job.id).await?
     } else {
         None
     };
@@ -81,62 +80,43 @@ pub async fn create_job(
         request.options.as_ref(),
         request.format.as_deref(),
     )?;
-    // A job will write an artifact: refuse it up front rather than fail it for lack of room.
-    state.reserve.check(0)?;
-    let new_job = NewJob {
-        id: Uuid::now_v7(),
+    let request = JobRequest {
         model_id: request.model_id,
-        scheme: spec.scheme.name().to_owned(),
-        options: spec.canonical_options(),
-        format: spec.format.name().to_owned(),
-        max_attempts: state.settings.job_max_attempts.max(1),
+        spec,
     };
-    match state
-        .store
-        .enqueue_job(&new_job, state.settings.max_queued_jobs)
-        .await?
-    {
-        EnqueueOutcome::Enqueued(job) => {
-            state.job_wake.notify_one();
-            let location =
-                HeaderValue::from_str(&format!("/api/v1/jobs/{}", job.id)).expect("ascii");
-            // The job is committed: from here on the client must hear 202 with its id, so a
-            // failed position lookup only leaves the position out.
-            let queue_position = match state.store.queue_position(job.id).await {
-                Ok(position) => position,
-                Err(e) => {
-                    tracing::warn!(error = %e, job_id = %job.id, "queue position unavailable");
-                    None
-                }
-            };
-            let body = JobView {
-                job: *job,
-                queue_position,
-            };
-            Ok((
-                StatusCode::ACCEPTED,
-                [
-                    (header::LOCATION, location),
-                    (header::RETRY_AFTER, HeaderValue::from(POLL_AFTER_SECS)),
-                ],
-                Json(body),
-            )
-                .into_response())
+    let job = state
+        .catalog
+        .create_job(&request)
+        .await
+        .map_err(|error| match error {
+            CatalogError::ModelNotFound(id) => {
+                ApiError::not_found("model", &id.to_string()).with_field("model_id")
+            }
+            other => other.into(),
+        })?;
+    // The job is committed: from here on the client must hear 202 with its id, so a failed
+    // position lookup only leaves the position out.
+    let queue_position = match state.catalog.queue_position(job.id).await {
+        Ok(position) => position,
+        Err(e) => {
+            tracing::warn!(error = %e, job_id = %job.id, "queue position unavailable");
+            None
         }
-        EnqueueOutcome::ModelNotFound => {
-            Err(ApiError::not_found("model", &request.model_id.to_string()).with_field("model_id"))
-        }
-        EnqueueOutcome::QueueFull { queued } => Err(ApiError::new(
-            ErrorKind::Unavailable,
-            "queue-full",
-            "Job queue full",
-            format!(
-                "{queued} jobs are waiting, the limit is {}; retry later",
-                state.settings.max_queued_jobs
-            ),
-        )
-        .with_retry_after(10)),
-    }
+    };
+    let location = HeaderValue::from_str(&format!("/api/v1/jobs/{}", job.id)).expect("ascii");
+    let body = JobView {
+        job,
+        queue_position,
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [
+            (header::LOCATION, location),
+            (header::RETRY_AFTER, HeaderValue::from(POLL_AFTER_SECS)),
+        ],
+        Json(body),
+    )
+        .into_response())
 }
 
 /// Query of `GET /api/v1/jobs`. Fields are parsed by the handler (for its own error messages);
@@ -190,8 +170,8 @@ pub async fn list_jobs(
             .transpose()?,
     };
     let page = state
-        .store
-        .list_jobs(&filter, page_request(query.limit, query.cursor.as_deref())?)
+        .catalog
+        .jobs(&filter, page_request(query.limit, query.cursor.as_deref())?)
         .await?;
     let mut items = Vec::with_capacity(page.items.len());
     for job in page.items {
@@ -221,8 +201,8 @@ pub async fn get_job(
 ) -> Result<Response, ApiError> {
     let job_id = parse_id("job", &id)?;
     let job = state
-        .store
-        .get_job(job_id)
+        .catalog
+        .job(job_id)
         .await?
         .ok_or_else(|| ApiError::not_found("job", &id))?;
     let finished = job.state.is_terminal();
@@ -261,28 +241,18 @@ pub async fn cancel_job(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let job_id = parse_id("job", &id)?;
-    match state.store.cancel_job(job_id).await? {
-        CancelOutcome::NotFound => Err(ApiError::not_found("job", &id)),
-        CancelOutcome::Accepted(job) => {
-            let status = if job.state == JobState::Cancelled {
-                StatusCode::OK
-            } else {
-                StatusCode::ACCEPTED
-            };
-            Ok((status, Json(view(&state, job).await?)).into_response())
+    let cancellation = state
+        .catalog
+        .cancel_job(job_id)
+        .await
+        .map_err(|error| match error {
+            CatalogError::JobNotFound(_) => ApiError::not_found("job", &id),
+            other => other.into(),
+        })?;
+    match cancellation {
+        Cancellation::Cancelled(job) => Ok(Json(view(&state, job).await?).into_response()),
+        Cancellation::Requested(job) => {
+            Ok((StatusCode::ACCEPTED, Json(view(&state, job).await?)).into_response())
         }
-        CancelOutcome::AlreadyFinished(job) if job.state == JobState::Cancelled => {
-            Ok(Json(view(&state, job).await?).into_response())
-        }
-        CancelOutcome::AlreadyFinished(job) => Err(ApiError::new(
-            ErrorKind::Conflict,
-            "job-already-finished",
-            "Job already finished",
-            format!(
-                "job {} is {}; only queued or running jobs can be cancelled",
-                job.id,
-                job.state.as_str()
-            ),
-        )),
     }
 }

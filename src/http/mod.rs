@@ -2,6 +2,7 @@
 //! document generated from the route registrations (so routes and spec cannot disagree).
 
 pub mod artifacts;
+mod catalog_error;
 pub mod download;
 pub mod envelope;
 pub mod error;
@@ -57,8 +58,8 @@ pub struct AppInner {
     pub job_wake: Arc<Notify>,
     /// Loaded models and inference admission.
     pub serving: Arc<crate::serving::ServingRegistry>,
-    /// Header bytes concurrent uploads may buffer together (`QUANTD_HEADER_BUFFER_BUDGET_BYTES`).
-    pub header_budget: limits::HeaderBudget,
+    /// The use cases over models, jobs and artifacts: what handlers call to read and write.
+    pub catalog: Arc<crate::catalog::Catalog>,
     pub started_at: Instant,
 }
 

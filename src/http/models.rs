@@ -10,20 +10,13 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use utoipa::IntoParams;
-use uuid::Uuid;
 
 use super::download::serve_blob;
 use super::{
     page_request, parse_id, ApiError, ApiQuery, AppState, ErrorKind, PageResponse, Problem,
 };
-use crate::formats::safetensors::{Header, StreamValidator, LENGTH_PREFIX_BYTES};
-use crate::store::blobs::{BlobUpload, StagedBlob};
-use crate::store::reaper;
-use crate::store::sqlite::count_map;
-use crate::store::{now, DeleteModelOutcome, ModelRecord, ModelSummary, StoredFile};
-
-/// Largest companion file that is JSON-validated in memory (config.json, tokenizer.json).
-const MAX_JSON_COMPANION_BYTES: usize = 64 << 20;
+use crate::catalog::{BodyError, CatalogError, FileName, ModelName};
+use crate::store::{ModelRecord, ModelSummary, StoredFile};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -38,60 +31,6 @@ pub struct UploadQuery {
         pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
     )]
     pub name: Option<String>,
-}
-
-/// A validated model name.
-fn validate_name(name: &str) -> Result<String, ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(name.to_owned())
-    } else {
-        Err(ApiError::new(
-            ErrorKind::Unprocessable,
-            "invalid-name",
-            "Invalid name",
-            format!("'{name}' is not a valid name: use 1-128 characters of A-Z a-z 0-9 . _ - not starting with '.'"),
-        )
-        .with_field("name"))
-    }
-}
-
-/// A validated companion file name: one path segment, no tricks.
-fn validate_filename(name: &str) -> Result<String, ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(name.to_owned())
-    } else {
-        Err(ApiError::new(
-            ErrorKind::Unprocessable,
-            "invalid-filename",
-            "Invalid file name",
-            format!("'{name}' is not a valid file name: use 1-128 characters of A-Z a-z 0-9 . _ - not starting with '.'"),
-        )
-        .with_field("filename"))
-    }
-}
-
-fn check_content_length(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
-    match declared_length(headers) {
-        length if length > limit => Err(ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            "upload-too-large",
-            "Upload too large",
-            format!("the body has {length} bytes; the limit is {limit}"),
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// The sha256 the client says the body has, from `Content-Digest` / `Repr-Digest`
@@ -126,200 +65,6 @@ fn declared_sha256(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(None)
 }
 
-/// Refuses a staged blob whose digest differs from the one the client declared.
-async fn verify_declared_digest(
-    staged: StagedBlob,
-    declared: Option<String>,
-) -> Result<StagedBlob, ApiError> {
-    match declared {
-        Some(expected) if expected != staged.sha256 => {
-            let actual = staged.sha256.clone();
-            staged.discard().await;
-            Err(ApiError::new(
-                ErrorKind::Unprocessable,
-                "digest-mismatch",
-                "Digest mismatch",
-                format!("the body's sha-256 is {actual}, the request declared {expected}"),
-            ))
-        }
-        _ => Ok(staged),
-    }
-}
-
-/// Streams a safetensors body into a temporary blob while hashing and validating it. On any
-/// failure the temporary blob is removed.
-///
-/// The header is the only part buffered in memory, so its declared length is reserved from the
-/// shared [`HeaderBudget`](super::limits::HeaderBudget) before any byte of it is (503 when it
-/// does not fit) and given back once it is parsed, or when this future ends or is dropped.
-async fn ingest_safetensors<S, E>(
-    state: &AppState,
-    mut body: S,
-) -> Result<(StagedBlob, Header), ApiError>
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::error::Error + 'static,
-{
-    let mut validator = StreamValidator::new(state.limits());
-    let mut upload = state.blobs.begin_upload().await?;
-    let mut header_reservation = None;
-    while let Some(chunk) = body.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(e) => {
-                upload.abort().await;
-                return Err(ApiError::body_read_failed(&e));
-            }
-        };
-        let header_was_parsed = validator.header().is_some();
-        let fed =
-            feed_validator(state, &mut validator, &mut header_reservation, &chunk).and_then(|()| {
-                match validator.header() {
-                    // Checked as soon as the header is parsed, not after the rest has streamed in.
-                    Some(header) if !header_was_parsed => check_metadata(state, header),
-                    _ => Ok(()),
-                }
-            });
-        if let Err(e) = fed {
-            upload.abort().await;
-            return Err(e);
-        }
-        if let Err(e) = write_within_reserve(state, &mut upload, chunk).await {
-            upload.abort().await;
-            return Err(e);
-        }
-    }
-    if validator.bytes_seen() == 0 {
-        upload.abort().await;
-        return Err(ApiError::bad_request("empty-body", "the body is empty; send the safetensors file as the body (curl -T) or as the multipart field 'file'"));
-    }
-    let header = match validator.finish() {
-        Ok(header) => header,
-        Err(e) => {
-            upload.abort().await;
-            return Err(e.into());
-        }
-    };
-    let staged = upload.finish().await?;
-    Ok((staged, header))
-}
-
-/// The stored `__metadata__` is bounded: it is kept and shown with the model.
-fn check_metadata(state: &AppState, header: &Header) -> Result<(), ApiError> {
-    let metadata_bytes: u64 = header
-        .metadata
-        .iter()
-        .map(|(key, value)| (key.len() + value.len()) as u64)
-        .sum();
-    if metadata_bytes > state.settings.max_metadata_bytes {
-        return Err(ApiError::new(
-            ErrorKind::Unprocessable,
-            "safetensors-metadata-too-large",
-            "Invalid safetensors upload",
-            format!(
-                "the __metadata__ map holds {metadata_bytes} bytes of keys and values; the limit is {}",
-                state.settings.max_metadata_bytes
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Feeds one chunk to the validator, reserving the header's bytes from the shared budget
-/// between its length prefix and its first byte, and releasing them once it is parsed.
-fn feed_validator(
-    state: &AppState,
-    validator: &mut StreamValidator,
-    header_reservation: &mut Option<super::limits::HeaderReservation>,
-    chunk: &[u8],
-) -> Result<(), ApiError> {
-    // The length prefix goes in on its own, so that the header's length is known before the
-    // validator buffers any of it.
-    let n_prefix_missing = LENGTH_PREFIX_BYTES.saturating_sub(validator.bytes_seen());
-    let n_prefix = chunk
-        .len()
-        .min(usize::try_from(n_prefix_missing).unwrap_or(usize::MAX));
-    let (prefix, rest) = chunk.split_at(n_prefix);
-    validator.feed(prefix)?;
-    if header_reservation.is_none() {
-        if let Some(header_len) = validator.pending_header_len() {
-            *header_reservation = Some(state.header_budget.try_reserve(header_len)?);
-        }
-    }
-    validator.feed(rest)?;
-    if validator.pending_header_len().is_none() {
-        *header_reservation = None;
-    }
-    Ok(())
-}
-
-/// Commits the staged blob and records the model.
-async fn record_model(
-    state: &AppState,
-    name: String,
-    staged: StagedBlob,
-    header: Header,
-) -> Result<Response, ApiError> {
-    let size_bytes = staged.size_bytes;
-    // From the commit until the row is written, no garbage collector may unlink these bytes
-    // (another model with the same bytes may be being deleted right now).
-    let window = state.blobs.open_commit_window().await;
-    let sha256 = staged.commit(&window).await?;
-    let model = ModelRecord {
-        id: Uuid::now_v7(),
-        name,
-        sha256,
-        size_bytes,
-        n_tensors: header.tensors.len() as u64,
-        n_parameters: header.n_parameters(),
-        dtypes: count_map(header.tensors.iter().map(|t| t.dtype.as_str().to_owned())),
-        metadata: header.metadata.clone(),
-        files: Vec::new(),
-        created_at: now(),
-    };
-    let inserted = state.store.insert_model(&model).await;
-    drop(window);
-    if let Err(e) = inserted {
-        forget_blobs(state, [model.sha256.clone()]).await;
-        return Err(e.into());
-    }
-    tracing::info!(model_id = %model.id, sha256 = %model.sha256, size_bytes, "model uploaded");
-    let location = HeaderValue::from_str(&format!("/api/v1/models/{}", model.id)).expect("ascii");
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(model),
-    )
-        .into_response())
-}
-
-/// Bytes between two checks of the free-space reserve while a body streams in.
-const RESERVE_CHECK_BYTES: u64 = 8 << 20;
-
-/// Writes a chunk of an upload, checking the free-space reserve whenever another
-/// [`RESERVE_CHECK_BYTES`] went in: a body without a declared length, or many uploads at once,
-/// must not eat the room kept for the database.
-async fn write_within_reserve(
-    state: &AppState,
-    upload: &mut BlobUpload,
-    chunk: Bytes,
-) -> Result<(), ApiError> {
-    let before = upload.size_bytes();
-    let after = before + chunk.len() as u64;
-    if after / RESERVE_CHECK_BYTES != before / RESERVE_CHECK_BYTES {
-        state.reserve.check(0)?;
-    }
-    upload.write(chunk).await?;
-    Ok(())
-}
-
-/// Removes blobs no record refers to any more (a record that could not be written, a deleted
-/// model, a replaced file). The request's outcome is already settled, so a failure here is only
-/// logged: the blobs are unreferenced, and the reaper removes them later.
-async fn forget_blobs(state: &AppState, shas: impl IntoIterator<Item = String>) {
-    reaper::collect_after_write(state.store.as_ref(), &state.blobs, shas).await;
-}
-
 /// The declared body length, when the client sent one.
 fn declared_length(headers: &HeaderMap) -> u64 {
     headers
@@ -329,6 +74,53 @@ fn declared_length(headers: &HeaderMap) -> u64 {
         .unwrap_or(0)
 }
 
+/// A request body (or multipart field) as the catalog reads it: failures classified as a
+/// stalled client (the idle timeout fired) or a broken body.
+fn body_stream<S, E>(body: S) -> impl Stream<Item = Result<Bytes, BodyError>> + Unpin
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    body.map(|chunk| {
+        chunk.map_err(|e| {
+            if super::limits::is_body_idle_timeout(&e) {
+                BodyError::Stalled(Box::new(e))
+            } else {
+                BodyError::Interrupted(Box::new(e))
+            }
+        })
+    })
+}
+
+/// A catalog failure, with "no such model" naming the id as the client wrote it.
+fn model_error(id: &str) -> impl FnOnce(CatalogError) -> ApiError + '_ {
+    move |error| match error {
+        CatalogError::ModelNotFound(_) => ApiError::not_found("model", id),
+        other => other.into(),
+    }
+}
+
+/// A missing model name: 422 like an invalid one, saying where to give it.
+fn missing_name(hint: &'static str) -> ApiError {
+    ApiError::new(
+        ErrorKind::Unprocessable,
+        "invalid-name",
+        "Missing name",
+        hint,
+    )
+    .with_field("name")
+}
+
+/// Answers 201 with the new resource's location.
+fn created<T: serde::Serialize>(location: &str, body: T) -> Response {
+    let location = HeaderValue::from_str(location).expect("ids and validated names are ascii");
+    (
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response()
+}
 /// Upload a model
 ///
 /// The raw safetensors file as the body (`curl -T model.safetensors`), or `multipart/form-data`
@@ -356,34 +148,43 @@ pub async fn upload_model(
     ApiQuery(query): ApiQuery<UploadQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    check_content_length(request.headers(), state.settings.max_upload_bytes)?;
-    state.reserve.check(declared_length(request.headers()))?;
+    state
+        .catalog
+        .admit_upload(declared_length(request.headers()))?;
     let is_multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
-    if !is_multipart {
-        let name = validate_name(query.name.as_deref().ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::Unprocessable,
-                "invalid-name",
-                "Missing name",
-                "give the model a name: ?name=...",
-            )
-            .with_field("name")
-        })?)?;
+    let model = if is_multipart {
+        upload_multipart(&state, query.name, request).await?
+    } else {
+        let name = query
+            .name
+            .as_deref()
+            .ok_or_else(|| missing_name("give the model a name: ?name=..."))?;
+        let name = ModelName::try_from(name)?;
         let declared = declared_sha256(request.headers())?;
-        let (staged, header) =
-            ingest_safetensors(&state, request.into_body().into_data_stream()).await?;
-        let staged = verify_declared_digest(staged, declared).await?;
-        return record_model(&state, name, staged, header).await;
-    }
+        let body = body_stream(request.into_body().into_data_stream());
+        state
+            .catalog
+            .ingest_model(name, declared.as_deref(), body)
+            .await?
+    };
+    Ok(created(&format!("/api/v1/models/{}", model.id), model))
+}
 
-    let mut multipart = Multipart::from_request(request, &state)
+/// A multipart upload: the model is the `file` field, its name the `name` field before it, the
+/// query's `name`, or the file's name.
+async fn upload_multipart(
+    state: &AppState,
+    query_name: Option<String>,
+    request: Request,
+) -> Result<ModelRecord, ApiError> {
+    let mut multipart = Multipart::from_request(request, state)
         .await
         .map_err(|e| ApiError::bad_request("malformed-multipart", e.body_text()))?;
-    let mut name = query.name.clone();
+    let mut name = query_name;
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         match field.name() {
             Some("name") => {
@@ -399,17 +200,16 @@ pub async fn upload_model(
                             .map(|f| f.trim_end_matches(".safetensors").to_owned())
                     })
                     .ok_or_else(|| {
-                        ApiError::new(
-                            ErrorKind::Unprocessable,
-                            "invalid-name",
-                            "Missing name",
+                        missing_name(
                             "give the model a name: ?name=... or a 'name' field before 'file'",
                         )
-                        .with_field("name")
                     })?;
-                let name = validate_name(&name)?;
-                let (staged, header) = ingest_safetensors(&state, field).await?;
-                return record_model(&state, name, staged, header).await;
+                let name = ModelName::try_from(name.as_str())?;
+                let model = state
+                    .catalog
+                    .ingest_model(name, None, body_stream(field))
+                    .await?;
+                return Ok(model);
             }
             _ => {} // other fields are ignored
         }
@@ -484,8 +284,8 @@ pub async fn list_models(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<PageResponse<ModelSummary>>, ApiError> {
     let page = state
-        .store
-        .list_models(page_request(query.limit, query.cursor.as_deref())?)
+        .catalog
+        .models(page_request(query.limit, query.cursor.as_deref())?)
         .await?;
     Ok(Json(PageResponse {
         items: page.items,
@@ -511,8 +311,8 @@ pub async fn get_model(
 ) -> Result<Json<ModelRecord>, ApiError> {
     let model_id = parse_id("model", &id)?;
     let model = state
-        .store
-        .get_model(model_id)
+        .catalog
+        .model(model_id)
         .await?
         .ok_or_else(|| ApiError::not_found("model", &id))?;
     Ok(Json(model))
@@ -540,19 +340,12 @@ pub async fn delete_model(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let model_id = parse_id("model", &id)?;
-    match state.store.delete_model(model_id).await? {
-        DeleteModelOutcome::Deleted { released_blobs } => {
-            forget_blobs(&state, released_blobs).await;
-            Ok(StatusCode::NO_CONTENT)
-        }
-        DeleteModelOutcome::NotFound => Err(ApiError::not_found("model", &id)),
-        DeleteModelOutcome::Busy { job_id } => Err(ApiError::new(
-            ErrorKind::Conflict,
-            "model-in-use",
-            "Model in use",
-            format!("job {job_id} is queued or running on this model; cancel it or wait"),
-        )),
-    }
+    state
+        .catalog
+        .delete_model(model_id)
+        .await
+        .map_err(model_error(&id))?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Attach a companion file
@@ -583,110 +376,23 @@ pub async fn put_model_file(
     request: Request,
 ) -> Result<Response, ApiError> {
     let model_id = parse_id("model", &id)?;
-    let filename = validate_filename(&filename)?;
-    check_content_length(request.headers(), state.settings.max_upload_bytes)?;
-    state.reserve.check(declared_length(request.headers()))?;
-    if state.store.get_model(model_id).await?.is_none() {
-        return Err(ApiError::not_found("model", &id));
-    }
+    let filename = FileName::try_from(filename.as_str())?;
+    state
+        .catalog
+        .admit_upload(declared_length(request.headers()))?;
+    let attachment = state
+        .catalog
+        .attach_file(model_id, filename)
+        .await
+        .map_err(model_error(&id))?;
     let declared = declared_sha256(request.headers())?;
-    let is_json = filename.ends_with(".json");
-    let mut json_buffer = Vec::new();
-    let mut upload = state.blobs.begin_upload().await?;
-    let mut body = request.into_body().into_data_stream();
-    while let Some(chunk) = body.next().await {
-        let failure = match chunk {
-            Err(e) => Some(ApiError::body_read_failed(&e)),
-            Ok(_) if upload.size_bytes() > state.settings.max_upload_bytes => Some(ApiError::new(
-                ErrorKind::PayloadTooLarge,
-                "upload-too-large",
-                "Upload too large",
-                format!("the limit is {} bytes", state.settings.max_upload_bytes),
-            )),
-            Ok(chunk) => {
-                if is_json && json_buffer.len() + chunk.len() > MAX_JSON_COMPANION_BYTES {
-                    Some(ApiError::new(
-                        ErrorKind::PayloadTooLarge,
-                        "upload-too-large",
-                        "Upload too large",
-                        format!(
-                            "JSON companion files are limited to {MAX_JSON_COMPANION_BYTES} bytes"
-                        ),
-                    ))
-                } else {
-                    if is_json {
-                        json_buffer.extend_from_slice(&chunk);
-                    }
-                    write_within_reserve(&state, &mut upload, chunk).await.err()
-                }
-            }
-        };
-        if let Some(error) = failure {
-            upload.abort().await;
-            return Err(error);
-        }
-    }
-    if is_json {
-        let parsed = serde_json::from_slice::<serde_json::Value>(&json_buffer);
-        let problem = match parsed {
-            Err(e) => Some(format!("{filename} is not valid JSON: {e}")),
-            Ok(value) if filename == "config.json" && !value.is_object() => {
-                Some("config.json must be a JSON object".to_owned())
-            }
-            Ok(_) => None,
-        };
-        if let Some(detail) = problem {
-            upload.abort().await;
-            return Err(ApiError::new(
-                ErrorKind::Unprocessable,
-                "invalid-json",
-                "Invalid JSON file",
-                detail,
-            ));
-        }
-    }
-    let staged = verify_declared_digest(upload.finish().await?, declared).await?;
-    let size_bytes = staged.size_bytes;
-    let window = state.blobs.open_commit_window().await;
-    let sha256 = staged.commit(&window).await?;
-    let file = StoredFile {
-        filename,
-        sha256,
-        size_bytes,
-    };
-    let recorded = state.store.put_model_file(model_id, &file).await;
-    drop(window);
-    let recorded = match recorded {
-        Ok(recorded) => recorded,
-        Err(e) => {
-            forget_blobs(&state, [file.sha256.clone()]).await;
-            return Err(e.into());
-        }
-    };
-    match recorded {
-        None => {
-            forget_blobs(&state, [file.sha256.clone()]).await;
-            Err(ApiError::not_found("model", &id))
-        }
-        Some(replaced) => {
-            // A served model reads its companions at load: reload it with the new file.
-            if state.serving.forget(model_id) {
-                tracing::info!(model_id = %model_id, file = %file.filename, "served model reloads with a new companion file");
-            }
-            forget_blobs(&state, replaced).await;
-            let location = HeaderValue::from_str(&format!(
-                "/api/v1/models/{model_id}/files/{}",
-                file.filename
-            ))
-            .expect("validated ascii");
-            Ok((
-                StatusCode::CREATED,
-                [(header::LOCATION, location)],
-                Json(file),
-            )
-                .into_response())
-        }
-    }
+    let body = body_stream(request.into_body().into_data_stream());
+    let file = attachment
+        .upload(declared.as_deref(), body)
+        .await
+        .map_err(model_error(&id))?;
+    let location = format!("/api/v1/models/{model_id}/files/{}", file.filename);
+    Ok(created(&location, file))
 }
 
 /// Download a companion file
@@ -711,8 +417,8 @@ pub async fn get_model_file(
 ) -> Result<Response<Body>, ApiError> {
     let model_id = parse_id("model", &id)?;
     let model = state
-        .store
-        .get_model(model_id)
+        .catalog
+        .model(model_id)
         .await?
         .ok_or_else(|| ApiError::not_found("model", &id))?;
     let file = model

@@ -8,13 +8,3 @@ pub mod output;
 pub mod pipeline;
 pub mod runner;
 pub mod spec;
-
-/// A job-failure problem object (RFC 9457) as stored on the job and shown by the API.
-pub fn job_problem(slug: &str, title: &str, status: u16, detail: &str) -> serde_json::Value {
-    serde_json::json!({
-        "type": format!("/problems/{slug}"),
-        "title": title,
-        "status": status,
-        "detail": detail,
-    })
-}

@@ -1,11 +1,16 @@
 //! The job runner: claims jobs from the durable queue whenever a worker thread is free, runs
-//! them on the [`WorkerPool`], heartbeats their lease, and records success, failure, retry or
-//! cancellation.
+//! them on the [`WorkerPool`], heartbeats their lease, and records success (through the
+//! catalog), failure, retry or cancellation.
 //!
 //! A job is only ever finished by the holder of its current lease (job id, owner, attempt), so a
 //! worker that lost its lease (e.g. it stalled and another replica took over) cannot overwrite the
 //! newer attempt's outcome.
 
+mod failure;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,22 +21,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 use uuid::Uuid;
 
-use super::job_problem;
+pub use failure::JobFailure;
+
 use super::output::ModelInfo;
 use super::pipeline::{
-    quantize_file, PipelineContext, PipelineError, PipelineOutput, ProgressCounters, QuantReport,
+    quantize_file, PipelineContext, PipelineError, PipelineOutput, ProgressCounters,
 };
 use super::spec::JobSpec;
-use crate::formats::compressed_tensors::merge_into_config;
+use crate::catalog::{ArtifactError, ArtifactOutcome, Catalog, NewArtifact};
 use crate::formats::safetensors::Limits;
 use crate::pool::{PoolError, WorkerPool, WorkerSlot};
 use crate::quant::ggml::GgmlKernels;
 use crate::quant::kernels::Kernels;
-use crate::store::blobs::CommitWindow;
-use crate::store::reaper;
 use crate::store::{
-    now, ArtifactRecord, BlobStore, HeartbeatOutcome, JobRecord, Lease, SharedMetadataStore,
-    StoredFile,
+    BlobStore, HeartbeatOutcome, JobRecord, Lease, Progress, SharedMetadataStore, StoredFile,
 };
 
 /// Settings of the runner, taken from [`crate::config::Settings`].
@@ -46,14 +49,57 @@ pub struct RunnerSettings {
 }
 
 /// Why a running job was asked to stop.
-const STOP_NONE: u8 = 0;
-const STOP_USER: u8 = 1;
-const STOP_LEASE_LOST: u8 = 2;
-const STOP_SHUTDOWN: u8 = 3;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum StopReason {
+    NotStopped = 0,
+    /// A user cancelled the job.
+    User = 1,
+    /// Another worker holds the job now.
+    LeaseLost = 2,
+    /// The service is shutting down and the grace period is over.
+    Shutdown = 3,
+}
+
+/// Shared by a job's heartbeat and its pipeline run: the flag the pipeline checks between
+/// tensors, and why it was raised.
+#[derive(Debug, Default)]
+struct StopSignal {
+    cancel: AtomicBool,
+    reason: AtomicU8,
+}
+
+impl StopSignal {
+    fn stop(&self, reason: StopReason) {
+        self.reason.store(reason as u8, Ordering::SeqCst);
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    fn reason(&self) -> StopReason {
+        match self.reason.load(Ordering::SeqCst) {
+            1 => StopReason::User,
+            2 => StopReason::LeaseLost,
+            3 => StopReason::Shutdown,
+            _ => StopReason::NotStopped,
+        }
+    }
+}
+
+/// What a job needs besides a CPU, loaded before it takes one.
+struct PreparedJob {
+    spec: JobSpec,
+    /// The model's blob (the pipeline's input).
+    model_sha256: String,
+    /// The model's companion files, carried over into the artifact.
+    model_files: Vec<StoredFile>,
+    model_info: ModelInfo,
+}
 
 pub struct JobRunner {
     store: SharedMetadataStore,
     blobs: BlobStore,
+    /// Records artifacts (blob, then row, inside a commit window).
+    catalog: Arc<Catalog>,
     pool: Arc<WorkerPool>,
     kernels: &'static Kernels,
     ggml_kernels: &'static GgmlKernels,
@@ -64,19 +110,32 @@ pub struct JobRunner {
     wake: Arc<Notify>,
 }
 
+/// The runner's collaborators (see [`JobRunner::new`]).
+pub struct RunnerParts {
+    pub store: SharedMetadataStore,
+    pub blobs: BlobStore,
+    pub catalog: Arc<Catalog>,
+    pub pool: Arc<WorkerPool>,
+    pub kernels: &'static Kernels,
+    pub ggml_kernels: &'static GgmlKernels,
+    pub wake: Arc<Notify>,
+}
+
 impl JobRunner {
-    pub fn new(
-        store: SharedMetadataStore,
-        blobs: BlobStore,
-        pool: Arc<WorkerPool>,
-        kernels: &'static Kernels,
-        ggml_kernels: &'static GgmlKernels,
-        settings: RunnerSettings,
-        wake: Arc<Notify>,
-    ) -> Arc<Self> {
+    pub fn new(parts: RunnerParts, settings: RunnerSettings) -> Arc<Self> {
+        let RunnerParts {
+            store,
+            blobs,
+            catalog,
+            pool,
+            kernels,
+            ggml_kernels,
+            wake,
+        } = parts;
         Arc::new(JobRunner {
             store,
             blobs,
+            catalog,
             pool,
             kernels,
             ggml_kernels,
@@ -96,14 +155,7 @@ impl JobRunner {
             while running.try_join_next().is_some() {}
             if last_reap.elapsed() >= self.settings.lease {
                 last_reap = tokio::time::Instant::now();
-                match self.store.fail_exhausted_jobs().await {
-                    Ok(0) => {}
-                    Ok(n) => warn!(
-                        jobs = n,
-                        "jobs whose worker vanished on their last attempt were closed"
-                    ),
-                    Err(e) => error!(error = %e, "reaping expired jobs failed"),
-                }
+                self.close_exhausted_jobs().await;
             }
             let slot = tokio::select! {
                 slot = self.pool.acquire() => match slot {
@@ -149,6 +201,22 @@ impl JobRunner {
         info!("job runner stopped");
     }
 
+    /// Fails the jobs whose worker vanished on their last attempt (and closes cancelled ones
+    /// whose worker vanished).
+    async fn close_exhausted_jobs(&self) {
+        let problem = JobFailure::AttemptsExhausted.problem();
+        match self.store.fail_exhausted_jobs(&problem).await {
+            Ok(0) => {}
+            Ok(n) => warn!(
+                jobs = n,
+                "jobs whose worker vanished on their last attempt were closed"
+            ),
+            Err(e) => error!(error = %e, "reaping expired jobs failed"),
+        }
+    }
+
+    /// Runs one claimed job to its end: prepared, quantized on `slot` while a heartbeat keeps
+    /// the lease, then recorded as succeeded, failed, cancelled or handed back.
     async fn run_job(
         self: Arc<Self>,
         job: JobRecord,
@@ -161,213 +229,127 @@ impl JobRunner {
             attempt: job.attempt,
         };
         info!(scheme = %job.scheme, model_id = %job.model_id, "job started");
-        let prepared = self.prepare(&job).await;
-        let (spec, model_sha, model_files, model_info) = match prepared {
+        let prepared = match self.prepare(&job).await {
             Ok(prepared) => prepared,
-            Err(problem) => {
+            Err(failure) => {
                 drop(slot);
-                self.record_failure(&lease, problem, false).await;
+                self.record_failure(&lease, failure).await;
                 return;
             }
         };
-
-        let cancel = Arc::new(AtomicBool::new(false));
-        let stop_reason = Arc::new(AtomicU8::new(STOP_NONE));
+        let stop = Arc::new(StopSignal::default());
         let progress = Arc::new(ProgressCounters::default());
         let heartbeat = tokio::spawn(
             self.clone()
-                .heartbeat_loop(
-                    lease.clone(),
-                    cancel.clone(),
-                    stop_reason.clone(),
-                    progress.clone(),
-                    shutdown,
-                )
+                .heartbeat_loop(lease.clone(), stop.clone(), progress.clone(), shutdown)
                 .in_current_span(),
         );
-
-        let input = self.blobs.local_path(&model_sha);
         // Registered as live until this function returns, so that the reaper leaves it alone.
         let staging = self.blobs.staging_file();
-        let staged = staging.path().to_path_buf();
-        let outcome = {
-            let (cancel, progress, staged) = (cancel.clone(), progress.clone(), staged.clone());
-            let spec = spec.clone();
-            let kernels = self.kernels;
-            let ggml_kernels = self.ggml_kernels;
-            let limits = self.settings.limits;
-            let tensor_delay = self.settings.tensor_delay;
-            self.pool
-                .run(slot, move || {
-                    let ctx = PipelineContext {
-                        kernels,
-                        ggml_kernels,
-                        limits,
-                        cancel: &cancel,
-                        progress: &progress,
-                        tensor_delay,
-                    };
-                    quantize_file(&input, &staged, &spec, &model_info, &ctx)
-                })
-                .await
-        };
+        let outcome = self
+            .quantize(slot, &prepared, staging.path(), &stop, &progress)
+            .await;
         heartbeat.abort();
-
+        let staged = staging.path();
         match outcome {
             Ok(Ok(output)) => {
-                let output_sha = output.sha256.clone();
-                // From the output's commit until the artifact row is written, no garbage
-                // collector may unlink what the artifact refers to.
-                let window = self.blobs.open_commit_window().await;
-                let artifact = self
-                    .store_artifact(&job, &spec, output, &staged, model_files, &window)
-                    .await;
-                match artifact {
-                    Ok(artifact) => {
-                        let completed = self
-                            .store
-                            .complete_job(&lease, progress.snapshot(), &artifact)
-                            .await;
-                        drop(window);
-                        let unrecorded: Vec<String> =
-                            artifact.files.iter().map(|f| f.sha256.clone()).collect();
-                        match completed {
-                            Ok(true) => info!(artifact_id = %artifact.id, "job succeeded"),
-                            Ok(false) => {
-                                warn!(
-                                    "lease lost before completion; the newer attempt owns the job"
-                                );
-                                self.collect(unrecorded.into_iter()).await;
-                            }
-                            Err(e) => {
-                                // The lease is left to expire, so the job is retried or failed
-                                // by the reaper; the output nobody recorded goes now if it can.
-                                error!(error = %e, "recording the artifact failed");
-                                self.collect(unrecorded.into_iter()).await;
-                            }
-                        }
-                    }
-                    Err(problem) => {
-                        drop(window);
-                        // Nothing half-stored stays: the staging file if the commit failed, the
-                        // committed output if a later step did.
-                        let _ = tokio::fs::remove_file(&staged).await;
-                        self.collect(std::iter::once(output_sha)).await;
-                        self.record_failure(&lease, problem, true).await
-                    }
+                let progress = progress.snapshot();
+                self.record_artifact(&job, &lease, prepared, output, staged, progress)
+                    .await
+            }
+            Ok(Err(error)) => {
+                let _ = tokio::fs::remove_file(staged).await;
+                match JobFailure::from_pipeline(error) {
+                    Some(failure) => self.record_failure(&lease, failure).await,
+                    None => self.record_stop(&lease, stop.reason()).await,
                 }
-            }
-            Ok(Err(PipelineError::Cancelled)) => {
-                let _ = tokio::fs::remove_file(&staged).await;
-                let result = match stop_reason.load(Ordering::SeqCst) {
-                    STOP_SHUTDOWN => {
-                        info!("job handed back to the queue for shutdown");
-                        self.store.release_job(&lease).await
-                    }
-                    STOP_LEASE_LOST => Ok(false),
-                    _ => {
-                        info!("job cancelled");
-                        self.store.mark_cancelled(&lease).await
-                    }
-                };
-                if let Err(e) = result {
-                    error!(error = %e, "recording the cancellation failed");
-                }
-            }
-            Ok(Err(PipelineError::InvalidInput { slug, detail })) => {
-                let _ = tokio::fs::remove_file(&staged).await;
-                let problem = job_problem(
-                    slug,
-                    "The model cannot be quantized as requested",
-                    422,
-                    &detail,
-                );
-                self.record_failure(&lease, problem, false).await;
-            }
-            Ok(Err(PipelineError::Io(e))) => {
-                let _ = tokio::fs::remove_file(&staged).await;
-                let problem = storage_problem(&e, "Storage error while quantizing");
-                self.record_failure(&lease, problem, true).await;
             }
             Err(PoolError::Panicked(message)) => {
-                let _ = tokio::fs::remove_file(&staged).await;
+                let _ = tokio::fs::remove_file(staged).await;
                 error!(panic = %message, "quantization panicked");
-                let problem = job_problem(
-                    "job-internal-error",
-                    "Internal error while quantizing",
-                    500,
-                    "the worker hit an internal error",
-                );
-                self.record_failure(&lease, problem, true).await;
+                self.record_failure(&lease, JobFailure::Panicked { message })
+                    .await;
             }
             Err(PoolError::ShutDown) => {
-                let _ = tokio::fs::remove_file(&staged).await;
+                let _ = tokio::fs::remove_file(staged).await;
                 let _ = self.store.release_job(&lease).await;
             }
         }
     }
 
-    /// Loads what the job needs before it takes a CPU: its spec, the model's blob and files.
-    async fn prepare(
+    /// Runs the pipeline on the worker pool: the model's blob in, the staging file out.
+    async fn quantize(
         &self,
-        job: &JobRecord,
-    ) -> Result<(JobSpec, String, Vec<StoredFile>, ModelInfo), serde_json::Value> {
-        let spec =
-            JobSpec::parse(&job.scheme, Some(&job.options), Some(&job.format)).map_err(|e| {
-                job_problem(
-                    "invalid-options",
-                    "Invalid job options",
-                    422,
-                    &e.to_string(),
-                )
-            })?;
-        let model = match self.store.get_model(job.model_id).await {
-            Ok(Some(model)) => model,
-            Ok(None) => {
-                return Err(job_problem(
-                    "model-not-found",
-                    "Model not found",
-                    404,
-                    "the model was deleted before the job ran",
-                ))
-            }
-            Err(e) => {
-                return Err(job_problem(
-                    "job-store-error",
-                    "Metadata store error",
-                    500,
-                    &e.to_string(),
-                ))
-            }
-        };
+        slot: WorkerSlot,
+        prepared: &PreparedJob,
+        staged: &Path,
+        stop: &Arc<StopSignal>,
+        progress: &Arc<ProgressCounters>,
+    ) -> Result<Result<PipelineOutput, PipelineError>, PoolError> {
+        let input = self.blobs.local_path(&prepared.model_sha256);
+        let staged = staged.to_path_buf();
+        let (stop, progress) = (stop.clone(), progress.clone());
+        let spec = prepared.spec.clone();
+        let model_info = prepared.model_info.clone();
+        let kernels = self.kernels;
+        let ggml_kernels = self.ggml_kernels;
+        let limits = self.settings.limits;
+        let tensor_delay = self.settings.tensor_delay;
+        self.pool
+            .run(slot, move || {
+                let ctx = PipelineContext {
+                    kernels,
+                    ggml_kernels,
+                    limits,
+                    cancel: &stop.cancel,
+                    progress: &progress,
+                    tensor_delay,
+                };
+                quantize_file(&input, &staged, &spec, &model_info, &ctx)
+            })
+            .await
+    }
+
+    /// Loads what the job needs before it takes a CPU: its spec, the model's blob and files.
+    async fn prepare(&self, job: &JobRecord) -> Result<PreparedJob, JobFailure> {
+        let spec = JobSpec::parse(&job.scheme, Some(&job.options), Some(&job.format))
+            .map_err(JobFailure::InvalidOptions)?;
+        let model = self
+            .store
+            .get_model(job.model_id)
+            .await
+            .map_err(JobFailure::Store)?
+            .ok_or(JobFailure::ModelDeleted)?;
         // The model's config.json (validated as a JSON object on upload) names the architecture
         // for GGUF output.
         let config = match model.files.iter().find(|f| f.filename == "config.json") {
-            Some(file) => match self.blobs.read_small(&file.sha256).await {
-                Ok(bytes) => serde_json::from_slice(&bytes).ok(),
-                Err(e) => {
-                    return Err(job_problem(
-                        "job-io-error",
-                        "Storage error while reading the model's config.json",
-                        500,
-                        &e.to_string(),
-                    ))
-                }
-            },
+            Some(file) => {
+                let bytes = self
+                    .blobs
+                    .read_small(&file.sha256)
+                    .await
+                    .map_err(JobFailure::ReadConfig)?;
+                serde_json::from_slice(&bytes).ok()
+            }
             None => None,
         };
-        let info = ModelInfo {
-            name: Some(model.name.clone()),
-            config,
-        };
-        Ok((spec, model.sha256, model.files, info))
+        Ok(PreparedJob {
+            spec,
+            model_info: ModelInfo {
+                name: Some(model.name.clone()),
+                config,
+            },
+            model_sha256: model.sha256,
+            model_files: model.files,
+        })
     }
 
+    /// Renews the lease every third of its time, passing on progress and learning of
+    /// cancellation; stops the run when the lease is lost or the shutdown grace is over.
     async fn heartbeat_loop(
         self: Arc<Self>,
         lease: Lease,
-        cancel: Arc<AtomicBool>,
-        stop_reason: Arc<AtomicU8>,
+        stop: Arc<StopSignal>,
         progress: Arc<ProgressCounters>,
         shutdown: CancellationToken,
     ) {
@@ -381,8 +363,7 @@ impl JobRunner {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = &mut grace_end => {
-                    stop_reason.store(STOP_SHUTDOWN, Ordering::SeqCst);
-                    cancel.store(true, Ordering::SeqCst);
+                    stop.stop(StopReason::Shutdown);
                     return;
                 }
             }
@@ -394,16 +375,14 @@ impl JobRunner {
                 Ok(HeartbeatOutcome::Held {
                     cancel_requested: true,
                 }) => {
-                    stop_reason.store(STOP_USER, Ordering::SeqCst);
-                    cancel.store(true, Ordering::SeqCst);
+                    stop.stop(StopReason::User);
                 }
                 Ok(HeartbeatOutcome::Held {
                     cancel_requested: false,
                 }) => {}
                 Ok(HeartbeatOutcome::Lost) => {
                     warn!("job lease lost; stopping this attempt");
-                    stop_reason.store(STOP_LEASE_LOST, Ordering::SeqCst);
-                    cancel.store(true, Ordering::SeqCst);
+                    stop.stop(StopReason::LeaseLost);
                     return;
                 }
                 Err(e) => warn!(error = %e, "heartbeat failed; will retry"),
@@ -411,166 +390,79 @@ impl JobRunner {
         }
     }
 
-    /// Commits the output blob and config.json and builds the artifact row.
-    async fn store_artifact(
+    /// Records a finished run's output as the job's artifact through the catalog (which
+    /// completes the job if the lease is still held, and leaves nothing half-stored otherwise).
+    async fn record_artifact(
         &self,
         job: &JobRecord,
-        spec: &JobSpec,
+        lease: &Lease,
+        prepared: PreparedJob,
         output: PipelineOutput,
-        staged: &std::path::Path,
-        model_files: Vec<StoredFile>,
-        window: &CommitWindow,
-    ) -> Result<ArtifactRecord, serde_json::Value> {
-        // The artifact carries the model's companion files by reference. One may have been
-        // replaced (and its old blob removed) while the job ran; inside the window, what exists
-        // now stays until the artifact row is written.
-        for file in &model_files {
-            match self.blobs.exists(&file.sha256).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(job_problem(
-                        "job-input-changed",
-                        "The model's files changed while the job ran",
-                        503,
-                        &format!("{} was replaced; the job runs again", file.filename),
-                    ))
-                }
-                Err(e) => {
-                    return Err(storage_problem(
-                        &e,
-                        "Storage error while saving the artifact",
-                    ))
-                }
-            }
-        }
-        let storage_problem = |e: &crate::store::blobs::BlobError| {
-            storage_problem(e, "Storage error while saving the artifact")
-        };
-        self.blobs
-            .commit_staged_file(staged, &output.sha256, window)
-            .await
-            .map_err(|e| storage_problem(&e))?;
-
-        let mut files = vec![StoredFile {
-            filename: "model.safetensors".into(),
-            sha256: output.sha256.clone(),
-            size_bytes: output.size_bytes,
-        }];
-        let Some(quantization_config) = output.quantization_config else {
-            // Nothing to add to config.json: every companion file is carried over by reference.
-            files.extend(model_files);
-            return Ok(self.artifact_record(
-                job,
-                spec,
-                &output.sha256,
-                output.size_bytes,
-                files,
-                &output.report,
-            ));
-        };
-        let model_config = match model_files.iter().find(|f| f.filename == "config.json") {
-            Some(file) => Some(
-                self.blobs
-                    .read_small(&file.sha256)
-                    .await
-                    .map_err(|e| storage_problem(&e))?,
-            ),
-            None => None,
-        };
-        let config_bytes = merge_into_config(model_config.as_deref(), quantization_config)
-            .map_err(|detail| {
-                job_problem(
-                    "invalid-model-config",
-                    "The model's config.json is unusable",
-                    422,
-                    &detail,
-                )
-            })?;
-        let mut upload = self
-            .blobs
-            .begin_upload()
-            .await
-            .map_err(|e| storage_problem(&e))?;
-        upload
-            .write(bytes::Bytes::from(config_bytes))
-            .await
-            .map_err(|e| storage_problem(&e))?;
-        let staged_config = upload.finish().await.map_err(|e| storage_problem(&e))?;
-        let config_size = staged_config.size_bytes;
-        let config_sha = staged_config
-            .commit(window)
-            .await
-            .map_err(|e| storage_problem(&e))?;
-        files.push(StoredFile {
-            filename: "config.json".into(),
-            sha256: config_sha,
-            size_bytes: config_size,
-        });
-        // Companion files (tokenizer etc.) are carried over by reference: same blobs, no copy.
-        files.extend(
-            model_files
-                .into_iter()
-                .filter(|f| f.filename != "config.json"),
-        );
-        Ok(self.artifact_record(
+        staged: &Path,
+        progress: Progress,
+    ) {
+        let new = NewArtifact {
             job,
-            spec,
-            &output.sha256,
-            output.size_bytes,
-            files,
-            &output.report,
-        ))
-    }
-
-    fn artifact_record(
-        &self,
-        job: &JobRecord,
-        spec: &JobSpec,
-        sha256: &str,
-        size_bytes: u64,
-        files: Vec<StoredFile>,
-        report: &QuantReport,
-    ) -> ArtifactRecord {
-        ArtifactRecord {
-            id: Uuid::now_v7(),
-            job_id: job.id,
-            model_id: job.model_id,
-            scheme: spec.scheme.name().to_owned(),
-            options: spec.canonical_options(),
-            format: spec.format.name().to_owned(),
-            sha256: sha256.to_owned(),
-            size_bytes,
-            files,
-            report: serde_json::to_value(report).expect("reports serialize"),
-            created_at: now(),
+            spec: &prepared.spec,
+            staged,
+            sha256: output.sha256,
+            size_bytes: output.size_bytes,
+            report: serde_json::to_value(&output.report).expect("reports serialize"),
+            quantization_config: output.quantization_config,
+            model_files: prepared.model_files,
+        };
+        match self.catalog.record_artifact(lease, progress, new).await {
+            Ok(ArtifactOutcome::Recorded(artifact)) => {
+                info!(artifact_id = %artifact.id, "job succeeded")
+            }
+            Ok(ArtifactOutcome::LeaseLost) => {
+                warn!("lease lost before completion; the newer attempt owns the job")
+            }
+            // The lease is left to expire, so the job is retried or failed by the reaper.
+            Err(ArtifactError::Record(e)) => error!(error = %e, "recording the artifact failed"),
+            Err(e) => self.record_failure(lease, JobFailure::from(e)).await,
         }
     }
 
-    async fn record_failure(&self, lease: &Lease, problem: serde_json::Value, retry: bool) {
-        warn!(problem = %problem, retry, "job attempt failed");
+    /// Records how a stopped run ended: handed back for shutdown, cancelled by a user, or
+    /// nothing at all when another worker holds the job now.
+    async fn record_stop(&self, lease: &Lease, reason: StopReason) {
+        let result = match reason {
+            StopReason::Shutdown => {
+                info!("job handed back to the queue for shutdown");
+                self.store.release_job(lease).await
+            }
+            StopReason::LeaseLost => Ok(false),
+            StopReason::User | StopReason::NotStopped => {
+                info!("job cancelled");
+                self.store.mark_cancelled(lease).await
+            }
+        };
+        if let Err(e) = result {
+            error!(error = %e, "recording the cancellation failed");
+        }
+    }
+
+    /// Fails the attempt (or queues the job again when the failure is retryable and attempts
+    /// remain), storing the failure's problem object.
+    async fn record_failure(&self, lease: &Lease, failure: JobFailure) {
+        let retry = failure.is_retryable();
+        let problem = failure.problem();
+        warn!(problem = %problem, retry, error = %error_chain(&failure), "job attempt failed");
         if let Err(e) = self.store.fail_job(lease, &problem, retry).await {
             error!(error = %e, "recording the job failure failed");
         }
     }
-
-    /// Removes blobs no record refers to (an output nobody recorded); failures are left to the
-    /// reaper. Never call it inside a commit window.
-    async fn collect(&self, shas: impl Iterator<Item = String>) {
-        reaper::collect_after_write(self.store.as_ref(), &self.blobs, shas).await;
-    }
 }
 
-/// A job's storage failure: 507 `job-storage-full` when the disk is full (the job may succeed
-/// once space is freed), else 500 `job-io-error` with `title`.
-fn storage_problem(error: &(dyn std::error::Error + 'static), title: &str) -> serde_json::Value {
-    if crate::store::blobs::is_storage_full(error) {
-        job_problem(
-            "job-storage-full",
-            "No room left for the artifact",
-            507,
-            &error.to_string(),
-        )
-    } else {
-        job_problem("job-io-error", title, 500, &error.to_string())
+/// An error and its `source` chain on one line, for the logs.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
     }
+    text
 }

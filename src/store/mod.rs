@@ -8,6 +8,8 @@ pub mod blobs;
 pub mod reaper;
 pub mod reserve;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -383,8 +385,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn mark_cancelled(&self, lease: &Lease) -> StoreResult<bool>;
     /// Hands a job back to the queue without counting the attempt (graceful shutdown).
     async fn release_job(&self, lease: &Lease) -> StoreResult<bool>;
-    /// Fails running jobs whose lease expired with no attempts left. Returns how many.
-    async fn fail_exhausted_jobs(&self) -> StoreResult<u64>;
+    /// Fails running jobs whose lease expired with no attempts left, storing `problem` as their
+    /// error, and closes cancelled running jobs whose lease expired. Returns how many.
+    async fn fail_exhausted_jobs(&self, problem: &serde_json::Value) -> StoreResult<u64>;
 
     async fn get_artifact(&self, id: Uuid) -> StoreResult<Option<ArtifactRecord>>;
     /// Whether any model, companion file or artifact file still refers to the blob.

@@ -635,14 +635,8 @@ impl MetadataStore for SqliteStore {
         Ok(result.rows_affected() == 1)
     }
 
-    async fn fail_exhausted_jobs(&self) -> StoreResult<u64> {
+    async fn fail_exhausted_jobs(&self, problem: &serde_json::Value) -> StoreResult<u64> {
         let now = now();
-        let problem = serde_json::json!({
-            "type": "/problems/job-attempts-exhausted",
-            "title": "Job attempts exhausted",
-            "status": 500,
-            "detail": "the worker running this job stopped responding on its last allowed attempt",
-        });
         let cancelled = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', finished_at = ?2, updated_at = ?2, lease_owner = NULL, \
                lease_expires_at_ms = NULL \
