@@ -1,13 +1,13 @@
-//! What every failure in quantd is, independent of any protocol: an [`ErrorKind`] (which the HTTP
-//! edge maps to a status code in exactly one table, `http/error.rs`), a stable slug, and a
+//! What every failure in quantd is, independent of any protocol: an [`ErrorKind`] (mapped to a
+//! status code in exactly one table, [`ErrorKind::status_code`]), a stable slug, and a
 //! human-readable message with its `source` chain kept for the logs.
 //!
 //! Domain errors (store, jobs, serving, formats) implement [`Failure`]; the protocol envelopes
 //! (problem+json, the Open Inference Protocol's `{"error"}`, OpenAI's error object) only render
 //! what a `Failure` says.
 
-/// Kinds of failure. The status code of each is chosen at the edge (`impl ErrorKind` in
-/// `http/error.rs`), nowhere else.
+/// Kinds of failure. The status code of each is chosen in [`ErrorKind::status_code`], nowhere
+/// else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     /// The request itself is malformed (bad JSON, query, empty body).
@@ -38,6 +38,26 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The one table from kinds to HTTP status codes. It lives here rather than in `http`
+    /// because a failed job stores an RFC 9457 problem object, which carries the status too;
+    /// `http/error.rs` only turns the number into its `StatusCode`.
+    pub fn status_code(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::NotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::RequestTimeout => 408,
+            ErrorKind::Conflict => 409,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::Unprocessable => 422,
+            ErrorKind::TooManyRequests => 429,
+            ErrorKind::Internal => 500,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::InsufficientStorage => 507,
+        }
+    }
+
     /// Whether the failure is the client's to fix (4xx) rather than the server's.
     pub fn is_client_error(self) -> bool {
         !matches!(

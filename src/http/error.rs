@@ -35,23 +35,10 @@ pub struct Problem {
 
 pub use crate::error::ErrorKind;
 
-/// The one table from kinds to status codes.
 impl ErrorKind {
+    /// The kind's status code, from the one table ([`ErrorKind::status_code`]).
     pub fn status(self) -> StatusCode {
-        match self {
-            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
-            ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            ErrorKind::Conflict => StatusCode::CONFLICT,
-            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
-        }
+        StatusCode::from_u16(self.status_code()).expect("the table holds valid status codes")
     }
 }
 

@@ -99,12 +99,12 @@ impl JobFailure {
     }
 
     /// The RFC 9457 problem object stored on the job and shown by the API. Its status comes
-    /// from the one table of kinds to statuses (`http/error.rs`).
+    /// from the one table of kinds to statuses (`ErrorKind::status_code`).
     pub fn problem(&self) -> serde_json::Value {
         serde_json::json!({
             "type": format!("/problems/{}", self.slug()),
             "title": self.title(),
-            "status": self.kind().status().as_u16(),
+            "status": self.kind().status_code(),
             "detail": self.to_string(),
         })
     }
