@@ -14,10 +14,12 @@ use quantd::quant::ggml::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use safetensors::{Dtype, SafeTensors};
+use serde_json::json;
+use sha2::{Digest, Sha256};
 
-use crate::helpers::fixture;
+use crate::helpers::{f32_bytes as le_bytes, fixture, safetensors_file, spawn_app};
 use crate::minilm::minilm_dir;
-use crate::readers::repo_path;
+use crate::readers::{repo_path, run_interop_script};
 
 /// One k-quant type under test: ggml's `enum ggml_type` value and our codec.
 struct KQuant {
@@ -411,4 +413,84 @@ fn q6_k_matches_ggml_on_minilm() {
 #[test]
 fn q4_k_matches_ggml_on_minilm() {
     assert_model_matches(&Q4_K, &minilm(), MINILM_MATRICES);
+}
+
+/// A job with a K-quant scheme writes a GGUF file that gguf-py opens, whose blocks are
+/// llama.cpp's bytes for the uploaded weights, and whose decoding by gguf-py equals quantd's
+/// own (the `dequantized` format). A row that is not a multiple of 256 falls back to F16.
+#[tokio::test]
+async fn k_quant_jobs_write_gguf_with_llama_cpp_bytes_that_gguf_py_decodes_as_we_do() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let weight: Vec<f32> = (0..8 * 512).map(|_| normal(&mut rng) * 0.05).collect();
+    let narrow: Vec<f32> = (0..4 * 96).map(|_| normal(&mut rng)).collect();
+    let bias: Vec<f32> = (0..8).map(|_| normal(&mut rng)).collect();
+    let model_bytes = safetensors_file(&[
+        ("fc.weight", "F32", vec![8, 512], le_bytes(&weight)),
+        ("fc.bias", "F32", vec![8], le_bytes(&bias)),
+        ("narrow.weight", "F32", vec![4, 96], le_bytes(&narrow)),
+    ]);
+    let app = spawn_app().await;
+    let original = app.data_dir.path().join("original.safetensors");
+    std::fs::write(&original, &model_bytes).unwrap();
+    let response = app.upload_model("kq", model_bytes).await;
+    assert_eq!(response.status(), 201);
+    let model: serde_json::Value = response.json().await.unwrap();
+
+    for (scheme, kquant, file_type) in [("q6_k", &Q6_K, 18), ("q4_k", &Q4_K, 14)] {
+        let artifact = app
+            .run_job(json!({"model_id": model["id"], "scheme": scheme, "format": "gguf"}))
+            .await;
+        let id = artifact["id"].as_str().unwrap();
+        let gguf = app
+            .download(&format!("/api/v1/artifacts/{id}/download"))
+            .await;
+        let path = app.data_dir.path().join(format!("{scheme}.gguf"));
+        std::fs::write(&path, &gguf).unwrap();
+        let checked = run_interop_script("check_gguf.py", &[&path, &original]);
+        assert_eq!(checked["metadata"]["general.file_type"], file_type);
+        let tensors = &checked["tensors"];
+        assert_eq!(tensors["fc.weight"]["type"], kquant.name, "{checked}");
+        assert_eq!(tensors["fc.bias"]["type"], "F32");
+        assert_eq!(
+            tensors["narrow.weight"]["type"], "F16",
+            "96 is no multiple of 256"
+        );
+        let note = artifact["report"]["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "narrow.weight")
+            .map(|t| t.to_string())
+            .unwrap();
+        assert!(note.contains("256"), "the report says why: {note}");
+
+        let llama_cpp = ggml_quantize(kquant, &weight, 512);
+        assert_eq!(
+            tensors["fc.weight"]["sha256"],
+            format!("{:x}", Sha256::digest(&llama_cpp)),
+            "{scheme}: the GGUF's blocks are not llama.cpp's bytes"
+        );
+
+        let decoded_artifact = app
+            .run_job(json!({"model_id": model["id"], "scheme": scheme, "format": "dequantized"}))
+            .await;
+        let id = decoded_artifact["id"].as_str().unwrap();
+        let decoded = app
+            .download(&format!("/api/v1/artifacts/{id}/download"))
+            .await;
+        let decoded = SafeTensors::deserialize(&decoded).unwrap();
+        let ours = f32_values(decoded.tensor("fc.weight").unwrap().data());
+        let theirs: Vec<f32> = tensors["fc.weight"]["dequantized"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(
+            ours, theirs,
+            "{scheme}: gguf-py decodes the blocks differently"
+        );
+        assert_eq!(ours, ggml_dequantize(kquant, &llama_cpp));
+    }
+    app.stop().await;
 }
