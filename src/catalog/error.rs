@@ -144,11 +144,7 @@ impl Failure for CatalogError {
             }
             EmptyBody | BodyInterrupted { .. } => ErrorKind::BadRequest,
             BodyStalled { .. } => ErrorKind::RequestTimeout,
-            Safetensors(e) if !e.is_client_error() => ErrorKind::Internal,
-            Safetensors(e) => match e.slug() {
-                "upload-too-large" | "safetensors-header-too-large" => ErrorKind::PayloadTooLarge,
-                _ => ErrorKind::Unprocessable,
-            },
+            Safetensors(e) => e.kind(),
             HeaderBudget(_) | QueueFull { .. } => ErrorKind::Unavailable,
             ModelNotFound(_) | JobNotFound(_) => ErrorKind::NotFound,
             ModelInUse { .. } | JobAlreadyFinished { .. } => ErrorKind::Conflict,
@@ -167,8 +163,7 @@ impl Failure for CatalogError {
             EmptyBody => "empty-body",
             BodyStalled { .. } => "body-timeout",
             BodyInterrupted { .. } => "upload-interrupted",
-            Safetensors(e) if !e.is_client_error() => "internal-error",
-            Safetensors(e) => e.slug(),
+            Safetensors(e) => Failure::slug(e),
             MetadataTooLarge { .. } => "safetensors-metadata-too-large",
             HeaderBudget(_) => "header-budget-exhausted",
             DigestMismatch { .. } => "digest-mismatch",
@@ -181,6 +176,30 @@ impl Failure for CatalogError {
             LowSpace(e) => e.slug(),
             Store(e) => e.slug(),
             Blob(e) => e.slug(),
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            CatalogError::Safetensors(e) => Failure::title(e),
+            CatalogError::LowSpace(e) => e.title(),
+            CatalogError::Store(e) => e.title(),
+            CatalogError::Blob(e) => e.title(),
+            other => CatalogError::title(other),
+        }
+    }
+
+    /// Refusals show their own text; so do the two 503s whose text tells the client what to
+    /// wait for. Storage failures say what their own type says (opaque, the cause logged).
+    fn public_message(&self) -> String {
+        match self {
+            CatalogError::Safetensors(e) => e.public_message(),
+            CatalogError::LowSpace(e) => e.public_message(),
+            CatalogError::Store(e) => e.public_message(),
+            CatalogError::Blob(e) => e.public_message(),
+            CatalogError::HeaderBudget(_) | CatalogError::QueueFull { .. } => self.to_string(),
+            other if other.kind().is_client_error() => other.to_string(),
+            other => other.kind().opaque_message().to_owned(),
         }
     }
 

@@ -1,40 +1,15 @@
 //! How the catalog's failures answer: [`CatalogError`] → [`ApiError`], from what the error says
-//! of itself (kind, slug, title, field, Retry-After). Storage and database failures answer as
-//! their own types always do (opaque 5xx bodies, the cause logged).
+//! of itself as a [`Failure`](crate::error::Failure) (kind, slug, title, field, Retry-After).
+//! Storage and database failures say what their own types say (opaque 5xx bodies, the cause
+//! logged).
 
-use super::error::{ApiError, ErrorKind};
+use super::error::ApiError;
 use crate::catalog::CatalogError;
-use crate::error::Failure;
 
 impl From<CatalogError> for ApiError {
     fn from(error: CatalogError) -> Self {
-        match error {
-            CatalogError::Store(e) => e.into(),
-            CatalogError::Blob(e) => e.into(),
-            CatalogError::LowSpace(e) => e.into(),
-            CatalogError::Safetensors(e) => e.into(),
-            other => rendered(&other, other.title()),
-        }
+        ApiError::from_failure(&error)
     }
-}
-
-/// A failure whose `Display` is the detail a client may read (every catalog refusal, the full
-/// queue included), under `title`. An internal failure stays opaque and its `source` chain is
-/// logged.
-fn rendered(failure: &dyn Failure, title: &'static str) -> ApiError {
-    if failure.kind() == ErrorKind::Internal {
-        let mut chain = failure.to_string();
-        let mut source = failure.source();
-        while let Some(cause) = source {
-            chain = format!("{chain}: {cause}");
-            source = cause.source();
-        }
-        return ApiError::internal(&chain);
-    }
-    let mut error = ApiError::new(failure.kind(), failure.slug(), title, failure.to_string());
-    error.field = failure.field().map(str::to_owned);
-    error.retry_after_secs = failure.retry_after();
-    error
 }
 
 #[cfg(test)]

@@ -149,57 +149,21 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl ApiError {
-    /// 507: a write found no room. The client may retry once space is freed.
-    pub fn storage_full(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "storage full: write refused");
-        ApiError::new(
-            ErrorKind::InsufficientStorage,
-            "insufficient-storage",
-            "Insufficient storage",
-            "the server has no room to store this; nothing of the request was kept",
-        )
-        .with_retry_after(60)
-    }
-
-    /// 503: the metadata database did not answer or refused the write for a transient reason.
-    pub fn database_unavailable(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "metadata database unavailable");
-        ApiError::new(
-            ErrorKind::Unavailable,
-            "database-unavailable",
-            "Database unavailable",
-            "the metadata database is unavailable; nothing of the request was kept",
-        )
-        .with_retry_after(5)
-    }
-}
-
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        if error.is_storage_full() {
-            ApiError::storage_full(&error)
-        } else if error.is_unavailable() {
-            ApiError::database_unavailable(&error)
-        } else {
-            ApiError::internal(&error)
-        }
+        ApiError::from_failure(&error)
     }
 }
 
 impl From<LowSpace> for ApiError {
     fn from(error: LowSpace) -> Self {
-        ApiError::storage_full(&error)
+        ApiError::from_failure(&error)
     }
 }
 
 impl From<BlobError> for ApiError {
     fn from(error: BlobError) -> Self {
-        if error.is_storage_full() {
-            ApiError::storage_full(&error)
-        } else {
-            ApiError::internal(&error)
-        }
+        ApiError::from_failure(&error)
     }
 }
 

@@ -424,6 +424,22 @@ impl crate::error::Failure for StoreError {
         }
     }
 
+    fn title(&self) -> &'static str {
+        match self.kind() {
+            crate::error::ErrorKind::Unavailable => "Database unavailable",
+            kind => kind.title(),
+        }
+    }
+
+    fn public_message(&self) -> String {
+        match self.kind() {
+            crate::error::ErrorKind::Unavailable => {
+                "the metadata database is unavailable; nothing of the request was kept".to_owned()
+            }
+            kind => kind.opaque_message().to_owned(),
+        }
+    }
+
     fn retry_after(&self) -> Option<u64> {
         match self.kind() {
             crate::error::ErrorKind::InsufficientStorage => Some(60),
