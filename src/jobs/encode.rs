@@ -183,7 +183,7 @@ fn pipeline_error(tensor: &TensorInfo, error: EncodeError) -> PipelineError {
         EncodeError::Sink(io) => PipelineError::Io(io),
         // A layout that emits what it did not declare is a bug: an internal error, and the
         // file (never completed) is discarded.
-        EncodeError::Layout(mismatch) => PipelineError::Io(std::io::Error::other(mismatch)),
+        EncodeError::Layout(mismatch) => PipelineError::Internal(Box::new(mismatch)),
     }
 }
 
@@ -294,7 +294,7 @@ mod tests {
             )
             .unwrap_err();
         assert!(
-            matches!(&error, PipelineError::Io(io) if io.to_string().contains("layout mismatch")),
+            matches!(&error, PipelineError::Internal(e) if e.to_string().contains("layout mismatch")),
             "{error:?}"
         );
         // The declared tensors went through; the undeclared zero point never reached the file.
@@ -329,6 +329,6 @@ mod tests {
                 &mut emitter,
             )
             .unwrap_err();
-        assert!(matches!(error, PipelineError::Io(_)), "{error:?}");
+        assert!(matches!(error, PipelineError::Internal(_)), "{error:?}");
     }
 }

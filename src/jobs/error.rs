@@ -11,4 +11,8 @@ pub enum PipelineError {
     /// Disk or similar trouble; worth another attempt.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// A bug of ours (a layout writing what it did not declare, a writer refusing the data it
+    /// was promised): not the model's fault, and another attempt would fail the same way.
+    #[error("internal error: {0}")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

@@ -36,7 +36,7 @@ impl From<SafetensorsWriteError> for PipelineError {
             SafetensorsWriteError::Io(io) => PipelineError::Io(io),
             // Anything else means the declared layout and the data disagree: a bug, reported
             // as an internal error rather than blamed on the model.
-            other => PipelineError::Io(std::io::Error::other(other.to_string())),
+            other => PipelineError::Internal(Box::new(other)),
         }
     }
 }
@@ -53,7 +53,7 @@ impl From<GgufWriteError> for PipelineError {
                     detail: error.to_string(),
                 }
             }
-            other => PipelineError::Io(std::io::Error::other(other.to_string())),
+            other => PipelineError::Internal(Box::new(other)),
         }
     }
 }

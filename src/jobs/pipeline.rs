@@ -498,3 +498,6 @@ fn release_mapped_range(mapping: &memmap2::Mmap, start: usize, end: usize) {
 fn finite(value: f64) -> Option<f64> {
     value.is_finite().then_some(value)
 }
+
+#[cfg(test)]
+mod tests;

@@ -29,6 +29,9 @@ pub enum JobFailure {
     /// Reading the model or writing the output failed.
     #[error("{0}")]
     Quantizing(#[source] std::io::Error),
+    /// A bug of ours found while quantizing (logged with its source; not retried).
+    #[error("the job hit an internal error; it has been logged and is not retried")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The worker panicked (the panic message is logged, not shown).
     #[error("the worker hit an internal error")]
     Panicked { message: String },
@@ -67,6 +70,7 @@ impl JobFailure {
                 Some(JobFailure::InvalidInput { slug, detail })
             }
             PipelineError::Io(e) => Some(JobFailure::Quantizing(e)),
+            PipelineError::Internal(e) => Some(JobFailure::Internal(e)),
         }
     }
 
@@ -90,7 +94,9 @@ impl JobFailure {
             JobFailure::ReadConfig(_) => "Storage error while reading the model's config.json",
             JobFailure::InvalidInput { .. } => "The model cannot be quantized as requested",
             JobFailure::Quantizing(_) => "Storage error while quantizing",
-            JobFailure::Panicked { .. } => "Internal error while quantizing",
+            JobFailure::Panicked { .. } | JobFailure::Internal(_) => {
+                "Internal error while quantizing"
+            }
             JobFailure::InputChanged { .. } => "The model's files changed while the job ran",
             JobFailure::SavingArtifact(_) => "Storage error while saving the artifact",
             JobFailure::InvalidModelConfig(_) => "The model's config.json is unusable",
@@ -137,6 +143,7 @@ impl Failure for JobFailure {
             | JobFailure::ReadConfig(_)
             | JobFailure::Quantizing(_)
             | JobFailure::Panicked { .. }
+            | JobFailure::Internal(_)
             | JobFailure::SavingArtifact(_)
             | JobFailure::AttemptsExhausted => ErrorKind::Internal,
         }
@@ -154,7 +161,7 @@ impl Failure for JobFailure {
             | JobFailure::Quantizing(_)
             | JobFailure::SavingArtifact(_) => "job-io-error",
             JobFailure::InvalidInput { slug, .. } => slug,
-            JobFailure::Panicked { .. } => "job-internal-error",
+            JobFailure::Panicked { .. } | JobFailure::Internal(_) => "job-internal-error",
             JobFailure::InputChanged { .. } => "job-input-changed",
             JobFailure::InvalidModelConfig(_) => "invalid-model-config",
             JobFailure::AttemptsExhausted => "job-attempts-exhausted",

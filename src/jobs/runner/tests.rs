@@ -305,6 +305,16 @@ fn job_failures_render_the_problem_objects_the_api_shows() {
             true,
         ),
         (
+            JobFailure::Internal("layout mismatch: undeclared tensor 'w_zero_point'".into()),
+            problem(
+                "job-internal-error",
+                "Internal error while quantizing",
+                500,
+                "the job hit an internal error; it has been logged and is not retried",
+            ),
+            false,
+        ),
+        (
             JobFailure::Quantizing(std::io::Error::other("bad sector")),
             problem(
                 "job-io-error",
