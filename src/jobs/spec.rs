@@ -127,135 +127,155 @@ fn from_options<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// The value of the string option `field` among `choices` (the first is the default).
+fn one_of<T: Copy>(
+    value: Option<&str>,
+    field: String,
+    choices: &[(&str, T)],
+) -> Result<T, SpecError> {
+    let Some(value) = value else {
+        return Ok(choices[0].1);
+    };
+    choices
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, choice)| *choice)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            invalid(
+                field,
+                format!("'{value}' is not one of: {}", names.join(", ")),
+            )
+        })
+}
+
+const GRANULARITIES: [(&str, Granularity); 2] = [
+    ("channel", Granularity::Channel),
+    ("tensor", Granularity::Tensor),
+];
+
+fn parse_int8(options: Map<String, Value>, prefix: &str) -> Result<Scheme, SpecError> {
+    let wire: Int8OptionsWire = from_options(options, prefix)?;
+    Ok(Scheme::Int8(Int8Options {
+        granularity: one_of(
+            wire.granularity.as_deref(),
+            format!("{prefix}granularity"),
+            &GRANULARITIES,
+        )?,
+        symmetric: wire.symmetric.unwrap_or(true),
+    }))
+}
+
+fn parse_int4(options: Map<String, Value>, prefix: &str) -> Result<Scheme, SpecError> {
+    let wire: Int4OptionsWire = from_options(options, prefix)?;
+    let group_size = wire.group_size.unwrap_or(128);
+    if ![32, 64, 128].contains(&group_size) {
+        return Err(invalid(
+            format!("{prefix}group_size"),
+            format!("{group_size} is not one of: 32, 64, 128"),
+        ));
+    }
+    let symmetric = wire.symmetric.unwrap_or(true);
+    let restricted_range = one_of(
+        wire.scale.as_deref(),
+        format!("{prefix}scale"),
+        &[("absmax/7.5", false), ("absmax/7", true)],
+    )?;
+    if restricted_range && !symmetric {
+        return Err(invalid(
+            format!("{prefix}scale"),
+            "absmax/7 applies to symmetric int4 only",
+        ));
+    }
+    Ok(Scheme::Int4(Int4Options {
+        group_size,
+        symmetric,
+        restricted_range,
+    }))
+}
+
+fn parse_fp8(options: Map<String, Value>, prefix: &str) -> Result<Scheme, SpecError> {
+    let wire: Fp8OptionsWire = from_options(options, prefix)?;
+    let format = one_of(
+        wire.format.as_deref(),
+        format!("{prefix}format"),
+        &[("e4m3", Fp8Format::E4M3), ("e5m2", Fp8Format::E5M2)],
+    )?;
+    let granularity = one_of(
+        wire.granularity.as_deref(),
+        format!("{prefix}granularity"),
+        &GRANULARITIES,
+    )?;
+    Ok(Scheme::Fp8 {
+        format,
+        per_channel: granularity == Granularity::Channel,
+    })
+}
+
+fn parse_kmeans(options: Map<String, Value>, prefix: &str) -> Result<Scheme, SpecError> {
+    let wire: KmeansOptionsWire = from_options(options, prefix)?;
+    let bits = wire.bits.unwrap_or(4);
+    if !(2..=8).contains(&bits) {
+        return Err(invalid(
+            format!("{prefix}bits"),
+            format!("{bits} is not between 2 and 8"),
+        ));
+    }
+    let max_iterations = wire.max_iterations.unwrap_or(30);
+    if max_iterations > 1000 {
+        return Err(invalid(format!("{prefix}max_iterations"), "at most 1000"));
+    }
+    let tolerance = wire.tolerance.unwrap_or(1e-4);
+    if !(tolerance.is_finite() && (0.0..1.0).contains(&tolerance)) {
+        return Err(invalid(format!("{prefix}tolerance"), "must be in [0, 1)"));
+    }
+    Ok(Scheme::Kmeans(KmeansOptions {
+        bits,
+        max_iterations,
+        tolerance,
+    }))
+}
+
+/// The schemes without options: the ggml block types (by their ggml name), binary, ternary, f16.
+fn optionless_scheme(name: &str) -> Option<Scheme> {
+    let ggml = GgmlType::ALL
+        .into_iter()
+        .find(|ty| ty.is_block_quantized() && ty.name() == name);
+    if let Some(ty) = ggml {
+        return Some(Scheme::Ggml(ty));
+    }
+    match name {
+        "binary" => Some(Scheme::Binary),
+        "ternary" => Some(Scheme::Ternary),
+        "f16" => Some(Scheme::F16),
+        _ => None,
+    }
+}
+
 impl Scheme {
     /// Parses a scheme name and its options object (without the job-wide `skip`/`overrides`).
     /// `prefix` names where the options sit, for error messages (`""` or `overrides.<p>.options.`).
     pub fn parse(name: &str, options: Map<String, Value>, prefix: &str) -> Result<Self, SpecError> {
         match name {
-            "int8" => {
-                let wire: Int8OptionsWire = from_options(options, prefix)?;
-                let granularity = match wire.granularity.as_deref() {
-                    None | Some("channel") => Granularity::Channel,
-                    Some("tensor") => Granularity::Tensor,
-                    Some(other) => {
-                        return Err(invalid(
-                            format!("{prefix}granularity"),
-                            format!("'{other}' is not one of: channel, tensor"),
-                        ))
-                    }
-                };
-                Ok(Scheme::Int8(Int8Options {
-                    granularity,
-                    symmetric: wire.symmetric.unwrap_or(true),
-                }))
-            }
-            "int4" => {
-                let wire: Int4OptionsWire = from_options(options, prefix)?;
-                let group_size = wire.group_size.unwrap_or(128);
-                if ![32, 64, 128].contains(&group_size) {
-                    return Err(invalid(
-                        format!("{prefix}group_size"),
-                        format!("{group_size} is not one of: 32, 64, 128"),
-                    ));
-                }
-                let symmetric = wire.symmetric.unwrap_or(true);
-                let restricted_range = match wire.scale.as_deref() {
-                    None | Some("absmax/7.5") => false,
-                    Some("absmax/7") if symmetric => true,
-                    Some("absmax/7") => {
-                        return Err(invalid(
-                            format!("{prefix}scale"),
-                            "absmax/7 applies to symmetric int4 only",
-                        ))
-                    }
-                    Some(other) => {
-                        return Err(invalid(
-                            format!("{prefix}scale"),
-                            format!("'{other}' is not one of: absmax/7.5, absmax/7"),
-                        ))
-                    }
-                };
-                Ok(Scheme::Int4(Int4Options {
-                    group_size,
-                    symmetric,
-                    restricted_range,
-                }))
-            }
+            "int8" => parse_int8(options, prefix),
+            "int4" => parse_int4(options, prefix),
             "nf4" => {
                 let wire: Nf4OptionsWire = from_options(options, prefix)?;
                 Ok(Scheme::Nf4(Nf4Options {
                     double_quant: wire.double_quant.unwrap_or(false),
                 }))
             }
-            "fp8" => {
-                let wire: Fp8OptionsWire = from_options(options, prefix)?;
-                let format = match wire.format.as_deref() {
-                    None | Some("e4m3") => Fp8Format::E4M3,
-                    Some("e5m2") => Fp8Format::E5M2,
-                    Some(other) => {
-                        return Err(invalid(
-                            format!("{prefix}format"),
-                            format!("'{other}' is not one of: e4m3, e5m2"),
-                        ))
-                    }
-                };
-                let per_channel = match wire.granularity.as_deref() {
-                    None | Some("channel") => true,
-                    Some("tensor") => false,
-                    Some(other) => {
-                        return Err(invalid(
-                            format!("{prefix}granularity"),
-                            format!("'{other}' is not one of: channel, tensor"),
-                        ))
-                    }
-                };
-                Ok(Scheme::Fp8 {
-                    format,
-                    per_channel,
-                })
-            }
-            "kmeans" => {
-                let wire: KmeansOptionsWire = from_options(options, prefix)?;
-                let bits = wire.bits.unwrap_or(4);
-                if !(2..=8).contains(&bits) {
-                    return Err(invalid(
-                        format!("{prefix}bits"),
-                        format!("{bits} is not between 2 and 8"),
-                    ));
+            "fp8" => parse_fp8(options, prefix),
+            "kmeans" => parse_kmeans(options, prefix),
+            other => match optionless_scheme(other) {
+                Some(scheme) => {
+                    let _: NoOptions = from_options(options, prefix)?;
+                    Ok(scheme)
                 }
-                let max_iterations = wire.max_iterations.unwrap_or(30);
-                if max_iterations > 1000 {
-                    return Err(invalid(format!("{prefix}max_iterations"), "at most 1000"));
-                }
-                let tolerance = wire.tolerance.unwrap_or(1e-4);
-                if !(tolerance.is_finite() && (0.0..1.0).contains(&tolerance)) {
-                    return Err(invalid(format!("{prefix}tolerance"), "must be in [0, 1)"));
-                }
-                Ok(Scheme::Kmeans(KmeansOptions {
-                    bits,
-                    max_iterations,
-                    tolerance,
-                }))
-            }
-            "binary" | "ternary" | "q8_0" | "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q4_k" | "q6_k"
-            | "f16" => {
-                let _: NoOptions = from_options(options, prefix)?;
-                Ok(match name {
-                    "q8_0" => Scheme::Ggml(GgmlType::Q8_0),
-                    "q4_0" => Scheme::Ggml(GgmlType::Q4_0),
-                    "q4_1" => Scheme::Ggml(GgmlType::Q4_1),
-                    "q5_0" => Scheme::Ggml(GgmlType::Q5_0),
-                    "q5_1" => Scheme::Ggml(GgmlType::Q5_1),
-                    "q4_k" => Scheme::Ggml(GgmlType::Q4K),
-                    "q6_k" => Scheme::Ggml(GgmlType::Q6K),
-                    "binary" => Scheme::Binary,
-                    "ternary" => Scheme::Ternary,
-                    _ => Scheme::F16,
-                })
-            }
-            other => Err(SpecError::UnknownScheme {
-                scheme: other.to_owned(),
-            }),
+                None => Err(SpecError::UnknownScheme {
+                    scheme: other.to_owned(),
+                }),
+            },
         }
     }
 
@@ -594,6 +614,20 @@ mod tests {
             json!({"granularity": "channel", "symmetric": true})
         );
         assert_eq!(spec.format, OutputFormat::Safetensors);
+    }
+
+    #[test]
+    fn every_known_scheme_parses_and_every_ggml_block_type_is_known() {
+        for name in KNOWN_SCHEMES {
+            let scheme = Scheme::parse(name, Map::new(), "").unwrap();
+            assert_eq!(scheme.name(), *name);
+        }
+        for ty in GgmlType::ALL
+            .into_iter()
+            .filter(|ty| ty.is_block_quantized())
+        {
+            assert!(KNOWN_SCHEMES.contains(&ty.name()), "{ty} missing");
+        }
     }
 
     #[test]
