@@ -12,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::Settings;
+use crate::dispatch::Dispatch;
 use crate::formats::safetensors::Limits;
 use crate::http::limits::{body_idle_timeout_layer, HeaderBudget};
 use crate::http::{self, AppInner, AppState};
 use crate::jobs::runner::{JobRunner, RunnerSettings};
 use crate::pool::WorkerPool;
-use crate::quant::kernels;
 use crate::store::reaper;
 use crate::store::reserve::StorageReserve;
 use crate::store::sqlite::SqliteStore;
@@ -52,21 +52,14 @@ impl Application {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
         let data_dir_lock = lock_data_dir(&settings.data_dir)?;
-        let kernels = kernels::select(settings.kernels).context("selecting kernels")?;
-        let ggml_kernels =
-            crate::quant::ggml::select(settings.kernels).context("selecting ggml kernels")?;
+        let dispatch = Dispatch::select(settings.kernels).context("selecting kernels")?;
         info!(
-            isa = %kernels.isa,
-            available = ?kernels::available().iter().map(|i| i.to_string()).collect::<Vec<_>>(),
-            requested = ?settings.kernels,
+            isa = %dispatch.quant.isa,
+            tables = %dispatch,
+            requested = ?dispatch.requested,
+            available = ?Dispatch::available_isas().iter().map(|i| i.name()).collect::<Vec<_>>(),
+            available_inference = ?Dispatch::available_inference_isas().iter().map(|i| i.name()).collect::<Vec<_>>(),
             "kernels selected"
-        );
-        let inference = crate::serving::inference_kernels(settings.kernels);
-        tracing::info!(
-            gemm = inference.0.isa,
-            math = inference.1.isa,
-            available = ?crate::infer::kernels::available().iter().map(|t| t.isa).collect::<Vec<_>>(),
-            "inference kernels selected"
         );
         let store = open_store(&settings).await?;
         let blobs =
@@ -87,8 +80,7 @@ impl Application {
             store.clone(),
             blobs.clone(),
             pool.clone(),
-            kernels,
-            ggml_kernels,
+            dispatch,
             RunnerSettings {
                 lease: settings.lease(),
                 limits: Limits {
@@ -119,8 +111,7 @@ impl Application {
                 max_batch: settings.batch_max_size,
                 max_batch_delay: Duration::from_millis(settings.batch_max_delay_ms),
                 debug_delay: Duration::from_millis(settings.debug_inference_delay_ms),
-                kernels: inference.0,
-                math: inference.1,
+                dispatch,
             },
         ));
         let header_budget = HeaderBudget::new(settings.header_buffer_budget_bytes);
@@ -131,7 +122,7 @@ impl Application {
                 store,
                 blobs,
                 reserve,
-                kernels,
+                dispatch,
                 pool,
                 job_wake,
                 header_budget,

@@ -22,14 +22,13 @@ use super::encode::{
 };
 use super::output::{ModelInfo, OutputWriter};
 use super::spec::{JobSpec, OutputFormat, Scheme};
+use crate::dispatch::Dispatch;
 use crate::formats::compressed_tensors::{
     bitsandbytes_nf4_config, float_weight_args, int_weight_args, quantization_config, ConfigGroup,
 };
 use crate::formats::safetensors::{Dtype, Header, Limits, TensorInfo};
 use crate::quant::convert::float_values;
-use crate::quant::ggml::GgmlKernels;
 use crate::quant::int8::Granularity;
-use crate::quant::kernels::Kernels;
 use crate::quant::metrics::TensorMetrics;
 use crate::store::Progress;
 
@@ -55,9 +54,8 @@ impl ProgressCounters {
 
 /// What the pipeline needs besides the files.
 pub struct PipelineContext<'a> {
-    pub kernels: &'static Kernels,
-    /// Block quantizers for the ggml types, chosen with the same instruction-set setting.
-    pub ggml_kernels: &'static GgmlKernels,
+    /// The kernel tables (int8 and ggml quantizers), chosen once at start-up.
+    pub dispatch: &'static Dispatch,
     pub limits: Limits,
     /// Set by the job runner when the user cancels, the lease is lost or the service stops.
     pub cancel: &'a AtomicBool,
@@ -259,7 +257,7 @@ pub fn quantize_file(
         model,
     )?;
     let should_continue = || !ctx.cancel.load(Ordering::Relaxed);
-    let mut encoder = Encoder::new(ctx.kernels, ctx.ggml_kernels, &should_continue);
+    let mut encoder = Encoder::new(ctx.dispatch.quant, ctx.dispatch.ggml, &should_continue);
 
     let mut reports = Vec::with_capacity(header.tensors.len());
     for (tensor, plan) in header.tensors.iter().zip(&plans) {
@@ -355,7 +353,7 @@ pub fn quantize_file(
         scheme: spec.scheme.name().into(),
         options: spec.canonical_options(),
         format: spec.format.name().into(),
-        kernel_isa: ctx.kernels.isa.to_string(),
+        kernel_isa: ctx.dispatch.quant.isa.to_string(),
         n_tensors: reports.len(),
         n_quantized: quantized.len(),
         bytes_before: reports.iter().map(|r| r.bytes_before).sum(),

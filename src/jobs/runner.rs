@@ -22,11 +22,10 @@ use super::pipeline::{
     quantize_file, PipelineContext, PipelineError, PipelineOutput, ProgressCounters, QuantReport,
 };
 use super::spec::JobSpec;
+use crate::dispatch::Dispatch;
 use crate::formats::compressed_tensors::merge_into_config;
 use crate::formats::safetensors::Limits;
 use crate::pool::{PoolError, WorkerPool, WorkerSlot};
-use crate::quant::ggml::GgmlKernels;
-use crate::quant::kernels::Kernels;
 use crate::store::blobs::CommitWindow;
 use crate::store::reaper;
 use crate::store::{
@@ -55,8 +54,7 @@ pub struct JobRunner {
     store: SharedMetadataStore,
     blobs: BlobStore,
     pool: Arc<WorkerPool>,
-    kernels: &'static Kernels,
-    ggml_kernels: &'static GgmlKernels,
+    dispatch: &'static Dispatch,
     settings: RunnerSettings,
     /// Identifies this process's leases in the jobs table.
     owner: String,
@@ -69,8 +67,7 @@ impl JobRunner {
         store: SharedMetadataStore,
         blobs: BlobStore,
         pool: Arc<WorkerPool>,
-        kernels: &'static Kernels,
-        ggml_kernels: &'static GgmlKernels,
+        dispatch: &'static Dispatch,
         settings: RunnerSettings,
         wake: Arc<Notify>,
     ) -> Arc<Self> {
@@ -78,8 +75,7 @@ impl JobRunner {
             store,
             blobs,
             pool,
-            kernels,
-            ggml_kernels,
+            dispatch,
             settings,
             owner: format!("quantd-{}-{}", std::process::id(), Uuid::new_v4().simple()),
             wake,
@@ -193,15 +189,13 @@ impl JobRunner {
         let outcome = {
             let (cancel, progress, staged) = (cancel.clone(), progress.clone(), staged.clone());
             let spec = spec.clone();
-            let kernels = self.kernels;
-            let ggml_kernels = self.ggml_kernels;
+            let dispatch = self.dispatch;
             let limits = self.settings.limits;
             let tensor_delay = self.settings.tensor_delay;
             self.pool
                 .run(slot, move || {
                     let ctx = PipelineContext {
-                        kernels,
-                        ggml_kernels,
+                        dispatch,
                         limits,
                         cancel: &cancel,
                         progress: &progress,
