@@ -13,6 +13,7 @@
 mod avx2;
 mod avx2_blocks;
 mod avx512;
+mod dot;
 mod vnni;
 
 use super::blocks::{
