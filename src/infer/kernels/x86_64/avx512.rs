@@ -12,11 +12,11 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use crate::infer::kernels::blocks::QK;
 use crate::infer::kernels::scalar;
 use crate::infer::kernels::I8_MAX_CODE;
 
 use super::dot::{self, DotLanes};
+use super::rows::{self, RowLanes};
 
 /// f32 lanes per vector.
 const F32_LANES: usize = 16;
@@ -409,7 +409,21 @@ fn quantize_row(row: &[f32], scale: f32, q_row: &mut [i8]) {
     scalar::quantize_row_with(tail, scale, q_chunks.into_remainder());
 }
 
-/// See `GemmKernels::quantize_rows_i8`.
+impl RowLanes for Avx512 {
+    #[inline(always)]
+    fn absmax(self, row: &[f32]) -> f32 {
+        // SAFETY: a `Avx512` exists only where the CPU supports AVX-512 F and BW (`Avx512::new`).
+        unsafe { absmax(row) }
+    }
+
+    #[inline(always)]
+    fn quantize_row(self, row: &[f32], scale: f32, q_row: &mut [i8]) {
+        // SAFETY: a `Avx512` exists only where the CPU supports AVX-512 F and BW (`Avx512::new`).
+        unsafe { quantize_row(row, scale, q_row) }
+    }
+}
+
+/// See `GemmKernels::quantize_rows_i8`: `rows::quantize_rows_i8` on these lanes.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F and BW, and the shapes must have been checked with
@@ -422,28 +436,11 @@ pub(super) unsafe fn quantize_rows_i8(
     q: &mut [i8],
     scales: &mut [f32],
 ) {
-    if k == 0 {
-        scales.fill(0.0);
-        return;
-    }
-    debug_assert_eq!(a.len(), m * k);
-    for ((row, q_row), scale_out) in a
-        .chunks_exact(k)
-        .zip(q.chunks_exact_mut(k))
-        .zip(scales.iter_mut())
-    {
-        let scale = absmax(row) / I8_MAX_CODE;
-        *scale_out = scale;
-        if scale == 0.0 {
-            q_row.fill(0);
-        } else {
-            quantize_row(row, scale, q_row);
-        }
-    }
+    // SAFETY: this function's contract is `Avx512::new`'s, and it enables the features.
+    rows::quantize_rows_i8(unsafe { Avx512::new() }, a, m, k, q, scales)
 }
 
-/// See `GemmKernels::quantize_blocks`: the per-row code of `quantize_rows_i8` applied to every
-/// 32-element block, so scales and codes are bit-identical to `scalar::quantize_blocks`.
+/// See `GemmKernels::quantize_blocks`: `rows::quantize_blocks` on these lanes.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F and BW, and the shapes must have been checked with
@@ -455,20 +452,6 @@ pub(super) unsafe fn quantize_blocks(
     scales: &mut [f32],
     sums: &mut [i32],
 ) {
-    for (((block, q_block), scale_out), sum_out) in a
-        .chunks_exact(QK)
-        .zip(codes.chunks_exact_mut(QK))
-        .zip(scales.iter_mut())
-        .zip(sums.iter_mut())
-    {
-        let scale = absmax(block) / I8_MAX_CODE;
-        *scale_out = scale;
-        if scale == 0.0 {
-            q_block.fill(0);
-            *sum_out = 0;
-        } else {
-            quantize_row(block, scale, q_block);
-            *sum_out = q_block.iter().map(|&x| i32::from(x)).sum();
-        }
-    }
+    // SAFETY: this function's contract is `Avx512::new`'s, and it enables the features.
+    rows::quantize_blocks(unsafe { Avx512::new() }, a, codes, scales, sums)
 }

@@ -14,6 +14,7 @@ mod avx2;
 mod avx2_blocks;
 mod avx512;
 mod dot;
+mod rows;
 mod vnni;
 
 use super::blocks::{
