@@ -1,5 +1,10 @@
 //! x86_64 kernel tables: AVX2 (+FMA), AVX-512 (F + BW) and AVX-512 VNNI (F + BW + VL + VNNI).
 //!
+//! The dot-product GEMMs and the activation quantizers are written once (`dot.rs`, `rows.rs`)
+//! over small vector traits that `avx2.rs` and `avx512.rs` implement; the packed AVX-512 f32
+//! path, the block GEMMs (`avx2_blocks.rs`, shared by the AVX2 and AVX-512 tables) and the VNNI
+//! kernels (`vnni.rs`) are per ISA.
+//!
 //! The `unsafe fn`s in `avx2.rs`, `avx2_blocks.rs`, `avx512.rs` and `vnni.rs` are compiled with
 //! `#[target_feature]`, so the crate still builds for the baseline x86_64 CPU. The safe wrappers
 //! below are private and only reachable through [`AVX2`], [`AVX512`] and [`AVX512_VNNI`], which
