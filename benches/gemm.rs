@@ -50,7 +50,7 @@ struct Weights {
 
 fn weights() -> Weights {
     let f32 = values(N * K, 1);
-    let table = kernels::select(false);
+    let table = kernels::best();
     let mut i8_rows = vec![0; N * K];
     let mut row_scales = vec![0.0; N];
     (table.quantize_rows_i8)(&f32, N, K, &mut i8_rows, &mut row_scales);
@@ -209,11 +209,11 @@ fn bench_two_threads(c: &mut Criterion, table: &'static GemmKernels, w: &Weights
 fn gemm(c: &mut Criterion) {
     let w = weights();
     for table in kernels::available() {
-        if table.isa != "scalar" {
+        if table.isa != kernels::GemmIsa::Scalar {
             bench_table(c, table, &w);
         }
     }
-    bench_two_threads(c, kernels::select(false), &w);
+    bench_two_threads(c, kernels::best(), &w);
 }
 
 criterion_group!(benches, gemm);

@@ -10,11 +10,12 @@ use std::io::{BufWriter, Read, Write};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use quantd::dispatch::Dispatch;
 use quantd::formats::safetensors::{Dtype, Limits, SafetensorsWriter};
 use quantd::jobs::output::ModelInfo;
 use quantd::jobs::pipeline::{quantize_file, PipelineContext, ProgressCounters};
 use quantd::jobs::spec::JobSpec;
-use quantd::quant::kernels::{self, KernelChoice};
+use quantd::quant::kernels::KernelChoice;
 
 const ROWS: usize = 4096;
 const COLS: usize = 4096;
@@ -200,8 +201,7 @@ fn main() {
             "gguf",
         ),
     ] {
-        let kernels = kernels::select(choice).unwrap();
-        let ggml_kernels = quantd::quant::ggml::select(choice).unwrap();
+        let dispatch = Dispatch::select(choice).unwrap();
         let options: serde_json::Value = serde_json::from_str(options).unwrap();
         let spec = JobSpec::parse(scheme, Some(&options), Some(format)).unwrap();
         let model = ModelInfo::default();
@@ -211,8 +211,7 @@ fn main() {
         let (time, result) = best_of(3, || {
             let progress = ProgressCounters::default();
             let ctx = PipelineContext {
-                kernels,
-                ggml_kernels,
+                dispatch,
                 limits,
                 cancel: &cancel,
                 progress: &progress,
@@ -228,7 +227,7 @@ fn main() {
             gb / time.as_secs_f64(),
             format!("{:.2}x", copy_time.as_secs_f64() / time.as_secs_f64()),
             peak >> 20,
-            kernels.isa,
+            dispatch.quant.isa,
             result.size_bytes as f64 / (1 << 20) as f64,
             rss_before >> 20,
         );

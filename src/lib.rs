@@ -9,6 +9,8 @@ pub mod error;
 pub mod formats;
 pub mod infer;
 pub mod quant;
+// Every kernel table, chosen once from `QUANTD_KERNELS` (uses `quant` and `infer`).
+pub mod dispatch;
 
 // Layer 1 — effects: configuration, logging, storage, the worker pool.
 pub mod config;

@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::QuantizeArgs;
+use crate::dispatch::Dispatch;
 use crate::formats::compressed_tensors::merge_into_config;
 use crate::formats::safetensors::Limits;
 use crate::jobs::output::ModelInfo;
 use crate::jobs::pipeline::{quantize_file, PipelineContext, PipelineError, ProgressCounters};
 use crate::jobs::spec::JobSpec;
-use crate::quant::kernels;
 
 /// Runs the pipeline; prints a one-line summary per tensor and the totals.
 pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
@@ -24,8 +24,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         .transpose()
         .context("--options is not valid JSON")?;
     let spec = JobSpec::parse(&args.scheme, options.as_ref(), Some(&args.format))?;
-    let kernels = kernels::select(args.kernels)?;
-    let ggml_kernels = crate::quant::ggml::select(args.kernels)?;
+    let dispatch = Dispatch::select(args.kernels)?;
     let model_config = args
         .config
         .as_ref()
@@ -47,8 +46,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let cancel = AtomicBool::new(false);
     let progress = ProgressCounters::default();
     let ctx = PipelineContext {
-        kernels,
-        ggml_kernels,
+        dispatch,
         limits: Limits {
             max_header_bytes: args.max_header_bytes,
             max_file_bytes: u64::MAX,

@@ -13,12 +13,12 @@ use tracing::info;
 
 use crate::catalog::{Catalog, CatalogSettings, HeaderBudget};
 use crate::config::Settings;
+use crate::dispatch::Dispatch;
 use crate::formats::safetensors::Limits;
 use crate::http::limits::body_idle_timeout_layer;
 use crate::http::{self, AppInner, AppState};
 use crate::jobs::runner::{JobRunner, RunnerParts, RunnerSettings};
 use crate::pool::WorkerPool;
-use crate::quant::kernels;
 use crate::store::reaper;
 use crate::store::reserve::StorageReserve;
 use crate::store::sqlite::SqliteStore;
@@ -53,21 +53,14 @@ impl Application {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
         let data_dir_lock = lock_data_dir(&settings.data_dir)?;
-        let kernels = kernels::select(settings.kernels).context("selecting kernels")?;
-        let ggml_kernels =
-            crate::quant::ggml::select(settings.kernels).context("selecting ggml kernels")?;
+        let dispatch = Dispatch::select(settings.kernels).context("selecting kernels")?;
         info!(
-            isa = %kernels.isa,
-            available = ?kernels::available().iter().map(|i| i.to_string()).collect::<Vec<_>>(),
-            requested = ?settings.kernels,
+            isa = %dispatch.quant.isa,
+            tables = %dispatch,
+            requested = ?dispatch.requested,
+            available = ?Dispatch::available_isas().iter().map(|i| i.name()).collect::<Vec<_>>(),
+            available_inference = ?Dispatch::available_inference_isas().iter().map(|i| i.name()).collect::<Vec<_>>(),
             "kernels selected"
-        );
-        let inference = crate::serving::inference_kernels(settings.kernels);
-        tracing::info!(
-            gemm = inference.0.isa,
-            math = inference.1.isa,
-            available = ?crate::infer::kernels::available().iter().map(|t| t.isa).collect::<Vec<_>>(),
-            "inference kernels selected"
         );
         let store = open_store(&settings).await?;
         let blobs =
@@ -102,8 +95,7 @@ impl Application {
                 max_batch: settings.batch_max_size,
                 max_batch_delay: Duration::from_millis(settings.batch_max_delay_ms),
                 debug_delay: Duration::from_millis(settings.debug_inference_delay_ms),
-                kernels: inference.0,
-                math: inference.1,
+                dispatch,
             },
         ));
         let catalog = Arc::new(
@@ -123,8 +115,7 @@ impl Application {
                 blobs: blobs.clone(),
                 catalog: catalog.clone(),
                 pool: pool.clone(),
-                kernels,
-                ggml_kernels,
+                dispatch,
                 wake: job_wake.clone(),
             },
             RunnerSettings {
@@ -145,7 +136,7 @@ impl Application {
                 store,
                 blobs,
                 reserve,
-                kernels,
+                dispatch,
                 pool,
                 job_wake,
                 catalog,

@@ -36,7 +36,6 @@ pub use error::{ApiError, ErrorKind, Problem};
 use crate::config::Settings;
 use crate::formats::safetensors::Limits;
 use crate::pool::WorkerPool;
-use crate::quant::kernels::Kernels;
 use crate::store::reserve::StorageReserve;
 use crate::store::{BlobStore, SharedMetadataStore};
 
@@ -52,7 +51,8 @@ pub struct AppInner {
     pub blobs: BlobStore,
     /// Free space kept for the writes that must not fail (see `store::reserve`).
     pub reserve: StorageReserve,
-    pub kernels: &'static Kernels,
+    /// Every kernel table, chosen once at start-up (shown on `/api/v1/info`).
+    pub dispatch: &'static crate::dispatch::Dispatch,
     pub pool: Arc<WorkerPool>,
     /// Wakes the job runner after a job was queued.
     pub job_wake: Arc<Notify>,

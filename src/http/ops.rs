@@ -7,8 +7,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{ApiError, AppState, ErrorKind, Problem};
+use crate::dispatch::Dispatch;
 use crate::jobs::spec::{KNOWN_FORMATS, KNOWN_SCHEMES};
-use crate::quant::kernels;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Status {
@@ -102,15 +102,15 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
     Json(Info {
         name: "quantd",
         version: env!("CARGO_PKG_VERSION"),
-        kernel_isa: state.kernels.isa.to_string(),
-        available_isas: kernels::available()
+        kernel_isa: state.dispatch.quant.isa.to_string(),
+        available_isas: Dispatch::available_isas()
             .iter()
             .map(|isa| isa.to_string())
             .collect(),
-        inference_isa: state.serving.kernels().isa.to_string(),
-        available_inference_isas: crate::infer::kernels::available()
+        inference_isa: state.dispatch.gemm.isa.to_string(),
+        available_inference_isas: Dispatch::available_inference_isas()
             .iter()
-            .map(|t| t.isa.to_string())
+            .map(|isa| isa.to_string())
             .collect(),
         workers: state.pool.size(),
         uptime_seconds: state.started_at.elapsed().as_secs(),

@@ -417,8 +417,8 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
             tensors,
             prefix,
             layers,
-            gemm: crate::infer::kernels::select(false),
-            math: crate::infer::fastmath::select(false),
+            gemm: crate::infer::kernels::best(),
+            math: crate::infer::fastmath::best(),
         })
     }
 
@@ -800,7 +800,7 @@ impl LinearBackend for F32Linear {
             });
         }
         crate::infer::kernels::linear_f32(
-            crate::infer::kernels::select(false),
+            crate::infer::kernels::best(),
             x,
             m,
             k,

@@ -11,6 +11,8 @@
 //! 3.5e-7 absolute (the rational fit itself is good to 2.1e-7), so GELU is within 6e-7 · max(1, |x|) absolute of the exact f64 formula (the
 //! error is largest for negative `x`, where `1 + erf` cancels; the outputs there are tiny).
 
+use crate::quant::kernels::{Isa, KernelChoice};
+
 /// Lanes of the accumulator arrays; 16 = one AVX-512 register.
 const LANES: usize = 16;
 
@@ -152,8 +154,8 @@ fn layer_norm_body(xs: &mut [f32], h: usize, gamma: &[f32], beta: &[f32], eps: f
 /// Element-wise kernels for one ISA.
 #[derive(Debug)]
 pub struct MathKernels {
-    /// `"scalar"`, `"avx2"` or `"avx512"`.
-    pub isa: &'static str,
+    /// The instruction set the bodies were compiled for (scalar, AVX2 or AVX-512).
+    pub isa: Isa,
     /// Exact-erf GELU in place: `x · (1 + erf(x / √2)) / 2`.
     pub gelu: fn(&mut [f32]),
     /// `softmax(scale · row)` for every `len`-long row, in place (`xs.len()` a multiple of
@@ -164,7 +166,7 @@ pub struct MathKernels {
 }
 
 static SCALAR: MathKernels = MathKernels {
-    isa: "scalar",
+    isa: Isa::Scalar,
     gelu: gelu_body,
     softmax_rows: softmax_body,
     layer_norm_rows: layer_norm_body,
@@ -191,13 +193,27 @@ pub fn available() -> Vec<&'static MathKernels> {
     tables
 }
 
-/// The widest table this CPU runs (detected once), or the scalar one if `force_scalar`.
-pub fn select(force_scalar: bool) -> &'static MathKernels {
+/// The widest table this CPU runs (detected once).
+pub fn best() -> &'static MathKernels {
     static BEST: std::sync::OnceLock<&'static MathKernels> = std::sync::OnceLock::new();
-    if force_scalar {
-        return &SCALAR;
-    }
     BEST.get_or_init(|| available().last().copied().unwrap_or(&SCALAR))
+}
+
+/// The table for a `QUANTD_KERNELS` choice: `Auto` the widest this CPU runs, an ISA its own
+/// table, and the widest for an ISA without one here (NEON: LLVM's baseline vectorization).
+/// Every table gives the same bits, so the choice only changes speed.
+pub fn select(choice: KernelChoice) -> &'static MathKernels {
+    let isa = match choice {
+        KernelChoice::Auto => return best(),
+        KernelChoice::Scalar => Isa::Scalar,
+        KernelChoice::Avx2 => Isa::Avx2,
+        KernelChoice::Avx512 => Isa::Avx512,
+        KernelChoice::Neon => Isa::Neon,
+    };
+    available()
+        .into_iter()
+        .find(|table| table.isa == isa)
+        .unwrap_or_else(best)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -206,7 +222,7 @@ mod x86 {
     //! only reachable through `AVX2` / `AVX512`, which `available` hands out after run-time
     //! detection confirmed the features: every `SAFETY:` comment below relies on that.
 
-    use super::{gelu_body, layer_norm_body, softmax_body, MathKernels};
+    use super::{gelu_body, layer_norm_body, softmax_body, Isa, MathKernels};
 
     #[target_feature(enable = "avx2")]
     unsafe fn gelu_avx2(xs: &mut [f32]) {
@@ -239,7 +255,7 @@ mod x86 {
     }
 
     pub(super) static AVX2: MathKernels = MathKernels {
-        isa: "avx2",
+        isa: Isa::Avx2,
         gelu: |xs| {
             debug_assert!(is_x86_feature_detected!("avx2"));
             // SAFETY: reachable only through `AVX2`, handed out after AVX2 was detected.
@@ -258,7 +274,7 @@ mod x86 {
     };
 
     pub(super) static AVX512: MathKernels = MathKernels {
-        isa: "avx512",
+        isa: Isa::Avx512,
         gelu: |xs| {
             debug_assert!(is_x86_feature_detected!("avx512f"));
             // SAFETY: reachable only through `AVX512`, handed out after AVX-512F was detected.

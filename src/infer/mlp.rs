@@ -431,7 +431,7 @@ impl Mlp {
         Ok(Mlp {
             layers,
             softmax,
-            kernels: crate::infer::kernels::select(false),
+            kernels: crate::infer::kernels::best(),
             overflow_bounds,
         })
     }

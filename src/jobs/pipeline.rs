@@ -20,12 +20,12 @@ use utoipa::ToSchema;
 use super::encode::{layout_metadata, output_tensors, plan_tensor, Encoder, TensorPlan};
 use super::output::{ModelInfo, OutputWriter};
 use super::spec::{JobSpec, OutputFormat, Scheme};
+use crate::dispatch::Dispatch;
 use crate::formats::compressed_tensors::{
     bitsandbytes_nf4_config, quantization_config, ConfigGroup,
 };
 use crate::formats::safetensors::{Dtype, Header, Limits, TensorInfo};
 use crate::quant::convert::float_values;
-use crate::quant::ggml::GgmlKernels;
 use crate::quant::kernels::Kernels;
 use crate::quant::layout::{Description, Emitter, OutputTensor};
 use crate::quant::metrics::TensorMetrics;
@@ -53,9 +53,8 @@ impl ProgressCounters {
 
 /// What the pipeline needs besides the files.
 pub struct PipelineContext<'a> {
-    pub kernels: &'static Kernels,
-    /// Block quantizers for the ggml types, chosen with the same instruction-set setting.
-    pub ggml_kernels: &'static GgmlKernels,
+    /// The kernel tables (int8 and ggml quantizers), chosen once at start-up.
+    pub dispatch: &'static Dispatch,
     pub limits: Limits,
     /// Set by the job runner when the user cancels, the lease is lost or the service stops.
     pub cancel: &'a AtomicBool,
@@ -236,7 +235,7 @@ pub fn quantize_file(
         model,
     )?;
     let should_continue = || !ctx.cancel.load(Ordering::Relaxed);
-    let mut encoder = Encoder::new(ctx.kernels, ctx.ggml_kernels, &should_continue);
+    let mut encoder = Encoder::new(ctx.dispatch.quant, ctx.dispatch.ggml, &should_continue);
 
     let mut reports = Vec::with_capacity(header.tensors.len());
     for ((tensor, plan), outputs) in header.tensors.iter().zip(&plans).zip(&declared) {
@@ -269,7 +268,7 @@ pub fn quantize_file(
     // Durable before the blob is committed and the job marked succeeded.
     out_file.sync_all()?;
 
-    let report = summarize(reports, spec, ctx.kernels, started);
+    let report = summarize(reports, spec, ctx.dispatch.quant, started);
     let quantization_config = match spec.format {
         OutputFormat::Safetensors => safetensors_quantization_config(&header.tensors, &plans),
         OutputFormat::Gguf | OutputFormat::Dequantized { .. } => None,

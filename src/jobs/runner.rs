@@ -29,10 +29,9 @@ use super::pipeline::{
 };
 use super::spec::JobSpec;
 use crate::catalog::{ArtifactError, ArtifactOutcome, Catalog, NewArtifact};
+use crate::dispatch::Dispatch;
 use crate::formats::safetensors::Limits;
 use crate::pool::{PoolError, WorkerPool, WorkerSlot};
-use crate::quant::ggml::GgmlKernels;
-use crate::quant::kernels::Kernels;
 use crate::store::{
     BlobStore, HeartbeatOutcome, JobRecord, Lease, Progress, SharedMetadataStore, StoredFile,
 };
@@ -101,8 +100,7 @@ pub struct JobRunner {
     /// Records artifacts (blob, then row, inside a commit window).
     catalog: Arc<Catalog>,
     pool: Arc<WorkerPool>,
-    kernels: &'static Kernels,
-    ggml_kernels: &'static GgmlKernels,
+    dispatch: &'static Dispatch,
     settings: RunnerSettings,
     /// Identifies this process's leases in the jobs table.
     owner: String,
@@ -116,8 +114,7 @@ pub struct RunnerParts {
     pub blobs: BlobStore,
     pub catalog: Arc<Catalog>,
     pub pool: Arc<WorkerPool>,
-    pub kernels: &'static Kernels,
-    pub ggml_kernels: &'static GgmlKernels,
+    pub dispatch: &'static Dispatch,
     pub wake: Arc<Notify>,
 }
 
@@ -128,8 +125,7 @@ impl JobRunner {
             blobs,
             catalog,
             pool,
-            kernels,
-            ggml_kernels,
+            dispatch,
             wake,
         } = parts;
         Arc::new(JobRunner {
@@ -137,8 +133,7 @@ impl JobRunner {
             blobs,
             catalog,
             pool,
-            kernels,
-            ggml_kernels,
+            dispatch,
             settings,
             owner: format!("quantd-{}-{}", std::process::id(), Uuid::new_v4().simple()),
             wake,
@@ -291,15 +286,13 @@ impl JobRunner {
         let (stop, progress) = (stop.clone(), progress.clone());
         let spec = prepared.spec.clone();
         let model_info = prepared.model_info.clone();
-        let kernels = self.kernels;
-        let ggml_kernels = self.ggml_kernels;
+        let dispatch = self.dispatch;
         let limits = self.settings.limits;
         let tensor_delay = self.settings.tensor_delay;
         self.pool
             .run(slot, move || {
                 let ctx = PipelineContext {
-                    kernels,
-                    ggml_kernels,
+                    dispatch,
                     limits,
                     cancel: &stop.cancel,
                     progress: &progress,

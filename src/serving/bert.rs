@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
+use crate::dispatch::Dispatch;
 use crate::infer::bert::{BertConfig, BertError, BertModel, LinearBackend};
 use crate::infer::kernels::blocks::BlockActs;
 use crate::infer::kernels::{linear_f32, linear_i8, GemmKernels};
@@ -188,7 +189,8 @@ pub struct BertServing {
     tensors: HashMap<String, Vec<f32>>,
     pub tokenizer: BertTokenizer,
     pub memory_bytes: usize,
-    math: &'static crate::infer::fastmath::MathKernels,
+    /// The kernel tables the encoder runs (GEMMs, GELU, softmax, LayerNorm).
+    dispatch: &'static Dispatch,
 }
 
 impl std::fmt::Debug for BertServing {
@@ -213,7 +215,7 @@ impl BertServing {
     ) -> Result<Vec<Vec<f32>>, ServingError> {
         let model = BertModel::new(self.config.clone(), &self.linear, &self.tensors)
             .map_err(|e| ServingError::internal("assembling the loaded bert model", e))?
-            .with_kernels(self.linear.kernels, self.math);
+            .with_kernels(self.dispatch.gemm, self.dispatch.math);
         model.embed(batch, normalize).map_err(|e| match e {
             BertError::Input(message) => ServingError::BadInput(message),
             other => ServingError::internal("embedding a batch", other),
@@ -226,10 +228,7 @@ pub fn load_bert(
     file: &WeightFile<'_>,
     config_bytes: &[u8],
     tokenizer_json: Option<&[u8]>,
-    (kernels, math): (
-        &'static GemmKernels,
-        &'static crate::infer::fastmath::MathKernels,
-    ),
+    dispatch: &'static Dispatch,
     int8: Int8Mode,
     report: &mut LoadReport,
 ) -> Result<BertServing, ServingError> {
@@ -271,11 +270,14 @@ pub fn load_bert(
     }
     let serving = BertServing {
         config,
-        linear: ServedLinear { layers, kernels },
+        linear: ServedLinear {
+            layers,
+            kernels: dispatch.gemm,
+        },
         tensors,
         tokenizer,
         memory_bytes,
-        math,
+        dispatch,
     };
     // Fail at load, not at the first request, when something is missing or misshapen.
     BertModel::new(serving.config.clone(), &serving.linear, &serving.tensors)

@@ -206,35 +206,8 @@ pub struct ServingOptions {
     pub max_batch_delay: Duration,
     /// Testing aid: every batch sleeps this long before it runs (keeps requests in flight).
     pub debug_delay: Duration,
-    /// Inference kernels (GEMMs; GELU and softmax), chosen at start-up.
-    pub kernels: &'static crate::infer::kernels::GemmKernels,
-    pub math: &'static crate::infer::fastmath::MathKernels,
-}
-
-/// The inference kernel tables for a `QUANTD_KERNELS` choice: `scalar` forces the scalar
-/// twins, `avx2` the AVX2 tables, anything else the best this CPU runs (AVX-512 VNNI first).
-pub fn inference_kernels(
-    choice: crate::quant::kernels::KernelChoice,
-) -> (
-    &'static crate::infer::kernels::GemmKernels,
-    &'static crate::infer::fastmath::MathKernels,
-) {
-    use crate::infer::{fastmath, kernels};
-    use crate::quant::kernels::KernelChoice;
-    match choice {
-        KernelChoice::Scalar => (kernels::scalar(), fastmath::scalar()),
-        KernelChoice::Avx2 => (
-            kernels::available()
-                .into_iter()
-                .find(|t| t.isa == "avx2")
-                .unwrap_or_else(|| kernels::select(false)),
-            fastmath::available()
-                .into_iter()
-                .find(|t| t.isa == "avx2")
-                .unwrap_or_else(|| fastmath::select(false)),
-        ),
-        _ => (kernels::select(false), fastmath::select(false)),
-    }
+    /// The kernel tables (inference GEMMs; GELU, softmax, LayerNorm), chosen at start-up.
+    pub dispatch: &'static crate::dispatch::Dispatch,
 }
 
 impl LoadedModel {
@@ -512,9 +485,9 @@ impl ServingRegistry {
         }
     }
 
-    /// The inference GEMM kernels in use.
-    pub fn kernels(&self) -> &'static crate::infer::kernels::GemmKernels {
-        self.options.kernels
+    /// The kernel tables in use.
+    pub fn dispatch(&self) -> &'static crate::dispatch::Dispatch {
+        self.options.dispatch
     }
 
     /// Admission: a permit while the request is in flight, or [`ServingError::Busy`] (429).
@@ -708,7 +681,7 @@ fn load(
             &weight_file,
             config_bytes,
             tokenizer,
-            (options.kernels, options.math),
+            options.dispatch,
             int8,
             &mut report,
         )?;
@@ -758,7 +731,7 @@ fn load(
     }
     let mut mlp = Mlp::new(layers, mlp_config.softmax())
         .map_err(|e| ServingError::Unsupported(e.to_string()))?;
-    mlp.kernels = options.kernels;
+    mlp.kernels = options.dispatch.gemm;
     let memory_bytes = mlp.weight_bytes();
     Ok(Loaded {
         source,

@@ -8,7 +8,7 @@ use crate::helpers::{fixture, spawn_app, TestApp};
 
 const MLP_CONFIG: &str = r#"{"model_type": "mlp", "layers": [{"name": "fc1", "activation": "relu"}, {"name": "fc2", "activation": "relu"}, {"name": "fc3", "activation": "identity"}]}"#;
 
-fn test_split() -> (Vec<Vec<f32>>, Vec<i64>) {
+pub(crate) fn test_split() -> (Vec<Vec<f32>>, Vec<i64>) {
     let bytes = std::fs::read(fixture("digits/digits_test_split.safetensors")).unwrap();
     let split = SafeTensors::deserialize(&bytes).unwrap();
     let x: Vec<f32> = split
@@ -28,7 +28,7 @@ fn test_split() -> (Vec<Vec<f32>>, Vec<i64>) {
     (x.chunks(64).map(<[f32]>::to_vec).collect(), y)
 }
 
-async fn upload_digits_with_config(app: &TestApp) -> String {
+pub(crate) async fn upload_digits_with_config(app: &TestApp) -> String {
     let model = app.upload_digits().await;
     let id = model["id"].as_str().unwrap().to_owned();
     let response = app

@@ -8,6 +8,7 @@ mod downloads;
 mod embeddings;
 mod envelopes;
 mod faults;
+mod forced_isa;
 mod ggml_oracle;
 mod gguf;
 mod inference;

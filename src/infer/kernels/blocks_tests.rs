@@ -475,20 +475,20 @@ fn empty_and_reuse() {
 #[should_panic(expected = "not a multiple of 32")]
 fn k_not_multiple_of_block_panics() {
     let mut acts = BlockActs::new();
-    acts.quantize(select(false), &[0.0; 40], 1, 40);
+    acts.quantize(best(), &[0.0; 40], 1, 40);
 }
 
 #[test]
 #[should_panic(expected = "y is shorter")]
 fn short_y_panics() {
     let mut acts = BlockActs::new();
-    acts.quantize(select(false), &[1.0; 64], 2, 32);
+    acts.quantize(best(), &[1.0; 64], 2, 32);
     let w = BlockWeightsRef::I8 {
         q: &[1; 64],
         d: &[1.0; 2],
         mn: None,
     };
-    gemm_blocks(select(false), &acts, w, 2, &mut [0.0; 4], 3);
+    gemm_blocks(best(), &acts, w, 2, &mut [0.0; 4], 3);
 }
 
 proptest! {
@@ -674,12 +674,12 @@ fn i8_rows_column_ranges_with_stride() {
 #[should_panic(expected = "d_row.len() != n")]
 fn i8_rows_wrong_scale_count_panics() {
     let mut acts = BlockActs::new();
-    acts.quantize(select(false), &[1.0; 64], 2, 32);
+    acts.quantize(best(), &[1.0; 64], 2, 32);
     let w = BlockWeightsRef::I8Rows {
         q: &[1; 64],
         d_row: &[1.0; 3],
     };
-    gemm_blocks(select(false), &acts, w, 2, &mut [0.0; 4], 2);
+    gemm_blocks(best(), &acts, w, 2, &mut [0.0; 4], 2);
 }
 
 proptest! {

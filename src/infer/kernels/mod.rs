@@ -6,7 +6,8 @@
 //! every GEMM here computes `c = a · bᵀ`: both operands are read along contiguous rows of `k`.
 //!
 //! A [`GemmKernels`] value is a table of plain function pointers for one instruction set. The
-//! caller picks it once with [`select`] and passes the `&'static GemmKernels` to every job; the
+//! service picks it once with [`select`] (as part of `crate::dispatch::Dispatch`, with every
+//! other kernel table) and passes the `&'static GemmKernels` to every job; the
 //! kernels never detect features, spawn threads or do I/O (the caller splits work across its
 //! worker pool, e.g. by ranges of output rows or of weight rows). Scratch memory: the
 //! dot-product GEMMs copy an activation block per call (at most `m × k` elements); the AVX-512
@@ -41,6 +42,8 @@ mod tests;
 
 use std::fmt;
 
+use crate::quant::kernels::{Isa, KernelChoice};
+
 pub use blocks::{
     gemm_blocks, BlockActs, BlockActsView, BlockWeightsRef, GemmBlocksI8Fn, GemmBlocksI8RowsFn,
     GemmBlocksU4Fn, QuantizeBlocksFn, QK,
@@ -56,13 +59,54 @@ pub type QuantizeRowsI8Fn = fn(a: &[f32], m: usize, k: usize, q: &mut [i8], scal
 /// `gemm_i8_i32(a_q, w_q, m, n, k, acc)`: see [`GemmKernels::gemm_i8_i32`].
 pub type GemmI8I32Fn = fn(a_q: &[i8], w_q: &[i8], m: usize, n: usize, k: usize, acc: &mut [i32]);
 
+/// The instruction set a [`GemmKernels`] table is written for: the quantization ISAs plus
+/// AVX-512 VNNI, which only the integer GEMMs use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmIsa {
+    /// Portable Rust, always available; the reference.
+    Scalar,
+    /// x86_64 AVX2 + FMA.
+    Avx2,
+    /// x86_64 AVX-512 F + BW.
+    Avx512,
+    /// x86_64 AVX-512 F + BW + VL + VNNI (`vpdpbusd`).
+    Avx512Vnni,
+}
+
+impl GemmIsa {
+    /// The lower-case name shown in logs and on `/api/v1/info`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmIsa::Scalar => "scalar",
+            GemmIsa::Avx2 => "avx2",
+            GemmIsa::Avx512 => "avx512",
+            GemmIsa::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    /// The `QUANTD_KERNELS` instruction set this table belongs to (VNNI is an AVX-512 table).
+    pub fn family(self) -> Isa {
+        match self {
+            GemmIsa::Scalar => Isa::Scalar,
+            GemmIsa::Avx2 => Isa::Avx2,
+            GemmIsa::Avx512 | GemmIsa::Avx512Vnni => Isa::Avx512,
+        }
+    }
+}
+
+impl fmt::Display for GemmIsa {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
 /// A table of matrix kernels for one ISA, chosen once with [`select`].
 ///
 /// Shapes are checked with `assert!` (a mismatch panics): `a.len() == m * k`,
 /// `b.len() == n * k`, `c.len() == m * n` and so on for every function.
 pub struct GemmKernels {
-    /// `"scalar"`, `"avx2"`, `"avx512"` or `"avx512vnni"`.
-    pub isa: &'static str,
+    /// The instruction set the table runs.
+    pub isa: GemmIsa,
     /// `c[m×n] = a[m×k] · bᵀ` where `b` is `[n×k]`; f32 accumulation (SIMD versions use FMA and
     /// a different summation order). `c` is overwritten; `k == 0` gives zeros.
     pub gemm_f32: GemmF32Fn,
@@ -109,7 +153,7 @@ impl fmt::Debug for GemmKernels {
 }
 
 static SCALAR: GemmKernels = GemmKernels {
-    isa: "scalar",
+    isa: GemmIsa::Scalar,
     gemm_f32: scalar::gemm_f32,
     quantize_rows_i8: scalar::quantize_rows_i8,
     gemm_i8_i32: scalar::gemm_i8_i32,
@@ -143,12 +187,27 @@ pub fn available() -> Vec<&'static GemmKernels> {
     tables
 }
 
-/// The fastest table for this CPU (detected at run time), or the scalar one if `force_scalar`.
-pub fn select(force_scalar: bool) -> &'static GemmKernels {
-    if force_scalar {
-        return &SCALAR;
-    }
+/// The fastest table for this CPU (detected at run time).
+pub fn best() -> &'static GemmKernels {
     available().last().copied().unwrap_or(&SCALAR)
+}
+
+/// The table for a `QUANTD_KERNELS` choice: `Auto` the best this CPU runs, `Scalar` the
+/// reference, an ISA the best table of that family (AVX-512 VNNI for `avx512` where the CPU
+/// has it). A family this CPU (or this module: NEON) has no table for gives the best table;
+/// `crate::dispatch` refuses ISAs the CPU lacks before it asks.
+pub fn select(choice: KernelChoice) -> &'static GemmKernels {
+    let family = match choice {
+        KernelChoice::Auto => return best(),
+        KernelChoice::Scalar => Isa::Scalar,
+        KernelChoice::Avx2 => Isa::Avx2,
+        KernelChoice::Avx512 => Isa::Avx512,
+        KernelChoice::Neon => Isa::Neon,
+    };
+    available()
+        .into_iter()
+        .rfind(|table| table.isa.family() == family)
+        .unwrap_or_else(best)
 }
 
 /// Panics unless the operands of a `c[m×n] = a[m×k] · bᵀ` GEMM have exactly these lengths.

@@ -153,18 +153,23 @@ pub(super) fn quantize_input(m: usize, k: usize, seed: u64) -> Vec<f32> {
 
 #[test]
 fn select_and_available() {
-    assert_eq!(select(true).isa, "scalar");
+    assert_eq!(select(KernelChoice::Scalar).isa, GemmIsa::Scalar);
     let tables = available();
-    assert_eq!(tables[0].isa, "scalar");
-    assert_eq!(select(false).isa, tables.last().unwrap().isa);
-    assert_eq!(scalar().isa, "scalar");
+    assert_eq!(tables[0].isa, GemmIsa::Scalar);
+    assert_eq!(best().isa, tables.last().unwrap().isa);
+    assert_eq!(select(KernelChoice::Auto).isa, best().isa);
+    assert_eq!(scalar().isa, GemmIsa::Scalar);
+    assert_eq!(GemmIsa::Avx512Vnni.to_string(), "avx512vnni");
+    assert_eq!(GemmIsa::Avx512Vnni.family(), Isa::Avx512);
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        assert!(tables.iter().any(|t| t.isa == "avx2"));
+        assert!(tables.iter().any(|t| t.isa == GemmIsa::Avx2));
+        assert_eq!(select(KernelChoice::Avx2).isa, GemmIsa::Avx2);
     }
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-        assert!(tables.iter().any(|t| t.isa == "avx512"));
+        assert!(tables.iter().any(|t| t.isa == GemmIsa::Avx512));
+        assert_eq!(select(KernelChoice::Avx512).isa.family(), Isa::Avx512);
     }
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f")
@@ -172,9 +177,10 @@ fn select_and_available() {
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni")
     {
-        assert_eq!(tables.last().unwrap().isa, "avx512vnni");
+        assert_eq!(tables.last().unwrap().isa, GemmIsa::Avx512Vnni);
+        assert_eq!(select(KernelChoice::Avx512).isa, GemmIsa::Avx512Vnni);
     }
-    assert!(format!("{:?}", select(false)).contains("GemmKernels"));
+    assert!(format!("{:?}", best()).contains("GemmKernels"));
 }
 
 #[test]
@@ -219,7 +225,7 @@ fn empty_dimensions() {
 #[should_panic(expected = "b.len() != n * k")]
 fn shape_mismatch_panics() {
     let mut c = [0.0; 2];
-    (select(false).gemm_f32)(&[0.0; 4], &[0.0; 3], 2, 1, 2, &mut c);
+    (best().gemm_f32)(&[0.0; 4], &[0.0; 3], 2, 1, 2, &mut c);
 }
 
 #[test]
@@ -303,7 +309,7 @@ fn linear_bias_and_scratch_reuse() {
     let a = f32_values(m * k, 1);
     let w = f32_values(n * k, 2);
     let bias = f32_values(n, 3);
-    let table = select(false);
+    let table = best();
     let mut plain = vec![0.0; m * n];
     linear_f32(table, &a, m, k, &w, n, None, &mut plain);
     let mut biased = vec![0.0; m * n];

@@ -8,12 +8,12 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::{quantize_file, PipelineContext, PipelineError, PipelineOutput, ProgressCounters};
+use crate::dispatch::Dispatch;
 use crate::formats::safetensors::{Header, Limits};
 use crate::jobs::output::ModelInfo;
 use crate::jobs::pipeline::TensorAction;
 use crate::jobs::spec::JobSpec;
-use crate::quant::ggml;
-use crate::quant::kernels::{self, KernelChoice};
+use crate::quant::kernels::KernelChoice;
 
 /// A safetensors file from `(name, dtype, shape, bytes)` in order.
 fn safetensors(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
@@ -104,8 +104,7 @@ impl Run {
         let output = self.path("out");
         let spec = JobSpec::parse(scheme, None, Some(format)).unwrap();
         let ctx = PipelineContext {
-            kernels: kernels::select(KernelChoice::Auto).unwrap(),
-            ggml_kernels: ggml::select(KernelChoice::Auto).unwrap(),
+            dispatch: Dispatch::select(KernelChoice::Auto).unwrap(),
             limits: LIMITS,
             cancel: &self.cancel,
             progress: &self.progress,
@@ -264,8 +263,7 @@ fn an_output_path_that_cannot_be_created_is_an_io_error() {
     std::fs::write(&input, small_model()).unwrap();
     let spec = JobSpec::parse("int8", None, None).unwrap();
     let ctx = PipelineContext {
-        kernels: kernels::scalar(),
-        ggml_kernels: ggml::scalar(),
+        dispatch: Dispatch::select(KernelChoice::Scalar).unwrap(),
         limits: LIMITS,
         cancel: &run.cancel,
         progress: &run.progress,

@@ -1,9 +1,10 @@
 //! Run-time dispatched quantization kernels.
 //!
 //! A [`Kernels`] value is a table of plain function pointers for one instruction set. The
-//! service calls [`select`] once at start-up (from a flag such as `--kernel auto|scalar|...`),
-//! logs the chosen [`Isa`] and passes the `&'static Kernels` down to every quantization job.
-//! Nothing in here detects features per call or logs anything.
+//! service resolves `QUANTD_KERNELS` ([`KernelChoice`]) once at start-up into
+//! `crate::dispatch::Dispatch`, which calls [`select`] here (and the other tables' `select`)
+//! and is passed down to every quantization job and inference as one value. Nothing in here
+//! detects features per call or logs anything.
 //!
 //! The scalar versions in [`scalar`](mod@scalar) define every result. The SIMD versions must produce
 //! bit-identical quantized bytes, `absmax`, `min_max`, `max_abs_err` and `sum_sq_deq`; only the

@@ -1,5 +1,10 @@
 //! x86_64 kernel tables: AVX2 (+FMA), AVX-512 (F + BW) and AVX-512 VNNI (F + BW + VL + VNNI).
 //!
+//! The dot-product GEMMs and the activation quantizers are written once (`dot.rs`, `rows.rs`)
+//! over small vector traits that `avx2.rs` and `avx512.rs` implement; the packed AVX-512 f32
+//! path, the block GEMMs (`avx2_blocks.rs`, shared by the AVX2 and AVX-512 tables) and the VNNI
+//! kernels (`vnni.rs`) are per ISA.
+//!
 //! The `unsafe fn`s in `avx2.rs`, `avx2_blocks.rs`, `avx512.rs` and `vnni.rs` are compiled with
 //! `#[target_feature]`, so the crate still builds for the baseline x86_64 CPU. The safe wrappers
 //! below are private and only reachable through [`AVX2`], [`AVX512`] and [`AVX512_VNNI`], which
@@ -13,12 +18,14 @@
 mod avx2;
 mod avx2_blocks;
 mod avx512;
+mod dot;
+mod rows;
 mod vnni;
 
 use super::blocks::{
     begin_block_gemm, begin_block_gemm_rows, check_quantize_blocks_shapes, BlockActsView, QK,
 };
-use super::{check_gemm_shapes, check_quantize_shapes, GemmKernels};
+use super::{check_gemm_shapes, check_quantize_shapes, GemmIsa, GemmKernels};
 
 /// Whether the CPU runs the AVX2 table (AVX2 for the integer lanes, FMA for the f32 GEMM).
 pub(super) fn avx2_supported() -> bool {
@@ -41,7 +48,7 @@ pub(super) fn avx512_vnni_supported() -> bool {
 }
 
 pub(super) static AVX2: GemmKernels = GemmKernels {
-    isa: "avx2",
+    isa: GemmIsa::Avx2,
     gemm_f32: avx2_gemm_f32,
     quantize_rows_i8: avx2_quantize_rows_i8,
     gemm_i8_i32: avx2_gemm_i8_i32,
@@ -52,7 +59,7 @@ pub(super) static AVX2: GemmKernels = GemmKernels {
 };
 
 pub(super) static AVX512: GemmKernels = GemmKernels {
-    isa: "avx512",
+    isa: GemmIsa::Avx512,
     gemm_f32: avx512_gemm_f32,
     quantize_rows_i8: avx512_quantize_rows_i8,
     gemm_i8_i32: avx512_gemm_i8_i32,
@@ -64,7 +71,7 @@ pub(super) static AVX512: GemmKernels = GemmKernels {
 
 /// AVX-512 with `vpdpbusd`: its own int8 GEMMs, the AVX-512 f32 GEMM and quantizers.
 pub(super) static AVX512_VNNI: GemmKernels = GemmKernels {
-    isa: "avx512vnni",
+    isa: GemmIsa::Avx512Vnni,
     gemm_f32: avx512_gemm_f32,
     quantize_rows_i8: avx512_quantize_rows_i8,
     gemm_i8_i32: vnni_gemm_i8_i32,
