@@ -468,30 +468,34 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
     /// sequence: the mean of the last hidden states over the sequence's tokens, L2-normalised
     /// if `normalize`.
     pub fn embed(&self, batch: &[Vec<u32>], normalize: bool) -> Result<Vec<Vec<f32>>, BertError> {
-        let cfg = &self.config;
-        let h = cfg.hidden_size;
-        let f = cfg.intermediate_size;
         for (i, seq) in batch.iter().enumerate() {
-            cfg.check_sequence(i, seq)?;
+            self.config.check_sequence(i, seq)?;
         }
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        // Packed layout: sequence s occupies rows offsets[s]..offsets[s+1].
-        let mut offsets = Vec::with_capacity(batch.len() + 1);
-        offsets.push(0usize);
-        for seq in batch {
-            offsets.push(offsets.last().copied().unwrap_or(0) + seq.len());
+        let offsets = packed_offsets(batch);
+        let mut x = self.embeddings(batch, &offsets)?;
+        let mut buffers = LayerBuffers::new(
+            offsets[batch.len()],
+            self.config.hidden_size,
+            self.config.intermediate_size,
+        );
+        for names in &self.layers {
+            self.encoder_layer(names, batch, &offsets, &mut x, &mut buffers)?;
         }
-        let m = offsets[batch.len()];
+        Ok(mean_pool(&x, &offsets, self.config.hidden_size, normalize))
+    }
 
-        // Embeddings.
+    /// Word + position + token-type (0) embeddings of every token, packed, then LayerNorm.
+    fn embeddings(&self, batch: &[Vec<u32>], offsets: &[usize]) -> Result<Vec<f32>, BertError> {
+        let h = self.config.hidden_size;
         let p = &self.prefix;
         let word = self.t(&format!("{p}embeddings.word_embeddings.weight"))?;
         let pos = self.t(&format!("{p}embeddings.position_embeddings.weight"))?;
         let typ = self.t(&format!("{p}embeddings.token_type_embeddings.weight"))?;
         let typ0 = &typ[..h];
-        let mut x = vec![0f32; m * h];
+        let mut x = vec![0f32; offsets[batch.len()] * h];
         for (s, seq) in batch.iter().enumerate() {
             for (t, &id) in seq.iter().enumerate() {
                 let row = &mut x[(offsets[s] + t) * h..(offsets[s] + t + 1) * h];
@@ -507,99 +511,164 @@ impl<'a, L: LinearBackend, T: TensorSource> BertModel<'a, L, T> {
             h,
             self.t(&format!("{p}embeddings.LayerNorm.weight"))?,
             self.t(&format!("{p}embeddings.LayerNorm.bias"))?,
+            self.config.layer_norm_eps,
+            self.math,
+        );
+        Ok(x)
+    }
+
+    /// One encoder layer over the packed hidden states `x`: self-attention (+ residual,
+    /// LayerNorm), then the feed-forward block (+ residual, LayerNorm).
+    fn encoder_layer(
+        &self,
+        names: &LayerNames,
+        batch: &[Vec<u32>],
+        offsets: &[usize],
+        x: &mut [f32],
+        buffers: &mut LayerBuffers,
+    ) -> Result<(), BertError> {
+        let cfg = &self.config;
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let m = offsets[batch.len()];
+        let LayerBuffers {
+            q,
+            k,
+            v,
+            ctx,
+            tmp,
+            inter,
+        } = buffers;
+        self.lin(&names.q, x, m, h, h, q)?;
+        self.lin(&names.k, x, m, h, h, k)?;
+        self.lin(&names.v, x, m, h, h, v)?;
+        self.attention(batch, offsets, q, k, v, ctx);
+        self.lin(&names.attn_out, ctx, m, h, h, tmp)?;
+        add_assign(x, tmp);
+        layer_norm(
+            x,
+            h,
+            self.t(&names.attn_ln_w)?,
+            self.t(&names.attn_ln_b)?,
             cfg.layer_norm_eps,
             self.math,
         );
+        self.lin(&names.inter, x, m, h, f, inter)?;
+        // Element-wise, so split over the rayon pool in whole rows.
+        inter
+            .par_chunks_mut(f * PAR_ROWS)
+            .for_each(|chunk| cfg.hidden_act.apply(chunk, self.math));
+        self.lin(&names.out, inter, m, f, h, tmp)?;
+        add_assign(x, tmp);
+        layer_norm(
+            x,
+            h,
+            self.t(&names.out_ln_w)?,
+            self.t(&names.out_ln_b)?,
+            cfg.layer_norm_eps,
+            self.math,
+        );
+        Ok(())
+    }
 
-        let mut q = vec![0f32; m * h];
-        let mut k = vec![0f32; m * h];
-        let mut v = vec![0f32; m * h];
-        let mut ctx = vec![0f32; m * h];
-        let mut tmp = vec![0f32; m * h];
-        let mut inter = vec![0f32; m * f];
+    /// Attention within each sequence, one head at a time, the (sequence, head) pairs in
+    /// parallel on the current rayon pool: scores = Q_h·K_hᵀ / sqrt(d), P = softmax(scores),
+    /// ctx_h = P·V_h, written into `ctx` at the head's columns.
+    fn attention(
+        &self,
+        batch: &[Vec<u32>],
+        offsets: &[usize],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        ctx: &mut [f32],
+    ) {
+        let h = self.config.hidden_size;
         let max_len = batch.iter().map(Vec::len).max().unwrap_or(0);
-        let nh = cfg.num_heads;
-        let d = cfg.head_dim();
+        let nh = self.config.num_heads;
+        let d = self.config.head_dim();
         let scale = 1.0 / (d as f32).sqrt();
-        let (math, gemm) = (self.math, self.gemm);
-
-        for names in &self.layers {
-            self.lin(&names.q, &x, m, h, h, &mut q)?;
-            self.lin(&names.k, &x, m, h, h, &mut k)?;
-            self.lin(&names.v, &x, m, h, h, &mut v)?;
-            // Attention within each sequence, one head at a time, the (sequence, head) pairs in
-            // parallel on the current rayon pool:
-            // scores = Q_h·K_hᵀ / sqrt(d), P = softmax(scores), ctx_h = P·V_h.
-            let heads: Vec<Vec<f32>> = (0..batch.len() * nh)
-                .into_par_iter()
-                .map_init(
-                    || AttentionScratch::new(max_len, d),
-                    |scratch, pair| {
-                        let (s, head) = (pair / nh, pair % nh);
-                        let (o, len) = (offsets[s], offsets[s + 1] - offsets[s]);
-                        scratch.head(&q, &k, &v, o, len, head * d, h, d, scale, (gemm, math))
-                    },
-                )
-                .collect();
-            for (pair, ch) in heads.iter().enumerate() {
-                let (s, head) = (pair / nh, pair % nh);
-                let (o, len) = (offsets[s], offsets[s + 1] - offsets[s]);
-                for i in 0..len {
-                    let dst = (o + i) * h + head * d;
-                    ctx[dst..dst + d].copy_from_slice(&ch[i * d..(i + 1) * d]);
-                }
-            }
-            self.lin(&names.attn_out, &ctx, m, h, h, &mut tmp)?;
-            add_assign(&mut x, &tmp);
-            layer_norm(
-                &mut x,
-                h,
-                self.t(&names.attn_ln_w)?,
-                self.t(&names.attn_ln_b)?,
-                cfg.layer_norm_eps,
-                math,
-            );
-            self.lin(&names.inter, &x, m, h, f, &mut inter)?;
-            // Element-wise, so split over the rayon pool in whole rows.
-            inter
-                .par_chunks_mut(f * PAR_ROWS)
-                .for_each(|chunk| cfg.hidden_act.apply(chunk, math));
-            self.lin(&names.out, &inter, m, f, h, &mut tmp)?;
-            add_assign(&mut x, &tmp);
-            layer_norm(
-                &mut x,
-                h,
-                self.t(&names.out_ln_w)?,
-                self.t(&names.out_ln_b)?,
-                cfg.layer_norm_eps,
-                math,
-            );
-        }
-
-        // Mean pooling (+ optional L2 normalisation), accumulated in f64.
-        let mut out = Vec::with_capacity(batch.len());
-        let mut acc = vec![0f64; h];
-        for s in 0..batch.len() {
-            acc.fill(0.0);
+        let kernels = (self.gemm, self.math);
+        let heads: Vec<Vec<f32>> = (0..batch.len() * nh)
+            .into_par_iter()
+            .map_init(
+                || AttentionScratch::new(max_len, d),
+                |scratch, pair| {
+                    let (s, head) = (pair / nh, pair % nh);
+                    let (o, len) = (offsets[s], offsets[s + 1] - offsets[s]);
+                    scratch.head(q, k, v, o, len, head * d, h, d, scale, kernels)
+                },
+            )
+            .collect();
+        for (pair, ch) in heads.iter().enumerate() {
+            let (s, head) = (pair / nh, pair % nh);
             let (o, len) = (offsets[s], offsets[s + 1] - offsets[s]);
-            for row in x[o * h..(o + len) * h].chunks_exact(h) {
-                for (a, &b) in acc.iter_mut().zip(row) {
-                    *a += f64::from(b);
-                }
+            for i in 0..len {
+                let dst = (o + i) * h + head * d;
+                ctx[dst..dst + d].copy_from_slice(&ch[i * d..(i + 1) * d]);
             }
-            let inv_len = 1.0 / len as f64;
-            for a in acc.iter_mut() {
-                *a *= inv_len;
-            }
-            if normalize {
-                let norm = acc.iter().map(|a| a * a).sum::<f64>().sqrt().max(1e-12);
-                for a in acc.iter_mut() {
-                    *a /= norm;
-                }
-            }
-            out.push(acc.iter().map(|&a| a as f32).collect());
         }
-        Ok(out)
+    }
+}
+
+/// Packed layout of a batch: sequence `s` occupies rows `offsets[s]..offsets[s + 1]`.
+fn packed_offsets(batch: &[Vec<u32>]) -> Vec<usize> {
+    let mut offsets = Vec::with_capacity(batch.len() + 1);
+    offsets.push(0usize);
+    for seq in batch {
+        offsets.push(offsets.last().copied().unwrap_or(0) + seq.len());
+    }
+    offsets
+}
+
+/// Mean pooling of each sequence's rows of `x` (+ optional L2 normalisation), accumulated in
+/// f64.
+fn mean_pool(x: &[f32], offsets: &[usize], h: usize, normalize: bool) -> Vec<Vec<f32>> {
+    let n = offsets.len() - 1;
+    let mut out = Vec::with_capacity(n);
+    let mut acc = vec![0f64; h];
+    for s in 0..n {
+        acc.fill(0.0);
+        let (o, len) = (offsets[s], offsets[s + 1] - offsets[s]);
+        for row in x[o * h..(o + len) * h].chunks_exact(h) {
+            for (a, &b) in acc.iter_mut().zip(row) {
+                *a += f64::from(b);
+            }
+        }
+        let inv_len = 1.0 / len as f64;
+        for a in acc.iter_mut() {
+            *a *= inv_len;
+        }
+        if normalize {
+            let norm = acc.iter().map(|a| a * a).sum::<f64>().sqrt().max(1e-12);
+            for a in acc.iter_mut() {
+                *a /= norm;
+            }
+        }
+        out.push(acc.iter().map(|&a| a as f32).collect());
+    }
+    out
+}
+
+/// The activations of one encoder layer, allocated once per batch and reused by every layer.
+struct LayerBuffers {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    ctx: Vec<f32>,
+    tmp: Vec<f32>,
+    inter: Vec<f32>,
+}
+
+impl LayerBuffers {
+    fn new(m: usize, h: usize, f: usize) -> Self {
+        LayerBuffers {
+            q: vec![0f32; m * h],
+            k: vec![0f32; m * h],
+            v: vec![0f32; m * h],
+            ctx: vec![0f32; m * h],
+            tmp: vec![0f32; m * h],
+            inter: vec![0f32; m * f],
+        }
     }
 }
 
