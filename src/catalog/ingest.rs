@@ -211,7 +211,7 @@ impl Catalog {
         let before = upload.size_bytes();
         let after = before + chunk.len() as u64;
         if after / RESERVE_CHECK_BYTES != before / RESERVE_CHECK_BYTES {
-            self.reserve.check(0)?;
+            self.reserve.check(0).await?;
         }
         upload.write(chunk).await?;
         Ok(())

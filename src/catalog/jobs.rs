@@ -29,7 +29,7 @@ impl Catalog {
     /// runner. Refused below the free-space reserve: a job will write an artifact, so it is
     /// refused up front rather than failed for lack of room.
     pub async fn create_job(&self, request: &JobRequest) -> Result<JobRecord, CatalogError> {
-        self.reserve.check(0)?;
+        self.reserve.check(0).await?;
         let new_job = NewJob {
             id: Uuid::now_v7(),
             model_id: request.model_id,

@@ -124,7 +124,7 @@ impl Catalog {
 
     /// Refuses an upload of `declared_length` bytes (0 when unknown) up front: over the upload
     /// limit, or more than the free-space reserve can spare.
-    pub fn admit_upload(&self, declared_length: u64) -> Result<(), CatalogError> {
+    pub async fn admit_upload(&self, declared_length: u64) -> Result<(), CatalogError> {
         let limit = self.settings.max_upload_bytes;
         if declared_length > limit {
             return Err(CatalogError::DeclaredTooLarge {
@@ -132,7 +132,7 @@ impl Catalog {
                 limit,
             });
         }
-        self.reserve.check(declared_length)?;
+        self.reserve.check(declared_length).await?;
         Ok(())
     }
 

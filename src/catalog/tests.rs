@@ -192,15 +192,19 @@ async fn a_header_over_the_shared_budget_is_refused_and_the_budget_given_back() 
 #[tokio::test]
 async fn uploads_are_admitted_within_the_size_limit_and_the_reserve() {
     let fixture = Fixture::new().await;
-    fixture.catalog.admit_upload(1000).unwrap();
-    let refused = fixture.catalog.admit_upload((1 << 20) + 1).unwrap_err();
+    fixture.catalog.admit_upload(1000).await.unwrap();
+    let refused = fixture
+        .catalog
+        .admit_upload((1 << 20) + 1)
+        .await
+        .unwrap_err();
     assert_eq!(
         (refused.kind(), refused.slug()),
         (ErrorKind::PayloadTooLarge, "upload-too-large")
     );
 
     let starved = Fixture::with(settings(), u64::MAX / 2, 1 << 20).await;
-    let refused = starved.catalog.admit_upload(0).unwrap_err();
+    let refused = starved.catalog.admit_upload(0).await.unwrap_err();
     assert_eq!(
         (refused.kind(), refused.retry_after()),
         (ErrorKind::InsufficientStorage, Some(60))

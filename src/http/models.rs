@@ -150,7 +150,8 @@ pub async fn upload_model(
 ) -> Result<Response, ApiError> {
     state
         .catalog
-        .admit_upload(declared_length(request.headers()))?;
+        .admit_upload(declared_length(request.headers()))
+        .await?;
     let is_multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -379,7 +380,8 @@ pub async fn put_model_file(
     let filename = FileName::try_from(filename.as_str())?;
     state
         .catalog
-        .admit_upload(declared_length(request.headers()))?;
+        .admit_upload(declared_length(request.headers()))
+        .await?;
     let attachment = state
         .catalog
         .attach_file(model_id, filename)

@@ -52,7 +52,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiEr
         )
         .with_retry_after(5));
     }
-    if let Err(low) = state.reserve.check(0) {
+    if let Err(low) = state.reserve.check(0).await {
         tracing::warn!(error = %low, "readiness: below the free-space reserve");
         return Err(ApiError::new(
             ErrorKind::Unavailable,

@@ -30,8 +30,29 @@ impl StorageReserve {
     }
 
     /// Ok when every watched file system has the reserve plus `extra_bytes` available. A file
-    /// system that cannot be queried counts as full: better a 507 than a lost write.
-    pub fn check(&self, extra_bytes: u64) -> Result<(), LowSpace> {
+    /// system that cannot be queried counts as full: better a 507 than a lost write. The
+    /// `statvfs` calls run on tokio's blocking pool, never on the executor (a stalled file
+    /// system must not stall it).
+    pub async fn check(&self, extra_bytes: u64) -> Result<(), LowSpace> {
+        if self.min_free_bytes == 0 && extra_bytes == 0 {
+            return Ok(());
+        }
+        let reserve = self.clone();
+        tokio::task::spawn_blocking(move || reserve.check_blocking(extra_bytes))
+            .await
+            .unwrap_or_else(|join_error| {
+                // The closure does not panic; should the blocking pool be gone, refuse.
+                tracing::error!(error = %join_error, "free-space check did not run");
+                Err(LowSpace {
+                    path: PathBuf::new(),
+                    available_bytes: 0,
+                    needed_bytes: self.min_free_bytes.saturating_add(extra_bytes),
+                })
+            })
+    }
+
+    /// [`StorageReserve::check`] on the calling thread (for blocking contexts).
+    pub fn check_blocking(&self, extra_bytes: u64) -> Result<(), LowSpace> {
         if self.min_free_bytes == 0 && extra_bytes == 0 {
             return Ok(());
         }
