@@ -3,6 +3,7 @@
 //! `quantd.<name>.scheme` / `.shape`. Serving dequantizes at load. This module owns the binary
 //! codec and the layout both use; `ternary` supplies its own codec.
 
+use super::{side_name, SCALE};
 use crate::formats::safetensors::{Dtype, TensorInfo};
 use crate::quant::binary::{self, dequantize_binary, quantize_binary, try_dequantize_binary};
 use crate::quant::int8::QuantError;
@@ -106,7 +107,7 @@ pub(super) fn declare(
     let name = &tensor.name;
     vec![
         OutputTensor::side(name, "", Dtype::U8, vec![rows, (codec.row_bytes)(cols)]),
-        OutputTensor::side(name, "_scale", Dtype::F32, vec![rows]),
+        OutputTensor::side(name, SCALE, Dtype::F32, vec![rows]),
     ]
 }
 
@@ -127,7 +128,7 @@ pub(super) fn encode(
     out.emit(&tensor.name, &stored.packed)?;
     cx.byte_buffer.clear();
     push_f32_le(&stored.scales, &mut cx.byte_buffer);
-    out.emit(&format!("{}_scale", tensor.name), &cx.byte_buffer)?;
+    out.emit(&side_name(&tensor.name, SCALE), &cx.byte_buffer)?;
     Ok(stored.stats)
 }
 
@@ -140,7 +141,7 @@ pub(super) fn decode<'a>(
     let bad = |why: String| DecodeError::Invalid(format!("'{name}' ({}): {why}", codec.scheme));
     let (rows, cols) = rows_and_cols(shape);
     let packed = source.tensor(name).ok_or_else(|| bad("missing".into()))?;
-    let scales = float_side(source, &format!("{name}_scale"))
+    let scales = float_side(source, &side_name(name, SCALE))
         .ok_or_else(|| bad(format!("no float '{name}_scale'")))?;
     let values = (codec.try_dequantize)(packed.bytes, &scales, rows, cols).map_err(bad)?;
     Ok(Held::Dequantized {

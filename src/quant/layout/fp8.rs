@@ -1,6 +1,7 @@
 //! FP8 (E4M3 / E5M2) in compressed-tensors' `float-quantized` layout: `<name>` as F8 codes and
 //! `<name>_scale` f32 (`[out, 1]` per channel, `[1]` per tensor). Serving dequantizes at load.
 
+use super::{side_name, SCALE};
 use crate::formats::compressed_tensors::float_weight_args;
 use crate::formats::safetensors::{Dtype, TensorInfo};
 use crate::quant::fp8::{dequantize_fp8, quantize_fp8, Fp8Format};
@@ -37,7 +38,7 @@ impl SchemeLayout for Fp8Layout {
         };
         vec![
             OutputTensor::same(tensor, StoredAs::Safetensors(dtype_of(self.format)), 1),
-            OutputTensor::side(&tensor.name, "_scale", Dtype::F32, scale_shape),
+            OutputTensor::side(&tensor.name, SCALE, Dtype::F32, scale_shape),
         ]
     }
 
@@ -73,7 +74,7 @@ impl SchemeLayout for Fp8Layout {
         out.emit(&tensor.name, &quantized.bytes)?;
         cx.byte_buffer.clear();
         push_f32_le(&quantized.scales, &mut cx.byte_buffer);
-        out.emit(&format!("{}_scale", tensor.name), &cx.byte_buffer)?;
+        out.emit(&side_name(&tensor.name, SCALE), &cx.byte_buffer)?;
         Ok(quantized.stats)
     }
 
@@ -88,7 +89,7 @@ impl SchemeLayout for Fp8Layout {
         let stored = source
             .tensor(name)
             .ok_or_else(|| invalid(format!("missing tensor '{name}'")))?;
-        let scales = float_side(source, &format!("{name}_scale"))
+        let scales = float_side(source, &side_name(name, SCALE))
             .ok_or_else(|| invalid(format!("'{name}' is fp8 without '{name}_scale'")))?;
         if scales.len() != 1 && scales.len() != rows {
             return Err(invalid(format!(
@@ -131,7 +132,7 @@ pub(super) fn recognize(
         _ => return None,
     };
     let per_channel = source
-        .tensor(&format!("{name}_scale"))
+        .tensor(&side_name(name, SCALE))
         .is_some_and(|scale| scale.shape.iter().product::<usize>() != 1);
     Some(Ok(Recognized {
         layout: Box::new(Fp8Layout {

@@ -3,6 +3,7 @@
 //! `[rows, cols / group]`, `<name>_zero_point` i32 packed along rows when asymmetric, and
 //! `<name>_shape` i64 `[2]`.
 
+use super::{side_name, PACKED, SCALE, SHAPE, ZERO_POINT};
 use crate::formats::compressed_tensors::int_weight_args;
 use crate::formats::safetensors::{Dtype, TensorInfo};
 use crate::quant::int4::{dequantize_int4, quantize_int4, Int4Error, Int4Options};
@@ -26,19 +27,19 @@ impl SchemeLayout for Int4Layout {
         let groups = cols / self.0.group_size;
         let name = &tensor.name;
         let mut outputs = vec![
-            OutputTensor::side(name, "_packed", Dtype::I32, vec![rows, cols / 8]),
-            OutputTensor::side(name, "_scale", Dtype::F32, vec![rows, groups]),
+            OutputTensor::side(name, PACKED, Dtype::I32, vec![rows, cols / 8]),
+            OutputTensor::side(name, SCALE, Dtype::F32, vec![rows, groups]),
         ];
         if !self.0.symmetric {
             let packed_rows = rows.div_ceil(8);
             outputs.push(OutputTensor::side(
                 name,
-                "_zero_point",
+                ZERO_POINT,
                 Dtype::I32,
                 vec![packed_rows, groups],
             ));
         }
-        outputs.push(OutputTensor::side(name, "_shape", Dtype::I64, vec![2]));
+        outputs.push(OutputTensor::side(name, SHAPE, Dtype::I64, vec![2]));
         outputs
     }
 
@@ -72,22 +73,22 @@ impl SchemeLayout for Int4Layout {
         for word in &quantized.weight_packed {
             bytes.extend_from_slice(&word.to_le_bytes());
         }
-        out.emit(&format!("{}_packed", tensor.name), &bytes)?;
+        out.emit(&side_name(&tensor.name, PACKED), &bytes)?;
         bytes.clear();
         push_f32_le(&quantized.weight_scale, &mut bytes);
-        out.emit(&format!("{}_scale", tensor.name), &bytes)?;
+        out.emit(&side_name(&tensor.name, SCALE), &bytes)?;
         if !options.symmetric {
             bytes.clear();
             for word in &quantized.weight_zero_point {
                 bytes.extend_from_slice(&word.to_le_bytes());
             }
-            out.emit(&format!("{}_zero_point", tensor.name), &bytes)?;
+            out.emit(&side_name(&tensor.name, ZERO_POINT), &bytes)?;
         }
         bytes.clear();
         for dim in quantized.weight_shape {
             bytes.extend_from_slice(&dim.to_le_bytes());
         }
-        out.emit(&format!("{}_shape", tensor.name), &bytes)?;
+        out.emit(&side_name(&tensor.name, SHAPE), &bytes)?;
         Ok(quantized.stats)
     }
 
@@ -100,7 +101,7 @@ impl SchemeLayout for Int4Layout {
         let invalid = |why: String| DecodeError::Invalid(why);
         let (out, inp) = rows_and_cols(shape);
         let packed = source
-            .tensor(&format!("{name}_packed"))
+            .tensor(&side_name(name, PACKED))
             .ok_or_else(|| invalid(format!("missing tensor '{name}_packed'")))?;
         if packed.stored_as != StoredAs::Safetensors(Dtype::I32)
             || packed.shape != [out, inp / 8]
@@ -112,7 +113,7 @@ impl SchemeLayout for Int4Layout {
                 inp / 8
             )));
         }
-        let scales = float_side(source, &format!("{name}_scale"))
+        let scales = float_side(source, &side_name(name, SCALE))
             .ok_or_else(|| invalid(format!("'{name}_packed' has no '{name}_scale'")))?;
         if scales.is_empty() || !(out * inp).is_multiple_of(scales.len()) {
             return Err(invalid(format!("'{name}_scale' does not fit {out}x{inp}")));
@@ -125,7 +126,7 @@ impl SchemeLayout for Int4Layout {
             )));
         }
         let groups = inp / group;
-        let zero_points = match source.tensor(&format!("{name}_zero_point")) {
+        let zero_points = match source.tensor(&side_name(name, ZERO_POINT)) {
             Some(stored) => {
                 if stored.stored_as != StoredAs::Safetensors(Dtype::I32)
                     || stored.bytes.len() != out.div_ceil(8) * groups * 4
@@ -176,7 +177,7 @@ pub(super) fn recognize(
     source: &dyn TensorSource<'_>,
     name: &str,
 ) -> Option<Result<Recognized, DecodeError>> {
-    let packed = source.tensor(&format!("{name}_packed"))?;
+    let packed = source.tensor(&side_name(name, PACKED))?;
     let (rows, words) = match packed.shape.as_slice() {
         [rows, words] => (*rows, *words),
         _ => {
@@ -186,7 +187,7 @@ pub(super) fn recognize(
             ))))
         }
     };
-    let scales = float_side(source, &format!("{name}_scale")).unwrap_or_default();
+    let scales = float_side(source, &side_name(name, SCALE)).unwrap_or_default();
     let cols = words * 8;
     let group_size = if scales.is_empty() {
         cols
@@ -195,7 +196,7 @@ pub(super) fn recognize(
     };
     let options = Int4Options {
         group_size,
-        symmetric: source.tensor(&format!("{name}_zero_point")).is_none(),
+        symmetric: source.tensor(&side_name(name, ZERO_POINT)).is_none(),
         restricted_range: false,
     };
     Some(Ok(Recognized {

@@ -2,6 +2,7 @@
 //! `int-quantized` layout: `<name>` i8, `<name>_scale` f32 (`[out, 1]` or `[1]`), and
 //! `<name>_zero_point` i8 of the same shape when asymmetric.
 
+use super::{side_name, SCALE, ZERO_POINT};
 use crate::formats::compressed_tensors::int_weight_args;
 use crate::formats::safetensors::{Dtype, TensorInfo};
 use crate::quant::int8::{quantize_int8_into, Granularity, Int8Options};
@@ -29,15 +30,10 @@ impl SchemeLayout for Int8Layout {
         let name = &tensor.name;
         let mut outputs = vec![
             OutputTensor::same(tensor, StoredAs::Safetensors(Dtype::I8), 1),
-            OutputTensor::side(name, "_scale", Dtype::F32, scale_shape.clone()),
+            OutputTensor::side(name, SCALE, Dtype::F32, scale_shape.clone()),
         ];
         if !self.0.symmetric {
-            outputs.push(OutputTensor::side(
-                name,
-                "_zero_point",
-                Dtype::I8,
-                scale_shape,
-            ));
+            outputs.push(OutputTensor::side(name, ZERO_POINT, Dtype::I8, scale_shape));
         }
         outputs
     }
@@ -65,10 +61,10 @@ impl SchemeLayout for Int8Layout {
             out.emit(&tensor.name, i8_as_bytes(q))?;
             cx.byte_buffer.clear();
             push_f32_le(&quantized.scales, &mut cx.byte_buffer);
-            out.emit(&format!("{}_scale", tensor.name), &cx.byte_buffer)?;
+            out.emit(&side_name(&tensor.name, SCALE), &cx.byte_buffer)?;
             if !options.symmetric {
                 out.emit(
-                    &format!("{}_zero_point", tensor.name),
+                    &side_name(&tensor.name, ZERO_POINT),
                     i8_as_bytes(&quantized.zero_points),
                 )?;
             }
@@ -109,10 +105,10 @@ impl SchemeLayout for Int8Layout {
         let stored = source
             .tensor(name)
             .ok_or_else(|| invalid(format!("missing tensor '{name}'")))?;
-        let scales = float_side(source, &format!("{name}_scale"))
+        let scales = float_side(source, &side_name(name, SCALE))
             .ok_or_else(|| invalid(format!("'{name}' is int8 without '{name}_scale'")))?;
         let zero_points: Vec<i8> = source
-            .tensor(&format!("{name}_zero_point"))
+            .tensor(&side_name(name, ZERO_POINT))
             .map(|t| t.bytes.iter().map(|&v| v as i8).collect())
             .unwrap_or_default();
         let (rows, _) = rows_and_cols(shape);
@@ -162,14 +158,14 @@ pub(super) fn recognize(
     if stored.stored_as != StoredAs::Safetensors(Dtype::I8) {
         return None;
     }
-    let scales = source.tensor(&format!("{name}_scale"))?;
+    let scales = source.tensor(&side_name(name, SCALE))?;
     let options = Int8Options {
         granularity: if scales.shape.iter().product::<usize>() == 1 {
             Granularity::Tensor
         } else {
             Granularity::Channel
         },
-        symmetric: source.tensor(&format!("{name}_zero_point")).is_none(),
+        symmetric: source.tensor(&side_name(name, ZERO_POINT)).is_none(),
     };
     Some(Ok(Recognized {
         layout: Box::new(Int8Layout(options)),

@@ -2,6 +2,7 @@
 //! `<name>_codebook` F32 `[2^bits]`, and `__metadata__` `quantd.<name>.scheme` / `.shape` /
 //! `.bits`. Serving dequantizes at load.
 
+use super::{side_name, CODEBOOK};
 use crate::formats::safetensors::{Dtype, TensorInfo};
 use crate::quant::kernels::ErrorStats;
 use crate::quant::kmeans::{
@@ -26,7 +27,7 @@ impl SchemeLayout for KmeansLayout {
         let centroids = 1usize << self.0.bits;
         vec![
             OutputTensor::side(&tensor.name, "", Dtype::U8, vec![packed]),
-            OutputTensor::side(&tensor.name, "_codebook", Dtype::F32, vec![centroids]),
+            OutputTensor::side(&tensor.name, CODEBOOK, Dtype::F32, vec![centroids]),
         ]
     }
 
@@ -51,7 +52,7 @@ impl SchemeLayout for KmeansLayout {
         out.emit(&tensor.name, &t.packed)?;
         cx.byte_buffer.clear();
         push_f32_le(&t.codebook, &mut cx.byte_buffer);
-        out.emit(&format!("{}_codebook", tensor.name), &cx.byte_buffer)?;
+        out.emit(&side_name(&tensor.name, CODEBOOK), &cx.byte_buffer)?;
         Ok(t.stats)
     }
 
@@ -63,7 +64,7 @@ impl SchemeLayout for KmeansLayout {
     ) -> Result<Held<'a>, DecodeError> {
         let bad = |why: String| DecodeError::Invalid(format!("'{name}' (kmeans): {why}"));
         let packed = source.tensor(name).ok_or_else(|| bad("missing".into()))?;
-        let codebook = float_side(source, &format!("{name}_codebook"))
+        let codebook = float_side(source, &side_name(name, CODEBOOK))
             .ok_or_else(|| bad(format!("no float '{name}_codebook'")))?;
         let n_elements = shape.iter().product();
         let values = try_dequantize_kmeans(packed.bytes, &codebook, self.0.bits, n_elements)

@@ -52,6 +52,24 @@ pub use source::{
     recognize, GgufSource, Held, Recognized, SafetensorsSource, StoredTensor, TensorSource,
 };
 
+/// The suffixes of side tensors, each named here once: declaration, encoding and decoding all
+/// build the name with [`side_name`] (compressed-tensors' `_scale`, `_zero_point`, `_packed`,
+/// `_shape`; quantd's `_codebook`; bitsandbytes' `.absmax`, `.quant_map`, `.nested_*`).
+pub const SCALE: &str = "_scale";
+pub const ZERO_POINT: &str = "_zero_point";
+pub const PACKED: &str = "_packed";
+pub const SHAPE: &str = "_shape";
+pub const CODEBOOK: &str = "_codebook";
+pub const ABSMAX: &str = ".absmax";
+pub const QUANT_MAP: &str = ".quant_map";
+pub const NESTED_ABSMAX: &str = ".nested_absmax";
+pub const NESTED_QUANT_MAP: &str = ".nested_quant_map";
+
+/// The name of `tensor`'s side tensor with `suffix` (one of the constants above).
+pub fn side_name(tensor: &str, suffix: &str) -> String {
+    format!("{tensor}{suffix}")
+}
+
 /// One scheme with its validated options (parsed from a request in `jobs::spec`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Scheme {
@@ -183,7 +201,7 @@ impl OutputTensor {
     fn side(tensor: &str, suffix: &str, dtype: Dtype, shape: Vec<usize>) -> Self {
         let n_bytes = shape.iter().product::<usize>() * dtype.size_bytes();
         Self::new(
-            format!("{tensor}{suffix}"),
+            side_name(tensor, suffix),
             StoredAs::Safetensors(dtype),
             shape,
             n_bytes,

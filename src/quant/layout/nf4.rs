@@ -3,6 +3,7 @@
 //! `<name>.nested_absmax` / `.nested_quant_map`, and `<name>.quant_state.bitsandbytes__nf4`, the
 //! JSON of the remaining fields. bitsandbytes reads it; quantd's serving does not run it.
 
+use super::{side_name, ABSMAX, NESTED_ABSMAX, NESTED_QUANT_MAP, QUANT_MAP};
 use crate::formats::safetensors::{Dtype, TensorInfo};
 use crate::quant::kernels::ErrorStats;
 use crate::quant::nf4::{
@@ -74,13 +75,13 @@ impl SchemeLayout for Nf4Layout {
         let mut outputs = vec![side(name, "", Dtype::U8, vec![n_elements.div_ceil(2), 1])];
         if self.0.double_quant {
             let n_nested = n_blocks.div_ceil(nf4::NESTED_BLOCK_SIZE);
-            outputs.push(side(name, ".absmax", Dtype::U8, vec![n_blocks]));
-            outputs.push(side(name, ".quant_map", Dtype::F32, vec![16]));
-            outputs.push(side(name, ".nested_absmax", Dtype::F32, vec![n_nested]));
-            outputs.push(side(name, ".nested_quant_map", Dtype::F32, vec![256]));
+            outputs.push(side(name, ABSMAX, Dtype::U8, vec![n_blocks]));
+            outputs.push(side(name, QUANT_MAP, Dtype::F32, vec![16]));
+            outputs.push(side(name, NESTED_ABSMAX, Dtype::F32, vec![n_nested]));
+            outputs.push(side(name, NESTED_QUANT_MAP, Dtype::F32, vec![256]));
         } else {
-            outputs.push(side(name, ".absmax", Dtype::F32, vec![n_blocks]));
-            outputs.push(side(name, ".quant_map", Dtype::F32, vec![16]));
+            outputs.push(side(name, ABSMAX, Dtype::F32, vec![n_blocks]));
+            outputs.push(side(name, QUANT_MAP, Dtype::F32, vec![16]));
         }
         let json_len = state_len(tensor, self.0.double_quant);
         outputs.push(side(name, STATE, Dtype::U8, vec![json_len]));
@@ -114,21 +115,21 @@ impl SchemeLayout for Nf4Layout {
         match &quantized.absmax {
             Nf4Absmax::Plain(absmax) => {
                 push_f32_le(absmax, bytes);
-                out.emit(&format!("{name}.absmax"), bytes)?;
+                out.emit(&side_name(name, ABSMAX), bytes)?;
                 bytes.clear();
                 push_f32_le(&quantized.quant_map, bytes);
-                out.emit(&format!("{name}.quant_map"), bytes)?;
+                out.emit(&side_name(name, QUANT_MAP), bytes)?;
             }
             Nf4Absmax::DoubleQuantized(nested) => {
-                out.emit(&format!("{name}.absmax"), &nested.quantized)?;
+                out.emit(&side_name(name, ABSMAX), &nested.quantized)?;
                 push_f32_le(&quantized.quant_map, bytes);
-                out.emit(&format!("{name}.quant_map"), bytes)?;
+                out.emit(&side_name(name, QUANT_MAP), bytes)?;
                 bytes.clear();
                 push_f32_le(&nested.nested_absmax, bytes);
-                out.emit(&format!("{name}.nested_absmax"), bytes)?;
+                out.emit(&side_name(name, NESTED_ABSMAX), bytes)?;
                 bytes.clear();
                 push_f32_le(&nested.nested_quant_map[..], bytes);
-                out.emit(&format!("{name}.nested_quant_map"), bytes)?;
+                out.emit(&side_name(name, NESTED_QUANT_MAP), bytes)?;
             }
         }
         let mut json = quant_state_json(&quantized, &tensor.shape, torch_dtype_name(tensor.dtype))
@@ -149,16 +150,16 @@ impl SchemeLayout for Nf4Layout {
         let n_elements: usize = shape.iter().product();
         let n_blocks = n_elements.div_ceil(nf4::BLOCK_SIZE);
         let packed = source.tensor(name).ok_or_else(|| bad("missing"))?;
-        let quant_map: [f32; 16] = float_side(source, &format!("{name}.quant_map"))
+        let quant_map: [f32; 16] = float_side(source, &side_name(name, QUANT_MAP))
             .and_then(|map| map.try_into().ok())
             .ok_or_else(|| bad("no 16-value quant_map"))?;
         let absmax_tensor = source
-            .tensor(&format!("{name}.absmax"))
+            .tensor(&side_name(name, ABSMAX))
             .ok_or_else(|| bad("no absmax"))?;
         let absmax = if absmax_tensor.stored_as == StoredAs::Safetensors(Dtype::U8) {
             Nf4Absmax::DoubleQuantized(nested_absmax(source, name, absmax_tensor.bytes)?)
         } else {
-            Nf4Absmax::Plain(float_side(source, &format!("{name}.absmax")).unwrap_or_default())
+            Nf4Absmax::Plain(float_side(source, &side_name(name, ABSMAX)).unwrap_or_default())
         };
         let output = Nf4Output {
             packed: packed.bytes.to_vec(),
@@ -197,9 +198,9 @@ fn nested_absmax(
     quantized: &[u8],
 ) -> Result<NestedAbsmax, DecodeError> {
     let bad = |why: &str| DecodeError::Invalid(format!("'{name}' (bitsandbytes NF4): {why}"));
-    let nested_absmax = float_side(source, &format!("{name}.nested_absmax"))
+    let nested_absmax = float_side(source, &side_name(name, NESTED_ABSMAX))
         .ok_or_else(|| bad("no nested_absmax"))?;
-    let nested_quant_map: [f32; 256] = float_side(source, &format!("{name}.nested_quant_map"))
+    let nested_quant_map: [f32; 256] = float_side(source, &side_name(name, NESTED_QUANT_MAP))
         .and_then(|map| map.try_into().ok())
         .ok_or_else(|| bad("no 256-value nested_quant_map"))?;
     let state = source
@@ -229,14 +230,14 @@ pub(super) fn recognize(
     if stored.stored_as != StoredAs::Safetensors(Dtype::U8) {
         return None;
     }
-    source.tensor(&format!("{name}.absmax"))?;
+    source.tensor(&side_name(name, ABSMAX))?;
     let state = source.tensor(&format!("{name}{STATE}"));
     // The original shape is in the quant state; the packed tensor's own shape otherwise.
     let shape = state
         .and_then(|state| serde_json::from_slice::<serde_json::Value>(state.bytes).ok())
         .and_then(|json| serde_json::from_value(json.get("shape")?.clone()).ok())
         .unwrap_or(stored.shape);
-    let double_quant = source.tensor(&format!("{name}.nested_absmax")).is_some();
+    let double_quant = source.tensor(&side_name(name, NESTED_ABSMAX)).is_some();
     Some(Ok(Recognized {
         layout: Box::new(Nf4Layout(Nf4Options { double_quant })),
         shape,
