@@ -89,17 +89,6 @@ impl ApiError {
         ApiError::new(ErrorKind::BadRequest, slug, "Bad request", detail)
     }
 
-    /// A 5xx whose cause is logged here and not shown to the client.
-    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
-        ApiError::new(
-            ErrorKind::Internal,
-            "internal-error",
-            "Internal server error",
-            "the server hit an internal error; it has been logged",
-        )
-    }
-
     /// What `failure` tells a client, in any protocol; a server-side failure is logged here,
     /// once, with its `source` chain (its client sees only the kind's opaque sentence).
     pub fn from_failure(failure: &(dyn Failure + 'static)) -> Self {

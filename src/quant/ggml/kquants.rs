@@ -28,9 +28,9 @@
 //! by `scripts/llama-cpp-oracle.sh`, on random and real tensors.
 //!
 //! Speed (scalar, baseline x86_64 build): Q6_K's 19 candidate scales are independent, so
-//! `make_qx_quants` evaluates them side by side, and Q6_K quantizes about 4× faster than
-//! ggml's reference (on the development machine, a shared 2-vCPU Xeon: ~250 MB/s of f32
-//! against ~57 MB/s, same data, same run). Q4_K's candidates depend on each other (a winner
+//! `make_qx_quants` evaluates them side by side, and Q6_K quantized about 4× faster than
+//! ggml's reference in an ad-hoc run while it was written (a shared 2-vCPU Xeon: ~250 MB/s of
+//! f32 against ~57 MB/s; not yet a recorded benchmark, see BENCHMARKS.md). Q4_K's candidates depend on each other (a winner
 //! moves the minimum the next ones quantize against), so they run in ggml's sequence, at
 //! ggml's speed (~15-22 MB/s); evaluating them speculatively side by side was measured slower,
 //! as winners are frequent.
